@@ -1,0 +1,47 @@
+"""Which CoaT variant a state dict is, from its tensor names and shapes."""
+from __future__ import annotations
+
+from typing import Mapping
+
+from paddle_model.variants import VARIANTS, CoatVariant
+
+from .errors import ConversionError, preview
+from .mapping import Plan, plan_mapping
+
+
+def detect_variant(shapes: Mapping[str, tuple[int, ...]], origin: str = "checkpoint",
+                   name_hint: str = "") -> Plan:
+    """The mapping plan of the one variant the tensors fit.
+
+    Variants with identical tensors (coat_lite_medium and coat_lite_medium_384) are told
+    apart by ``name_hint`` (the file name): the longest variant name it contains wins.
+    """
+    if "patch_embed1.proj.weight" not in shapes:
+        raise ConversionError(
+            f"{origin}: not a CoaT checkpoint: expected keys such as patch_embed1.proj.weight, "
+            f"cls_token1 and serial_blocks1.0.*, found {preview(shapes)}")
+    plans = {name: plan_mapping(shapes, v) for name, v in VARIANTS.items()}
+    fits = [name for name, plan in plans.items() if not plan.problems]
+    if len(fits) == 1:
+        return plans[fits[0]]
+    if len(fits) > 1:
+        named = sorted((n for n in fits if n in name_hint), key=len)
+        if named:
+            return plans[named[-1]]
+        raise ConversionError(
+            f"{origin}: the tensors fit {' and '.join(fits)} alike (they differ only in default "
+            "input size); pass --variant to choose")
+    closest = min(plans.values(), key=lambda p: p.misfits)
+    raise ConversionError(
+        f"{origin}: the tensors fit no CoaT variant; closest is {closest.variant.name}: "
+        + "; ".join(closest.problems) + " (pass --variant to force one)")
+
+
+def plan_for(shapes: Mapping[str, tuple[int, ...]], variant: CoatVariant | None,
+             origin: str = "checkpoint", name_hint: str = "") -> Plan:
+    """The plan for ``variant`` when given, checked; else the detected one."""
+    if variant is None:
+        return detect_variant(shapes, origin, name_hint)
+    plan = plan_mapping(shapes, variant)
+    plan.check(origin)
+    return plan

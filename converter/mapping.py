@@ -1,0 +1,163 @@
+"""The key mapping from PyTorch CoaT checkpoints to the Paddle layout, as data.
+
+``RULES`` says what happens to each source key: drop it (with the reason), tie it to the
+canonical tensor it aliases (the values must agree), or rename it. The first rule whose
+anchored pattern matches a key decides. Whether a tensor is transposed is not a rule: it
+follows from the target layer's type in :mod:`paddle_model.layout` (Linear weights are
+``[out, in]`` in torch and ``[in, out]`` in Paddle).
+
+Mapping runs in two steps: :func:`plan_mapping` looks at names and shapes only (variant
+detection runs it for every variant), :func:`apply_plan` moves the data.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import numpy as np
+
+from paddle_model.layout import Layout, coat_layout
+from paddle_model.variants import CoatVariant
+
+from .errors import ConversionError, preview
+
+DROP, TIE, RENAME = "drop", "tie", "rename"
+
+
+@dataclass(frozen=True)
+class Rule:
+    pattern: str  # matched against the whole source key
+    action: str  # DROP, TIE or RENAME
+    target: str = r"\g<0>"  # re.sub template: the new name (RENAME) or the canonical key (TIE)
+    reason: str = ""  # why a key is dropped
+    applies: Callable[[CoatVariant], bool] = lambda variant: True
+
+
+def _lite(variant: CoatVariant) -> bool:
+    return variant.is_lite
+
+
+RULES: tuple[Rule, ...] = (
+    Rule(r"norm1\.(weight|bias)", DROP,
+         reason="norm1: built but unused by the official CoaT and CoaT-Lite (timm drops it)"),
+    Rule(r"norm[23]\.(weight|bias)", DROP, applies=_lite,
+         reason="norm2/norm3: unused by CoaT-Lite, which classifies from the last scale alone"),
+    Rule(r"serial_blocks([1-4])\.\d+\.cpe\.(.+)", TIE, r"cpe\1.\2"),
+    Rule(r"serial_blocks([1-4])\.\d+\.factoratt_crpe\.crpe\.(.+)", TIE, r"crpe\1.\2"),
+    Rule(r"parallel_blocks\.\d+\.factoratt_crpe([2-4])\.crpe\.(.+)", TIE, r"crpe\1.\2"),
+    Rule(r"parallel_blocks\.(\d+)\.mlp[34]\.(.+)", TIE, r"parallel_blocks.\1.mlp2.\2"),
+    Rule(r".*", RENAME),  # every other key keeps its official name
+)
+
+
+def layout_for(shapes: Mapping[str, tuple[int, ...]], variant: CoatVariant) -> Layout:
+    """The target layout that fits a source: its classifier size, or no head at all."""
+    head = any(k.startswith("norm4.") for k in shapes)
+    num_classes = int(shapes["head.weight"][0]) if "head.weight" in shapes else 0
+    return coat_layout(variant, num_classes=num_classes, head=head)
+
+
+@dataclass
+class Plan:
+    """What happens to every source key for one variant, and what does not fit."""
+
+    variant: CoatVariant
+    layout: Layout
+    renamed: dict[str, str] = field(default_factory=dict)  # source key -> canonical key
+    tied: dict[str, str] = field(default_factory=dict)  # source key -> canonical key it aliases
+    dropped: dict[str, str] = field(default_factory=dict)  # source key -> reason
+    problems: list[str] = field(default_factory=list)
+    misfits: int = 0  # keys missing, unexpected, mis-shaped or duplicated
+
+    def check(self, source: str) -> None:
+        if self.problems:
+            raise ConversionError(
+                f"{source} does not fit {self.variant.name}: " + "; ".join(self.problems))
+
+
+def plan_mapping(shapes: Mapping[str, tuple[int, ...]], variant: CoatVariant) -> Plan:
+    """Decide each source key's fate from names and torch shapes alone."""
+    layout = layout_for(shapes, variant)
+    plan = Plan(variant, layout)
+    rules = [(re.compile(r.pattern), r) for r in RULES if r.applies(variant)]
+    unexpected, mismatched, duplicated = [], [], []
+    for key, shape in shapes.items():
+        match, rule = next((m, r) for m, r in ((p.fullmatch(key), r) for p, r in rules) if m)
+        if rule.action == DROP:
+            plan.dropped[key] = rule.reason
+            continue
+        target = match.expand(rule.target)
+        if rule.action == TIE:
+            if layout.aliases.get(key) != target:
+                unexpected.append(key)
+                continue
+            plan.tied[key] = target
+        else:
+            if target not in layout.tensors:
+                unexpected.append(key)
+                continue
+            if target in plan.renamed.values():
+                duplicated.append(target)
+            plan.renamed[key] = target
+        expected = layout.spec(target).torch_shape
+        if tuple(shape) != expected:
+            mismatched.append(f"{key} is {list(shape)}, expected {list(expected)}")
+    missing = layout.tensors.keys() - plan.renamed.values()
+    plan.misfits = len(missing) + len(unexpected) + len(mismatched) + len(duplicated)
+    if missing:
+        plan.problems.append(f"{len(missing)} keys missing ({preview(missing)})")
+    if unexpected:
+        plan.problems.append(f"{len(unexpected)} unexpected keys ({preview(unexpected)})")
+    if mismatched:
+        plan.problems.append(f"{len(mismatched)} shape mismatches ({'; '.join(mismatched[:4])})")
+    if duplicated:
+        plan.problems.append(f"keys given twice ({preview(duplicated)})")
+    return plan
+
+
+@dataclass
+class MappingReport:
+    tensors: int  # canonical tensors
+    written: int  # keys written, aliases included
+    transposed: list[str]
+    dropped: dict[str, str]
+    ties_checked: list[str]  # aliases present in the source and equal to their canonical tensor
+    ties_filled: list[str]  # aliases absent from the source, written from their canonical tensor
+
+
+def apply_plan(plan: Plan, source: Mapping[str, np.ndarray], origin: str = "checkpoint",
+               allow_nonfinite: bool = False) -> tuple[dict[str, np.ndarray], MappingReport]:
+    """Move the data: a Paddle state dict in layout order, aliases sharing their array."""
+    plan.check(origin)
+    layout = plan.layout
+    canonical: dict[str, np.ndarray] = {}
+    transposed = []
+    for key, target in plan.renamed.items():
+        array = source[key]
+        if not np.issubdtype(array.dtype, np.floating):
+            raise ConversionError(f"{origin}: {key} has dtype {array.dtype}, expected a float tensor")
+        if not allow_nonfinite and not np.isfinite(array).all():
+            raise ConversionError(
+                f"{origin}: {key} contains NaN or Inf values; pass --allow-nonfinite to convert anyway")
+        if layout.tensors[target].transposed:
+            array = array.T
+            transposed.append(target)
+        canonical[target] = np.ascontiguousarray(array)
+    source_of = {target: key for key, target in plan.renamed.items()}
+    for key, target in plan.tied.items():
+        if not np.array_equal(source[key], source[source_of[target]]):
+            raise ConversionError(
+                f"{origin}: {key} should be the same tensor as {target} but holds other values; "
+                "the checkpoint is inconsistent")
+    out = {key: canonical[layout.aliases.get(key, key)] for key in layout.order}
+    report = MappingReport(
+        tensors=len(canonical),
+        written=len(out),
+        transposed=transposed,
+        dropped=dict(plan.dropped),
+        ties_checked=sorted(plan.tied),
+        ties_filled=sorted(set(layout.aliases) - set(plan.tied)),
+    )
+    return out, report
+

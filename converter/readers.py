@@ -1,0 +1,124 @@
+"""Reading source checkpoints into a flat state dict of numpy arrays, without torch.
+
+Handles ``torch.save`` zip archives (``.pth``/``.pt``/``.bin``/``.tar``, any name) and
+``.safetensors`` files, and unwraps what the state dict comes inside: the official
+``{"model": ...}`` release files and training checkpoints, ``state_dict`` wrappers, EMA copies,
+and the ``module.`` / ``_orig_mod.`` prefixes of DDP and ``torch.compile``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from paddle_model.weights import safetensors_aliases
+
+from .errors import ConversionError, preview
+from .torch_pickle import is_torch_zip, load_torch_file
+
+_WRAPPERS = ("state_dict", "model")
+_EMA_WRAPPERS = ("model_ema", "state_dict_ema")
+_PREFIXES = ("module.", "_orig_mod.")
+
+
+@dataclass
+class Checkpoint:
+    """A source state dict and how it was found."""
+
+    state: dict[str, np.ndarray]
+    container: str  # e.g. "torch zip, 'model' entry", "safetensors"
+
+
+def _check_source(path: Path) -> None:
+    if not path.exists():
+        raise ConversionError(f"{path}: no such file; check the path")
+    if path.is_dir():
+        raise ConversionError(f"{path}: is a directory; give the checkpoint file itself")
+    if path.stat().st_size == 0:
+        raise ConversionError(f"{path}: is empty")
+
+
+def _is_safetensors(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{"
+
+
+def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="np") as f:
+            state = {k: f.get_tensor(k) for k in f.keys()}
+            metadata = f.metadata()
+    except (SafetensorError, OSError, ValueError, TypeError) as e:
+        raise ConversionError(f"{path}: not a readable .safetensors file ({e})") from None
+    for alias, kept in safetensors_aliases(metadata, state).items():
+        state[alias] = state[kept]  # save_model dropped the alias and recorded it here
+    return state
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(
+        isinstance(k, str) and isinstance(v, np.ndarray) for k, v in obj.items())
+
+
+def _unwrap(obj: Any, path: Path, ema: bool) -> tuple[dict[str, np.ndarray], str]:
+    if not isinstance(obj, dict):
+        raise ConversionError(
+            f"{path}: holds a {type(obj).__name__}, not a state dict or a checkpoint dict")
+    if ema:
+        for key in _EMA_WRAPPERS:
+            if obj.get(key) is not None:
+                return obj[key], f"'{key}' entry"
+        raise ConversionError(
+            f"{path}: --ema was given but the checkpoint has no EMA weights "
+            f"(no non-empty {' or '.join(_EMA_WRAPPERS)} entry); drop --ema to take the model weights")
+    if _is_state_dict(obj):
+        return obj, "bare state dict"
+    for key in _WRAPPERS:
+        if isinstance(obj.get(key), dict):
+            return obj[key], f"'{key}' entry"
+    raise ConversionError(
+        f"{path}: found no state dict; expected tensors at the top level or under "
+        f"{', '.join(repr(k) for k in _WRAPPERS + _EMA_WRAPPERS)}; the file has "
+        f"{preview(str(k) for k in obj)}")
+
+
+def _strip_prefixes(state: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    stripped = []
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _PREFIXES:
+            if state and all(k.startswith(prefix) for k in state):
+                state = {k[len(prefix):]: v for k, v in state.items()}
+                stripped.append(prefix)
+                changed = True
+    return state, stripped
+
+
+def read_checkpoint(path: str | Path, ema: bool = False) -> Checkpoint:
+    """The state dict inside the checkpoint at ``path``, as numpy arrays."""
+    path = Path(path)
+    _check_source(path)
+    if _is_safetensors(path):
+        if ema:
+            raise ConversionError(f"{path}: --ema needs a training checkpoint; a .safetensors file has one state dict")
+        state, container = _read_safetensors(path), "safetensors"
+    elif is_torch_zip(path):
+        state, entry = _unwrap(load_torch_file(path), path, ema)
+        container = f"torch zip, {entry}"
+    else:
+        raise ConversionError(
+            f"{path}: neither a PyTorch zip checkpoint nor a .safetensors file "
+            "(legacy pre-1.6 torch files: re-save them with a current torch.save)")
+    state, stripped = _strip_prefixes(state)
+    if stripped:
+        container += f", prefix {' '.join(stripped)} removed"
+    bad = [k for k, v in state.items() if not isinstance(v, np.ndarray)]
+    if bad:
+        raise ConversionError(f"{path}: entries that are not tensors: {preview(bad)}")
+    return Checkpoint(state, container)

@@ -1,0 +1,66 @@
+"""Writing Paddle-layout state dicts: ``.pdparams`` and ``.safetensors``, atomically.
+
+A ``.pdparams`` file is the pickle ``paddle.save`` writes for a state dict (key -> numpy
+array), so ``paddle.load`` reads it too; aliased keys share one array, which pickle stores
+once. A ``.safetensors`` file keeps one name per shared tensor and records the others in its
+metadata (``alias -> kept name``), as ``safetensors.torch.save_model`` does.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+
+from .errors import ConversionError
+
+FORMATS = (".pdparams", ".safetensors")
+
+
+def check_destination(path: Path, force: bool) -> None:
+    """Refuse a destination that cannot or should not be written."""
+    if path.suffix not in FORMATS:
+        raise ConversionError(
+            f"{path}: unknown output format {path.suffix!r}; name it .pdparams or .safetensors")
+    if not path.parent.is_dir():
+        raise ConversionError(f"{path}: the directory {path.parent} does not exist; create it first")
+    if path.is_dir():
+        raise ConversionError(f"{path}: is a directory; give a file name")
+    if path.exists() and not force:
+        raise ConversionError(f"{path}: already exists; pass --force to overwrite it")
+
+
+def _atomic_write(path: Path, write: Callable[[object], None]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def write_pdparams(state: Mapping[str, np.ndarray], path: Path) -> None:
+    _atomic_write(path, lambda f: pickle.dump(dict(state), f, protocol=4))
+
+
+def write_safetensors(state: Mapping[str, np.ndarray], path: Path,
+                      aliases: Mapping[str, str], metadata: Mapping[str, str]) -> None:
+    from safetensors.numpy import save
+
+    kept = {k: v for k, v in state.items() if k not in aliases}
+    header = {**metadata, **aliases}
+    _atomic_write(path, lambda f: f.write(save(kept, metadata=header)))
+
+
+def write_state_dict(state: Mapping[str, np.ndarray], path: Path, aliases: Mapping[str, str],
+                     metadata: Mapping[str, str]) -> None:
+    """Write ``state`` in the format ``path``'s suffix names."""
+    if path.suffix == ".safetensors":
+        write_safetensors(state, path, aliases, metadata)
+    else:
+        write_pdparams(state, path)

@@ -1,0 +1,79 @@
+"""``create_model`` and one entry point per released variant."""
+from __future__ import annotations
+
+import os
+
+from .coat import CoaT
+from .variants import get_variant
+from .weights import HEAD_PREFIXES, load_state_dict, read_weights
+
+
+def create_model(
+        name: str,
+        pretrained: str | os.PathLike | None = None,
+        num_classes: int = 1000,
+        **kwargs,
+) -> CoaT:
+    """Build the CoaT variant ``name``; with ``pretrained``, load that weights file strictly.
+
+    ``pretrained`` is a ``.pdparams`` or ``.safetensors`` file in this library's layout (see
+    ``convert.py``). Every key must fit; the only tolerated difference is a classifier of
+    another size when ``num_classes`` asks for one (it keeps its fresh initialisation), and a
+    backbone (``return_interm_layers=True``) ignores the head's weights.
+    Other keyword arguments go to :class:`CoaT` (``drop_path_rate``, ``out_features``, ...).
+    """
+    model = CoaT(get_variant(name), num_classes=num_classes, **kwargs)
+    if pretrained is not None:
+        state = read_weights(pretrained)
+        ignore: tuple[str, ...] = ()
+        if model.return_interm_layers:
+            ignore = HEAD_PREFIXES
+        elif _head_size(state) not in (None, num_classes):
+            ignore = ("head.",)  # a new classifier was asked for: keep it freshly initialised
+        load_state_dict(model, state, source=str(pretrained), ignore_prefixes=ignore)
+    return model
+
+
+def _head_size(state) -> int | None:
+    weight = state.get("head.weight")
+    return None if weight is None else int(weight.shape[1])
+
+
+def coat_tiny(pretrained=None, **kwargs) -> CoaT:
+    """CoaT Tiny: 5.5M parameters, dims 152 at every scale, 6 parallel blocks."""
+    return create_model("coat_tiny", pretrained, **kwargs)
+
+
+def coat_mini(pretrained=None, **kwargs) -> CoaT:
+    """CoaT Mini: 10M parameters, dims 152/216, 6 parallel blocks."""
+    return create_model("coat_mini", pretrained, **kwargs)
+
+
+def coat_small(pretrained=None, **kwargs) -> CoaT:
+    """CoaT Small: 22M parameters, dims 152/320, 6 parallel blocks."""
+    return create_model("coat_small", pretrained, **kwargs)
+
+
+def coat_lite_tiny(pretrained=None, **kwargs) -> CoaT:
+    """CoaT-Lite Tiny: 5.7M parameters, serial blocks only."""
+    return create_model("coat_lite_tiny", pretrained, **kwargs)
+
+
+def coat_lite_mini(pretrained=None, **kwargs) -> CoaT:
+    """CoaT-Lite Mini: 11M parameters, serial blocks only."""
+    return create_model("coat_lite_mini", pretrained, **kwargs)
+
+
+def coat_lite_small(pretrained=None, **kwargs) -> CoaT:
+    """CoaT-Lite Small: 20M parameters, depths 3/4/6/3."""
+    return create_model("coat_lite_small", pretrained, **kwargs)
+
+
+def coat_lite_medium(pretrained=None, **kwargs) -> CoaT:
+    """CoaT-Lite Medium: 45M parameters, depths 3/6/10/8."""
+    return create_model("coat_lite_medium", pretrained, **kwargs)
+
+
+def coat_lite_medium_384(pretrained=None, **kwargs) -> CoaT:
+    """CoaT-Lite Medium fine-tuned at 384x384 (same tensors, default input 384)."""
+    return create_model("coat_lite_medium_384", pretrained, **kwargs)

@@ -1,0 +1,149 @@
+"""Reading Paddle-layout CoaT weights safely and loading them strictly.
+
+``.pdparams`` files are pickles: they are read with an allowlisting unpickler, never with
+``paddle.load``, which would run any code a file carries. ``.safetensors`` files may omit
+aliased tensors and record them in their metadata (``alias -> kept name``), as
+``safetensors.torch.save_model`` does; reading fills them back in.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from .errors import WeightsError, preview
+from .safe_pickle import NUMPY_ALLOWED, RestrictedUnpickler
+
+# ``paddle.save`` adds this bookkeeping entry to state dicts; it holds no tensor
+_PADDLE_NAME_TABLE = "StructuredToParameterName@@"
+# keys that belong to the classification head rather than the backbone
+HEAD_PREFIXES = ("norm2.", "norm3.", "norm4.", "aggregate.", "head.")
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise WeightsError(f"{path}: no such file; check the path")
+    if path.is_dir():
+        raise WeightsError(f"{path}: is a directory, expected a .pdparams or .safetensors file")
+
+
+def read_pdparams(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The arrays of a ``.pdparams`` state dict, read without executing pickle code."""
+    path = Path(path)
+    _check_file(path)
+    try:
+        with open(path, "rb") as f:
+            obj = RestrictedUnpickler(f, NUMPY_ALLOWED).load()
+    except WeightsError as e:
+        raise WeightsError(f"{path}: {e}") from None
+    except Exception as e:  # truncated or corrupt pickles fail in many ways
+        raise WeightsError(
+            f"{path}: not a readable .pdparams file ({type(e).__name__}: {e}); "
+            "it may be truncated or corrupt"
+        ) from None
+    if not isinstance(obj, dict):
+        raise WeightsError(f"{path}: holds a {type(obj).__name__}, expected a state dict")
+    state = {}
+    for key, value in obj.items():
+        if key == _PADDLE_NAME_TABLE:
+            continue
+        if not isinstance(key, str) or not isinstance(value, np.ndarray):
+            raise WeightsError(
+                f"{path}: entry {key!r} is a {type(value).__name__}, expected an array")
+        state[key] = value
+    return state
+
+
+def safetensors_aliases(metadata: Mapping[str, str] | None, names) -> dict[str, str]:
+    """``alias -> kept name`` entries of a safetensors header, as ``save_model`` writes them."""
+    names = set(names)
+    return {
+        k: v for k, v in (metadata or {}).items()
+        if v in names and k not in names
+    }
+
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The arrays of a ``.safetensors`` file, aliases recorded in its metadata filled in."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    _check_file(path)
+    try:
+        with safe_open(str(path), framework="np") as f:
+            state = {k: f.get_tensor(k) for k in f.keys()}
+            metadata = f.metadata()
+    except (SafetensorError, OSError, ValueError, TypeError) as e:
+        raise WeightsError(f"{path}: not a readable .safetensors file ({e})") from None
+    for alias, kept in safetensors_aliases(metadata, state).items():
+        state[alias] = state[kept]
+    return state
+
+
+def read_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read a ``.pdparams`` or ``.safetensors`` weights file into numpy arrays."""
+    suffix = Path(path).suffix
+    if suffix == ".safetensors":
+        return read_safetensors(path)
+    if suffix == ".pdparams":
+        return read_pdparams(path)
+    raise WeightsError(
+        f"{path}: unknown weights format {suffix!r}; expected .pdparams or .safetensors "
+        "(convert PyTorch checkpoints with convert.py first)"
+    )
+
+
+def load_state_dict(model, state: Mapping[str, np.ndarray], source: str = "weights",
+                    ignore_prefixes: tuple[str, ...] = ()) -> None:
+    """Copy ``state`` into ``model``; raise unless every key fits exactly.
+
+    Missing, unexpected or mis-shaped keys raise :class:`WeightsError`, and so do two keys of
+    one shared parameter with different values. Keys starting with ``ignore_prefixes`` are
+    neither required nor loaded (e.g. the head when loading a backbone).
+    """
+    import paddle
+
+    def ignored(key: str) -> bool:
+        return key.startswith(ignore_prefixes)
+
+    targets = {k: v for k, v in model.state_dict().items() if not ignored(k)}
+    given = {k: v for k, v in state.items() if not ignored(k)}
+    missing = targets.keys() - given.keys()
+    unexpected = given.keys() - targets.keys()
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing ({preview(missing)})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected ({preview(unexpected)})")
+        raise WeightsError(
+            f"{source}: keys do not match the model: {'; '.join(parts)}; "
+            "check the variant and num_classes"
+        )
+    first_key_of: dict[int, str] = {}
+    for key, param in targets.items():
+        value = given[key]
+        if tuple(value.shape) != tuple(param.shape):
+            raise WeightsError(
+                f"{source}: {key} has shape {list(value.shape)}, the model expects "
+                f"{list(param.shape)}; check the variant"
+            )
+        first = first_key_of.setdefault(id(param), key)
+        if first != key:  # a shared parameter: its keys must agree
+            if not np.array_equal(value, given[first]):
+                raise WeightsError(
+                    f"{source}: {key} and {first} name one shared tensor but hold different "
+                    "values; the file is inconsistent"
+                )
+            continue
+        with paddle.no_grad():
+            param.set_value(np.asarray(value).astype(_numpy_dtype(param.dtype), copy=False))
+
+
+def _numpy_dtype(dtype) -> np.dtype:
+    import paddle
+
+    return {paddle.float32: np.float32, paddle.float16: np.float16,
+            paddle.float64: np.float64}.get(dtype, np.float32)
