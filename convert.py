@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 
 from paddle_model.errors import CoatError
 from paddle_model.variants import VARIANTS
@@ -34,6 +35,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    warnings.filterwarnings("ignore", message="No ccache found")  # printed by paddle's import
     from converter.pipeline import convert_checkpoint
 
     try:

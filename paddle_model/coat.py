@@ -213,12 +213,14 @@ class SerialBlock(nn.Layer):
 def _bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
     """[n_out, n_in] weights of 1-D linear resampling, align_corners=False.
 
-    Reproduces torch's upsample_bilinear2d index and weight arithmetic (float32, source index
-    clamped at 0) for a resize to a target size, output side 1 included.
+    Reproduces torch's upsample_bilinear2d index and weight arithmetic for a resize to a target
+    size, output side 1 included: float32 scale, source index ``scale * (dst + 0.5) - 0.5``
+    rounded once (torch's CPU build contracts it into a fused multiply-add), clamped at 0.
     """
     scale = np.float32(n_in) / np.float32(n_out)
-    dst = np.arange(n_out, dtype=np.float32)
-    src = np.maximum(scale * (dst + np.float32(0.5)) - np.float32(0.5), np.float32(0))
+    dst = np.arange(n_out, dtype=np.float64)
+    src = (np.float64(scale) * (dst + 0.5) - 0.5).astype(np.float32)
+    src = np.maximum(src, np.float32(0))
     i0 = src.astype(np.int64)
     i1 = np.minimum(i0 + 1, n_in - 1)
     w1 = src - i0.astype(np.float32)

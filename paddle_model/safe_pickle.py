@@ -6,6 +6,7 @@ the internet are data; this reader treats them as data and refuses anything else
 from __future__ import annotations
 
 import pickle
+from collections import OrderedDict
 from typing import IO, Any, Mapping
 
 import numpy as np
@@ -58,7 +59,7 @@ class RestrictedUnpickler(pickle.Unpickler):
 
 NUMPY_ALLOWED: Mapping[tuple[str, str], Any] = {
     **_numpy_globals(),
-    ("collections", "OrderedDict"): dict,
+    ("collections", "OrderedDict"): OrderedDict,
 }
 
 

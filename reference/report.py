@@ -1,0 +1,45 @@
+"""Parity of every variant on seeded checkpoints, as a table.
+
+    python -m reference.report [--variants coat_tiny coat_lite_tiny ...] [--batch 2]
+
+Each variant: seeded official-layout checkpoint -> conversion -> timm vs Paddle logits at
+the default input size.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from converter.pipeline import convert_checkpoint
+from paddle_model.variants import VARIANTS
+
+from .checkpoints import write_official_checkpoint
+from .parity import verify_conversion
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m reference.report", description=__doc__.split("\n")[0])
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    p.add_argument("--batch", type=int, default=2)
+    args = p.parse_args(argv)
+    print(f"{'variant':22} {'size':>5} {'max|d|':>10} {'max|d|/max|ref|':>16} {'top-1':>6}  verdict")
+    failed = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.variants:
+            t0 = time.perf_counter()
+            src = write_official_checkpoint(name, Path(tmp) / f"{name}.pth")
+            dst = Path(tmp) / f"{name}.pdparams"
+            convert_checkpoint(src, dst)
+            r = verify_conversion(src, dst, name, batch=args.batch)
+            failed += not r.ok
+            print(f"{name:22} {VARIANTS[name].img_size:>5} {r.max_abs:>10.3e} {r.max_rel:>16.3e} "
+                  f"{r.top1_agree:>6.0%}  {'ok' if r.ok else 'FAIL'} ({time.perf_counter() - t0:.0f} s)",
+                  flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""Shared fixtures: seeded checkpoints built once per session, and a way to run the CLI."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run ``python convert.py ARGS`` as a user would; text output captured."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "convert.py"), *map(str, args)],
+        capture_output=True, text=True, cwd=cwd or ROOT, timeout=600,
+    )
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory):
+    """``checkpoints(variant, layout="official")`` -> path of a seeded checkpoint, made once."""
+    from reference.checkpoints import write_official_checkpoint, write_timm_checkpoint
+
+    root = tmp_path_factory.mktemp("checkpoints")
+    made: dict[tuple[str, str], Path] = {}
+
+    def get(variant: str, layout: str = "official") -> Path:
+        key = (variant, layout)
+        if key not in made:
+            path = root / f"{variant}_{layout}.pth"
+            write = write_official_checkpoint if layout == "official" else write_timm_checkpoint
+            made[key] = write(variant, path, seed=0)
+        return made[key]
+
+    return get

@@ -1,0 +1,77 @@
+"""convert.py as a user meets it: summaries, and one clear line with exit code 2 on bad input."""
+from __future__ import annotations
+
+import pytest
+
+from .conftest import run_cli
+
+
+def assert_refused(result, *phrases):
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in result.stderr
+    for phrase in phrases:
+        assert phrase in lines[0]
+
+
+def test_summary_names_variant_counts_and_drops(checkpoints, tmp_path):
+    result = run_cli(checkpoints("coat_lite_tiny"), tmp_path / "w.pdparams")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "variant      coat_lite_tiny (1000 classes)" in out
+    assert "216 keys (152 tensors, 64 aliases)" in out
+    assert "transposed   33 Linear weights" in out
+    assert "dropped      6 keys" in out and "norm2/norm3: unused by CoaT-Lite" in out
+    assert "ties         64 checked equal" in out
+
+
+def test_writes_safetensors_loadable_by_create_model(checkpoints, tmp_path):
+    import numpy as np
+
+    import paddle_model
+
+    pd, st = tmp_path / "w.pdparams", tmp_path / "w.safetensors"
+    assert run_cli(checkpoints("coat_tiny"), pd).returncode == 0
+    assert run_cli(checkpoints("coat_tiny"), st).returncode == 0
+    a = paddle_model.read_weights(pd)
+    b = paddle_model.read_weights(st)
+    assert a.keys() == b.keys()
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert st.stat().st_size < pd.stat().st_size * 1.01  # aliases stored once in both
+    paddle_model.create_model("coat_tiny", pretrained=st)
+
+
+def test_missing_source(tmp_path):
+    assert_refused(run_cli(tmp_path / "nope.pth", tmp_path / "out.pdparams"), "no such file")
+    assert not (tmp_path / "out.pdparams").exists()
+
+
+def test_existing_output_needs_force(checkpoints, tmp_path):
+    dst = tmp_path / "out.pdparams"
+    dst.write_bytes(b"keep me")
+    assert_refused(run_cli(checkpoints("coat_lite_tiny"), dst), "already exists", "--force")
+    assert dst.read_bytes() == b"keep me"
+    assert run_cli(checkpoints("coat_lite_tiny"), dst, "--force").returncode == 0
+    assert dst.read_bytes() != b"keep me"
+
+
+def test_not_a_coat_checkpoint(tmp_path):
+    import torch
+
+    src = tmp_path / "linear.pth"
+    torch.save(torch.nn.Linear(3, 4).state_dict(), src)
+    assert_refused(run_cli(src, tmp_path / "out.pdparams"), "not a CoaT checkpoint", "weight")
+    assert list(tmp_path.iterdir()) == [src]
+
+
+def test_wrong_variant_names_the_mismatches(checkpoints, tmp_path):
+    result = run_cli(checkpoints("coat_lite_tiny"), tmp_path / "o.pdparams", "--variant", "coat_lite_mini")
+    assert_refused(result, "does not fit coat_lite_mini", "shape mismatches")
+    assert not (tmp_path / "o.pdparams").exists()
+
+
+@pytest.mark.parametrize("bad_name", ["out.pt", "missing_dir/out.pdparams"])
+def test_bad_destination(checkpoints, tmp_path, bad_name):
+    assert_refused(run_cli(checkpoints("coat_lite_tiny"), tmp_path / bad_name))
