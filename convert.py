@@ -25,6 +25,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--variant", choices=list(VARIANTS), help="skip detection, use this variant")
     p.add_argument("--ema", action="store_true", help="take the EMA weights of a training checkpoint")
     p.add_argument("--force", action="store_true", help="overwrite DST if it exists")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
+                   help="cast the weights (default: keep the source dtype)")
     p.add_argument("--allow-nonfinite", action="store_true", help="convert tensors holding NaN/Inf")
     p.add_argument("--verify", action="store_true",
                    help="run timm's model on SRC and the Paddle model on DST and compare the "
@@ -40,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         result = convert_checkpoint(args.src, args.dst, variant=args.variant, force=args.force,
-                                    ema=args.ema, allow_nonfinite=args.allow_nonfinite)
+                                    ema=args.ema, allow_nonfinite=args.allow_nonfinite,
+                                    dtype=args.dtype)
     except CoatError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -18,6 +18,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from paddle_model.layout import Layout, coat_layout
+from paddle_model.weights import FLOAT_DTYPES
 from paddle_model.variants import CoatVariant
 
 from .errors import ConversionError, preview
@@ -76,6 +77,16 @@ class Plan:
                 f"{source} does not fit {self.variant.name}: " + "; ".join(self.problems))
 
 
+def check_declared_ties(plan: Plan, declared: Mapping[str, str], origin: str) -> None:
+    """Aliases a file left out and named in its metadata must be aliases of CoaT, too."""
+    canonical = {**plan.renamed, **plan.tied}
+    for alias, kept in declared.items():
+        if plan.layout.aliases.get(alias) != canonical.get(kept):
+            raise ConversionError(
+                f"{origin}: its metadata says {alias} is {kept}, but in "
+                f"{plan.variant.name} they are different tensors")
+
+
 def plan_mapping(shapes: Mapping[str, tuple[int, ...]], variant: CoatVariant) -> Plan:
     """Decide each source key's fate from names and torch shapes alone."""
     layout = layout_for(shapes, variant)
@@ -127,15 +138,19 @@ class MappingReport:
 
 
 def apply_plan(plan: Plan, source: Mapping[str, np.ndarray], origin: str = "checkpoint",
-               allow_nonfinite: bool = False) -> tuple[dict[str, np.ndarray], MappingReport]:
-    """Move the data: a Paddle state dict in layout order, aliases sharing their array."""
+               allow_nonfinite: bool = False, dtype: np.dtype | None = None,
+               ) -> tuple[dict[str, np.ndarray], MappingReport]:
+    """Move the data: a Paddle state dict in layout order, aliases sharing their array.
+
+    Tensors keep their source dtype unless ``dtype`` is given (rounded to nearest even).
+    """
     plan.check(origin)
     layout = plan.layout
     canonical: dict[str, np.ndarray] = {}
     transposed = []
     for key, target in plan.renamed.items():
         array = source[key]
-        if not np.issubdtype(array.dtype, np.floating):
+        if array.dtype.name not in FLOAT_DTYPES:
             raise ConversionError(f"{origin}: {key} has dtype {array.dtype}, expected a float tensor")
         if not allow_nonfinite and not np.isfinite(array).all():
             raise ConversionError(
@@ -143,6 +158,8 @@ def apply_plan(plan: Plan, source: Mapping[str, np.ndarray], origin: str = "chec
         if layout.tensors[target].transposed:
             array = array.T
             transposed.append(target)
+        if dtype is not None:
+            array = array.astype(dtype, copy=False)
         canonical[target] = np.ascontiguousarray(array)
     source_of = {target: key for key, target in plan.renamed.items()}
     for key, target in plan.tied.items():

@@ -6,11 +6,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from paddle_model.variants import CoatVariant, get_variant
+from paddle_model.weights import BFLOAT16
 
 from .detect import plan_for
 from .errors import ConversionError
-from .mapping import MappingReport, apply_plan
+from .mapping import MappingReport, apply_plan, check_declared_ties
 from .readers import read_checkpoint
 from .writers import check_destination, write_state_dict
 
@@ -44,6 +47,17 @@ class ConversionResult:
         return "\n".join(lines)
 
 
+CAST_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def _cast_dtype(name: str | None) -> np.dtype | None:
+    if name is None:
+        return None
+    if name not in CAST_DTYPES:
+        raise ConversionError(f"unknown dtype {name!r}; choose one of {', '.join(CAST_DTYPES)}")
+    return BFLOAT16 if name == "bfloat16" else np.dtype(name)
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -59,11 +73,13 @@ def convert_checkpoint(
         force: bool = False,
         ema: bool = False,
         allow_nonfinite: bool = False,
+        dtype: str | None = None,
 ) -> ConversionResult:
     """Convert the PyTorch CoaT checkpoint ``src`` into Paddle weights at ``dst``.
 
-    The variant is detected from the tensors unless given. Raises :class:`ConversionError`
-    (nothing written) when anything does not fit.
+    The variant is detected from the tensors unless given; tensors keep their dtype unless
+    ``dtype`` ("float32", "float16" or "bfloat16") casts them. Raises a
+    :class:`~paddle_model.errors.CoatError` (nothing written) when anything does not fit.
     """
     src, dst = Path(src), Path(dst)
     if isinstance(variant, str):
@@ -77,7 +93,9 @@ def convert_checkpoint(
     t1 = time.perf_counter()
     shapes = {k: tuple(v.shape) for k, v in checkpoint.state.items()}
     plan = plan_for(shapes, variant, origin=str(src), name_hint=src.name)
-    state, report = apply_plan(plan, checkpoint.state, origin=str(src), allow_nonfinite=allow_nonfinite)
+    check_declared_ties(plan, checkpoint.declared_ties, str(src))
+    state, report = apply_plan(plan, checkpoint.state, origin=str(src),
+                               allow_nonfinite=allow_nonfinite, dtype=_cast_dtype(dtype))
     dtypes = sorted({str(a.dtype) for a in state.values()})
     t2 = time.perf_counter()
     metadata = {"format": "paddle", "variant": plan.variant.name}

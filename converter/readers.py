@@ -7,12 +7,13 @@ and the ``module.`` / ``_orig_mod.`` prefixes of DDP and ``torch.compile``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from paddle_model import safetensors_io
 from paddle_model.weights import safetensors_aliases
 
 from .errors import ConversionError, preview
@@ -29,6 +30,7 @@ class Checkpoint:
 
     state: dict[str, np.ndarray]
     container: str  # e.g. "torch zip, 'model' entry", "safetensors"
+    declared_ties: dict[str, str] = field(default_factory=dict)  # absent alias -> kept key
 
 
 def _check_source(path: Path) -> None:
@@ -38,26 +40,6 @@ def _check_source(path: Path) -> None:
         raise ConversionError(f"{path}: is a directory; give the checkpoint file itself")
     if path.stat().st_size == 0:
         raise ConversionError(f"{path}: is empty")
-
-
-def _is_safetensors(path: Path) -> bool:
-    with open(path, "rb") as f:
-        head = f.read(9)
-    return len(head) == 9 and head[8:9] == b"{"
-
-
-def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="np") as f:
-            state = {k: f.get_tensor(k) for k in f.keys()}
-            metadata = f.metadata()
-    except (SafetensorError, OSError, ValueError, TypeError) as e:
-        raise ConversionError(f"{path}: not a readable .safetensors file ({e})") from None
-    for alias, kept in safetensors_aliases(metadata, state).items():
-        state[alias] = state[kept]  # save_model dropped the alias and recorded it here
-    return state
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -104,13 +86,14 @@ def read_checkpoint(path: str | Path, ema: bool = False) -> Checkpoint:
     """The state dict inside the checkpoint at ``path``, as numpy arrays."""
     path = Path(path)
     _check_source(path)
-    if _is_safetensors(path):
+    if safetensors_io.is_safetensors(path):
         if ema:
             raise ConversionError(f"{path}: --ema needs a training checkpoint; a .safetensors file has one state dict")
-        state, container = _read_safetensors(path), "safetensors"
+        state, metadata = safetensors_io.read_file(path)
+        container, declared = "safetensors", safetensors_aliases(metadata, state)
     elif is_torch_zip(path):
         state, entry = _unwrap(load_torch_file(path), path, ema)
-        container = f"torch zip, {entry}"
+        container, declared = f"torch zip, {entry}", {}
     else:
         raise ConversionError(
             f"{path}: neither a PyTorch zip checkpoint nor a .safetensors file "
@@ -121,4 +104,4 @@ def read_checkpoint(path: str | Path, ema: bool = False) -> Checkpoint:
     bad = [k for k, v in state.items() if not isinstance(v, np.ndarray)]
     if bad:
         raise ConversionError(f"{path}: entries that are not tensors: {preview(bad)}")
-    return Checkpoint(state, container)
+    return Checkpoint(state, container, declared)

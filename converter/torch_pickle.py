@@ -12,6 +12,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
 from paddle_model.errors import CoatError
@@ -29,8 +30,8 @@ _STORAGE_DTYPES = {
     "CharStorage": np.dtype("i1"),
     "ByteStorage": np.dtype("u1"),
     "BoolStorage": np.dtype("?"),
+    "BFloat16Storage": np.dtype(ml_dtypes.bfloat16),
 }
-_UNSUPPORTED_STORAGES = ("BFloat16Storage",)
 
 
 class _StorageType:
@@ -66,7 +67,7 @@ _TORCH_ALLOWED: dict[tuple[str, str], Any] = {
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
     ("argparse", "Namespace"): inert_class("Namespace"),
-    **{("torch", name): _StorageType(name) for name in (*_STORAGE_DTYPES, *_UNSUPPORTED_STORAGES)},
+    **{("torch", name): _StorageType(name) for name in _STORAGE_DTYPES},
 }
 
 
@@ -83,10 +84,6 @@ class _TorchUnpickler(RestrictedUnpickler):
         _, storage_type, key, _location, numel = pid
         if not isinstance(storage_type, _StorageType):
             raise ValueError(f"storage of unknown type {storage_type!r}")
-        if storage_type.name in _UNSUPPORTED_STORAGES:
-            raise ConversionError(
-                f"tensor storage of type {storage_type.name} is not supported yet; "
-                "convert the checkpoint to float32 or float16 with torch first")
         if key not in self._storages:
             raw = self._archive.read(f"{self._root}/data/{key}")
             dtype = _STORAGE_DTYPES[storage_type.name]

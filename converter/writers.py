@@ -2,7 +2,7 @@
 
 A ``.pdparams`` file is the pickle ``paddle.save`` writes for a state dict (key -> numpy
 array), so ``paddle.load`` reads it too; aliased keys share one array, which pickle stores
-once. A ``.safetensors`` file keeps one name per shared tensor and records the others in its
+once, and bfloat16 is stored as uint16 bits, as Paddle does. A ``.safetensors`` file keeps one name per shared tensor and records the others in its
 metadata (``alias -> kept name``), as ``safetensors.torch.save_model`` does.
 """
 from __future__ import annotations
@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 import numpy as np
+
+from paddle_model import safetensors_io
+from paddle_model.weights import BFLOAT16
 
 from .errors import ConversionError
 
@@ -45,16 +48,25 @@ def _atomic_write(path: Path, write: Callable[[object], None]) -> None:
 
 
 def write_pdparams(state: Mapping[str, np.ndarray], path: Path) -> None:
-    _atomic_write(path, lambda f: pickle.dump(dict(state), f, protocol=4))
+    views: dict[int, np.ndarray] = {}  # one view per shared array keeps pickle's sharing
+    out = {}
+    for key, array in state.items():
+        if array.dtype == BFLOAT16:
+            array = views.setdefault(id(array), array.view(np.uint16))
+        out[key] = array
+    _atomic_write(path, lambda f: pickle.dump(out, f, protocol=4))
 
 
 def write_safetensors(state: Mapping[str, np.ndarray], path: Path,
                       aliases: Mapping[str, str], metadata: Mapping[str, str]) -> None:
-    from safetensors.numpy import save
-
     kept = {k: v for k, v in state.items() if k not in aliases}
     header = {**metadata, **aliases}
-    _atomic_write(path, lambda f: f.write(save(kept, metadata=header)))
+
+    def write(f) -> None:
+        for chunk in safetensors_io.serialize(kept, header):
+            f.write(chunk)
+
+    _atomic_write(path, write)
 
 
 def write_state_dict(state: Mapping[str, np.ndarray], path: Path, aliases: Mapping[str, str],

@@ -1,9 +1,11 @@
 """Reading Paddle-layout CoaT weights safely and loading them strictly.
 
 ``.pdparams`` files are pickles: they are read with an allowlisting unpickler, never with
-``paddle.load``, which would run any code a file carries. ``.safetensors`` files may omit
-aliased tensors and record them in their metadata (``alias -> kept name``), as
-``safetensors.torch.save_model`` does; reading fills them back in.
+``paddle.load``, which would run any code a file carries. As ``paddle.save`` does, they hold
+bfloat16 tensors as uint16 arrays of the same bits (CoaT has no integer tensors, so uint16
+always means bfloat16 here). ``.safetensors`` files may omit aliased tensors and record them
+in their metadata (``alias -> kept name``), as ``safetensors.torch.save_model`` does; reading
+fills them back in.
 """
 from __future__ import annotations
 
@@ -11,10 +13,15 @@ import os
 from pathlib import Path
 from typing import Mapping
 
+import ml_dtypes
 import numpy as np
 
+from . import safetensors_io
 from .errors import WeightsError, preview
 from .safe_pickle import NUMPY_ALLOWED, RestrictedUnpickler
+
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 
 # ``paddle.save`` adds this bookkeeping entry to state dicts; it holds no tensor
 _PADDLE_NAME_TABLE = "StructuredToParameterName@@"
@@ -52,7 +59,7 @@ def read_pdparams(path: str | os.PathLike) -> dict[str, np.ndarray]:
         if not isinstance(key, str) or not isinstance(value, np.ndarray):
             raise WeightsError(
                 f"{path}: entry {key!r} is a {type(value).__name__}, expected an array")
-        state[key] = value
+        state[key] = value.view(BFLOAT16) if value.dtype == np.uint16 else value
     return state
 
 
@@ -67,16 +74,9 @@ def safetensors_aliases(metadata: Mapping[str, str] | None, names) -> dict[str, 
 
 def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """The arrays of a ``.safetensors`` file, aliases recorded in its metadata filled in."""
-    from safetensors import SafetensorError, safe_open
-
     path = Path(path)
     _check_file(path)
-    try:
-        with safe_open(str(path), framework="np") as f:
-            state = {k: f.get_tensor(k) for k in f.keys()}
-            metadata = f.metadata()
-    except (SafetensorError, OSError, ValueError, TypeError) as e:
-        raise WeightsError(f"{path}: not a readable .safetensors file ({e})") from None
+    state, metadata = safetensors_io.read_file(path)
     for alias, kept in safetensors_aliases(metadata, state).items():
         state[alias] = state[kept]
     return state
@@ -138,12 +138,7 @@ def load_state_dict(model, state: Mapping[str, np.ndarray], source: str = "weigh
                     "values; the file is inconsistent"
                 )
             continue
+        if str(value.dtype) not in FLOAT_DTYPES:
+            raise WeightsError(f"{source}: {key} has dtype {value.dtype}, expected a float tensor")
         with paddle.no_grad():
-            param.set_value(np.asarray(value).astype(_numpy_dtype(param.dtype), copy=False))
-
-
-def _numpy_dtype(dtype) -> np.dtype:
-    import paddle
-
-    return {paddle.float32: np.float32, paddle.float16: np.float16,
-            paddle.float64: np.float64}.get(dtype, np.float32)
+            param.set_value(paddle.to_tensor(np.asarray(value, dtype=np.float32)).astype(param.dtype))

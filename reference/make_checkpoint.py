@@ -1,6 +1,10 @@
 """Write a seeded CoaT checkpoint, as a stand-in for a real one.
 
     python -m reference.make_checkpoint coat_lite_tiny coat_lite_tiny.pth [--layout timm]
+    python -m reference.make_checkpoint coat_tiny coat_tiny.safetensors  # as timm's hub files
+
+``--logits FILE.npy`` also saves timm's logits on the seeded input batch
+(``reference.parity.seeded_input(2, default size, seed=0)``), for parity checks elsewhere.
 """
 from __future__ import annotations
 
@@ -10,7 +14,8 @@ from pathlib import Path
 
 from paddle_model.variants import VARIANTS
 
-from .checkpoints import write_official_checkpoint, write_timm_checkpoint
+from .checkpoints import seeded_model, write_official_checkpoint, write_timm_checkpoint
+from .parity import seeded_input, torch_logits
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,13 +26,27 @@ def main(argv: list[str] | None = None) -> int:
                    help="official: {'model': state_dict} with the unused norms; timm: timm's state dict")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="overwrite PATH if it exists")
+    p.add_argument("--logits", type=Path, help="also save timm's logits on the seeded batch here (.npy)")
     args = p.parse_args(argv)
     if args.path.exists() and not args.force:
         print(f"error: {args.path}: already exists; pass --force to overwrite it", file=sys.stderr)
         return 2
-    write = write_official_checkpoint if args.layout == "official" else write_timm_checkpoint
-    write(args.variant, args.path, seed=args.seed)
-    print(f"wrote seeded {args.variant} ({args.layout} layout, seed {args.seed}) to {args.path}")
+    if args.path.suffix == ".safetensors":
+        from safetensors.torch import save_model
+
+        save_model(seeded_model(args.variant, args.seed), str(args.path))
+        layout = "timm hub safetensors"
+    else:
+        write = write_official_checkpoint if args.layout == "official" else write_timm_checkpoint
+        write(args.variant, args.path, seed=args.seed)
+        layout = f"{args.layout} layout"
+    print(f"wrote seeded {args.variant} ({layout}, seed {args.seed}) to {args.path}")
+    if args.logits:
+        import numpy as np
+
+        x = seeded_input(2, VARIANTS[args.variant].img_size, seed=0)
+        np.save(args.logits, torch_logits(seeded_model(args.variant, args.seed).eval(), x))
+        print(f"wrote timm's logits on the seeded batch to {args.logits}")
     return 0
 
 

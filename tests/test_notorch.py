@@ -1,0 +1,45 @@
+"""Conversion needs no torch: run by ``make test`` in a virtual environment without it.
+
+The checkpoints and timm's logits come from the full environment (``make test`` writes them to
+``$COAT_NOTORCH_DIR``); here they are converted with convert.py and run in Paddle.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import paddle_model
+from reference.parity import compare, paddle_logits, seeded_input
+
+from .conftest import run_cli
+
+pytestmark = pytest.mark.notorch
+
+
+@pytest.fixture(scope="module")
+def fixtures() -> Path:
+    folder = os.environ.get("COAT_NOTORCH_DIR")
+    assert folder, "COAT_NOTORCH_DIR is not set: run these tests through `make test`"
+    return Path(folder)
+
+
+def test_torch_is_not_installed():
+    assert importlib.util.find_spec("torch") is None
+
+
+@pytest.mark.parametrize("variant, source", [("coat_lite_tiny", "coat_lite_tiny.pth"),
+                                             ("coat_tiny", "coat_tiny.safetensors")])
+def test_converts_without_torch_at_parity(fixtures, tmp_path, variant, source):
+    dst = tmp_path / f"{variant}.pdparams"
+    result = run_cli(fixtures / source, dst)
+    assert result.returncode == 0, result.stderr
+    assert f"variant      {variant} " in result.stdout
+    model = paddle_model.create_model(variant, pretrained=dst)
+    expected = np.load(fixtures / f"{variant}.logits.npy")
+    x = seeded_input(2, paddle_model.get_variant(variant).img_size, seed=0)
+    parity = compare("logits", expected, paddle_logits(model, x))
+    assert parity.ok, parity.line()
