@@ -15,8 +15,13 @@ from paddle_model.errors import CoatError
 from paddle_model.variants import VARIANTS
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, like every other refusal
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="convert.py",
         description="Convert a PyTorch CoaT checkpoint (official mlpc-ucsd or timm, .pth or "
                     ".safetensors) into Paddle weights (.pdparams or .safetensors).")
@@ -29,8 +34,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="cast the weights (default: keep the source dtype)")
     p.add_argument("--allow-nonfinite", action="store_true", help="convert tensors holding NaN/Inf")
     p.add_argument("--verify", action="store_true",
-                   help="run timm's model on SRC and the Paddle model on DST and compare the "
-                        "logits (needs torch and timm); exit 1 if they differ")
+                   help="run timm's model on SRC and the Paddle model on DST and compare every "
+                        "scale, the features and the logits (needs torch and timm); exit 1 if "
+                        "they differ")
     p.add_argument("--json", action="store_true", help="print a machine-readable report")
     return p.parse_args(argv)
 
@@ -40,6 +46,14 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="No ccache found")  # printed by paddle's import
     from converter.pipeline import convert_checkpoint
 
+    if args.verify:
+        try:
+            from reference.parity import verify_conversion
+            import timm  # noqa: F401
+        except ImportError as e:
+            print(f"error: --verify needs torch and timm ({e}); install them with "
+                  "pip install -e '.[reference]'", file=sys.stderr)
+            return 2
     try:
         result = convert_checkpoint(args.src, args.dst, variant=args.variant, force=args.force,
                                     ema=args.ema, allow_nonfinite=args.allow_nonfinite,
@@ -52,12 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         print(result.summary())
     code = 0
     if args.verify:
-        from reference.parity import verify_conversion
-
         parity = verify_conversion(args.src, args.dst, result.variant, ema=args.ema)
         report["parity"] = parity.to_dict()
         if not args.json:
-            print("  parity       " + parity.line())
+            print(parity.table())
         code = 0 if parity.ok else 1
     if args.json:
         print(json.dumps(report, indent=2))

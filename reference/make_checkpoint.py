@@ -15,7 +15,7 @@ from pathlib import Path
 from paddle_model.variants import VARIANTS
 
 from .checkpoints import seeded_model, write_official_checkpoint, write_timm_checkpoint
-from .parity import seeded_input, torch_logits
+from .parity import run_torch, seeded_input
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         import numpy as np
 
         x = seeded_input(2, VARIANTS[args.variant].img_size, seed=0)
-        np.save(args.logits, torch_logits(seeded_model(args.variant, args.seed).eval(), x))
+        np.save(args.logits, run_torch(seeded_model(args.variant, args.seed), x)[0])
         print(f"wrote timm's logits on the seeded batch to {args.logits}")
     return 0
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import paddle_model
-from reference.parity import compare, paddle_logits, seeded_input
+from reference.parity import compare, run_paddle, seeded_input
 
 from .conftest import run_cli
 
@@ -41,5 +41,14 @@ def test_converts_without_torch_at_parity(fixtures, tmp_path, variant, source):
     model = paddle_model.create_model(variant, pretrained=dst)
     expected = np.load(fixtures / f"{variant}.logits.npy")
     x = seeded_input(2, paddle_model.get_variant(variant).img_size, seed=0)
-    parity = compare("logits", expected, paddle_logits(model, x))
+    parity = compare("logits", expected, run_paddle(model, x)[0], top1=True)
     assert parity.ok, parity.line()
+
+
+def test_verify_without_torch_is_refused_before_writing(fixtures, tmp_path):
+    dst = tmp_path / "out.pdparams"
+    result = run_cli(fixtures / "coat_lite_tiny.pth", dst, "--verify")
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: --verify needs torch and timm")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not dst.exists()

@@ -1,15 +1,19 @@
-"""Every variant: official checkpoint -> convert.py -> create_model(pretrained) == timm's logits."""
+"""Every variant: official checkpoint -> convert.py -> the Paddle model equals timm everywhere.
+
+Logits, CLS features, each scale's output, the backbone feature maps and every block, at the
+default input size for all eight variants and at other sizes (multiples of 32 and not) for a
+CoaT and a CoaT-Lite.
+"""
 from __future__ import annotations
 
+import dataclasses
 import pickle
 
 import numpy as np
 import pytest
 
-import paddle_model
 from paddle_model.variants import VARIANTS
-from reference.parity import compare, paddle_logits, seeded_input, torch_logits
-from reference.timm_model import timm_from_checkpoint
+from reference.parity import verify_conversion
 
 from .conftest import run_cli
 
@@ -36,19 +40,30 @@ def converted(checkpoints, tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
-def test_converted_logits_match_timm(name, converted):
+def test_converted_model_matches_timm_at_default_size(name, converted):
     src, dst = converted(name)
-    v = VARIANTS[name]
-    reference = timm_from_checkpoint(src, v)
-    model = paddle_model.create_model(name, pretrained=dst)
-    x = seeded_input(2, v.img_size, seed=1)
-    parity = compare("logits", torch_logits(reference, x), paddle_logits(model, x), RTOL)
-    assert parity.ok, parity.line()
-    assert parity.top1_agree == 1.0
+    report = verify_conversion(src, dst, name, batch=2, seed=1, tolerance=RTOL)
+    assert report.ok, report.table()
+    assert report.logits.top1_agree == 1.0
+    names = [c.name for c in report.outputs]
+    assert names == ["x1", "x2", "x3", "x4", "x1_nocls", "x2_nocls", "x3_nocls", "x4_nocls",
+                     "cls_features", "logits"]
+    depth = sum(VARIANTS[name].serial_depths) + 3 * VARIANTS[name].parallel_depth
+    assert len(report.blocks) == 4 + depth  # every patch embedding and block compared
+
+
+@pytest.mark.parametrize("size", [256, 160, 230, (240, 320), (200, 296)])
+@pytest.mark.parametrize("name", ["coat_tiny", "coat_lite_tiny"])
+def test_converted_model_matches_at_other_input_sizes(name, size, converted):
+    """Non-multiples of 32 run against timm with the official target-size resampling."""
+    src, dst = converted(name)
+    report = verify_conversion(src, dst, name, size=size, batch=2, seed=2, tolerance=RTOL)
+    assert report.ok, report.table()
+    assert report.input_size == ((size, size) if isinstance(size, int) else size)
 
 
 def test_a_wrongly_transposed_square_proj_fails_parity(converted, tmp_path):
-    """The check has teeth: a square weight transposed by mistake keeps its shape, not its logits."""
+    """The check has teeth: a square weight transposed by mistake keeps its shape, not its outputs."""
     name = "coat_lite_tiny"
     src, dst = converted(name)
     key = "serial_blocks1.0.factoratt_crpe.proj.weight"
@@ -60,15 +75,35 @@ def test_a_wrongly_transposed_square_proj_fails_parity(converted, tmp_path):
     with open(broken, "wb") as f:
         pickle.dump(state, f)
 
-    v = VARIANTS[name]
-    x = seeded_input(2, v.img_size, seed=1)
-    model = paddle_model.create_model(name, pretrained=broken)  # loads: shapes all fit
-    parity = compare("logits", torch_logits(timm_from_checkpoint(src, v), x), paddle_logits(model, x), RTOL)
-    assert not parity.ok
-    assert parity.max_rel > 100 * RTOL
+    report = verify_conversion(src, broken, name, tolerance=RTOL)  # loads: the shapes all fit
+    assert not report.ok
+    assert report.first_divergence == "serial_blocks1.0"
+    assert report.logits.max_rel > 100 * RTOL
 
 
 def test_verify_flag_reports_parity_and_exits_zero(checkpoints, tmp_path):
     result = run_cli(checkpoints("coat_lite_tiny"), tmp_path / "out.pdparams", "--verify")
     assert result.returncode == 0, result.stderr
-    assert "parity       logits:" in result.stdout and ": ok" in result.stdout
+    assert "coat_lite_tiny at 224x224, batch 2:" in result.stdout
+    assert "parity ok (tolerance 1e-05)" in result.stdout
+
+
+def test_verify_json_includes_the_table(checkpoints, tmp_path):
+    import json
+
+    result = run_cli(checkpoints("coat_lite_tiny"), tmp_path / "out.pdparams", "--verify", "--json")
+    assert result.returncode == 0, result.stderr
+    parity = json.loads(result.stdout)["parity"]
+    assert parity["ok"] and parity["first_divergence"] is None
+    assert [o["name"] for o in parity["outputs"]][-1] == "logits"
+    assert {"max_abs", "max_rel", "cosine", "top1_agree"} <= set(parity["outputs"][-1])
+
+
+def test_verify_exits_one_when_parity_fails(checkpoints, tmp_path, monkeypatch):
+    """Exit code 1 when the outputs differ: here Paddle LayerNorms built with a wrong epsilon."""
+    import convert
+
+    monkeypatch.setattr("paddle_model.factory.get_variant",
+                        lambda name: dataclasses.replace(VARIANTS[name], norm_eps=1e-3))
+    code = convert.main([str(checkpoints("coat_lite_tiny")), str(tmp_path / "o.pdparams"), "--verify"])
+    assert code == 1

@@ -14,7 +14,7 @@ import paddle_model
 from converter.pipeline import convert_checkpoint
 from paddle_model.errors import CoatError
 from reference.checkpoints import official_state_dict, seeded_model
-from reference.parity import compare, paddle_logits, seeded_input, torch_logits
+from reference.parity import verify_conversion
 from reference.timm_model import timm_from_checkpoint
 
 from .conftest import run_cli
@@ -25,11 +25,8 @@ LITE, FULL = "coat_lite_tiny", "coat_tiny"
 
 
 def assert_parity(src, dst, variant, ema=False):
-    x = seeded_input(2, 224, seed=3)
-    reference = timm_from_checkpoint(src, variant, ema=ema)
-    model = paddle_model.create_model(variant, pretrained=dst)
-    parity = compare("logits", torch_logits(reference, x), paddle_logits(model, x), RTOL)
-    assert parity.ok, parity.line()
+    report = verify_conversion(src, dst, variant, seed=3, tolerance=RTOL, ema=ema)
+    assert report.ok, report.table()
 
 
 def convert_ok(src, dst, *flags):
