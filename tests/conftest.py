@@ -35,3 +35,16 @@ def checkpoints(tmp_path_factory):
         return made[key]
 
     return get
+
+
+SAMPLE_IMAGES = ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg", "motorcycle_left.png")
+
+
+def sample_image_paths() -> list[Path]:
+    """Freely licensed photographs shipped inside scikit-image's wheel (not downloaded)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("skimage")
+    assert spec is not None, "scikit-image is missing: install the dev extra (pip install -e '.[dev]')"
+    data = Path(spec.submodule_search_locations[0]) / "data"
+    return [data / name for name in SAMPLE_IMAGES]
