@@ -25,11 +25,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="convert.py",
         description="Convert a PyTorch CoaT checkpoint (official mlpc-ucsd or timm, .pth or "
                     ".safetensors) into Paddle weights (.pdparams or .safetensors).")
-    p.add_argument("src", help="PyTorch checkpoint")
-    p.add_argument("dst", help="output file, .pdparams or .safetensors")
+    p.add_argument("src", help="PyTorch checkpoint (or Paddle weights, with --to torch)")
+    p.add_argument("dst", help="output file: .pdparams or .safetensors (or .pth, to torch)")
     p.add_argument("--variant", choices=list(VARIANTS), help="skip detection, use this variant")
     p.add_argument("--ema", action="store_true", help="take the EMA weights of a training checkpoint")
     p.add_argument("--force", action="store_true", help="overwrite DST if it exists")
+    p.add_argument("--to", choices=["paddle", "torch"],
+                   help="direction; default: torch when DST is .pth/.pt, else paddle. torch turns "
+                        "Paddle weights back into timm's layout (.pth, or .safetensors)")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
                    help="cast the weights (default: keep the source dtype)")
     p.add_argument("--allow-nonfinite", action="store_true", help="convert tensors holding NaN/Inf")
@@ -57,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = convert_checkpoint(args.src, args.dst, variant=args.variant, force=args.force,
                                     ema=args.ema, allow_nonfinite=args.allow_nonfinite,
-                                    dtype=args.dtype)
+                                    dtype=args.dtype, to=args.to)
     except CoatError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -66,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         print(result.summary())
     code = 0
     if args.verify:
-        parity = verify_conversion(args.src, args.dst, result.variant, ema=args.ema)
+        to_torch = args.to == "torch" or (args.to is None and args.dst.endswith((".pth", ".pt")))
+        torch_file, paddle_file = (args.dst, args.src) if to_torch else (args.src, args.dst)
+        parity = verify_conversion(torch_file, paddle_file, result.variant, ema=args.ema)
         report["parity"] = parity.to_dict()
         if not args.json:
             print(parity.table())

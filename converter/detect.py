@@ -22,19 +22,24 @@ def detect_variant(shapes: Mapping[str, tuple[int, ...]], origin: str = "checkpo
             f"cls_token1 and serial_blocks1.0.*, found {preview(shapes)}")
     plans = {name: plan_mapping(shapes, v) for name, v in VARIANTS.items()}
     fits = [name for name, plan in plans.items() if not plan.problems]
-    if len(fits) == 1:
-        return plans[fits[0]]
-    if len(fits) > 1:
-        named = sorted((n for n in fits if n in name_hint), key=len)
-        if named:
-            return plans[named[-1]]
-        raise ConversionError(
-            f"{origin}: the tensors fit {' and '.join(fits)} alike (they differ only in default "
-            "input size); pass --variant to choose")
+    if fits:
+        return plans[choose_variant(fits, origin, name_hint)]
     closest = min(plans.values(), key=lambda p: p.misfits)
     raise ConversionError(
         f"{origin}: the tensors fit no CoaT variant; closest is {closest.variant.name}: "
         + "; ".join(closest.problems) + " (pass --variant to force one)")
+
+
+def choose_variant(fits: list[str], origin: str, name_hint: str) -> str:
+    """One of the variants whose tensors fit: the only one, or the one the file name names."""
+    if len(fits) == 1:
+        return fits[0]
+    named = sorted((n for n in fits if n in name_hint), key=len)
+    if named:
+        return named[-1]
+    raise ConversionError(
+        f"{origin}: the tensors fit {' and '.join(fits)} alike (they differ only in default "
+        "input size); pass --variant to choose")
 
 
 def plan_for(shapes: Mapping[str, tuple[int, ...]], variant: CoatVariant | None,

@@ -12,10 +12,14 @@ from paddle_model.variants import CoatVariant, get_variant
 from paddle_model.weights import BFLOAT16
 
 from .detect import plan_for
-from .errors import ConversionError
+from paddle_model.errors import WeightsError
+from paddle_model.weights import read_weights
+
+from .errors import ConversionError, preview
 from .mapping import MappingReport, apply_plan, check_declared_ties
 from .readers import read_checkpoint
-from .writers import check_destination, write_state_dict
+from .reverse import paddle_layout_for, to_torch_layout, write_torch
+from .writers import PADDLE_FORMATS, TORCH_FORMATS, check_destination, write_safetensors, write_state_dict
 
 
 @dataclass
@@ -74,12 +78,14 @@ def convert_checkpoint(
         ema: bool = False,
         allow_nonfinite: bool = False,
         dtype: str | None = None,
+        to: str | None = None,
 ) -> ConversionResult:
     """Convert the PyTorch CoaT checkpoint ``src`` into Paddle weights at ``dst``.
 
     The variant is detected from the tensors unless given; tensors keep their dtype unless
-    ``dtype`` ("float32", "float16" or "bfloat16") casts them. Raises a
-    :class:`~paddle_model.errors.CoatError` (nothing written) when anything does not fit.
+    ``dtype`` ("float32", "float16" or "bfloat16") casts them. ``to="torch"`` (the default
+    for a ``.pth``/``.pt`` destination) goes the other way: Paddle weights to timm's layout.
+    Raises a :class:`~paddle_model.errors.CoatError` (nothing written) when anything does not fit.
     """
     src, dst = Path(src), Path(dst)
     if isinstance(variant, str):
@@ -87,7 +93,28 @@ def convert_checkpoint(
             variant = get_variant(variant)
         except KeyError as e:
             raise ConversionError(str(e.args[0])) from None
-    check_destination(dst, force)
+    to = to or ("torch" if dst.suffix in (".pth", ".pt") else "paddle")
+    if to not in ("paddle", "torch"):
+        raise ConversionError(f"unknown direction {to!r}; choose paddle or torch")
+    check_destination(dst, force, TORCH_FORMATS if to == "torch" else PADDLE_FORMATS)
+    step = _to_torch if to == "torch" else _to_paddle
+    timings: dict[str, float] = {}
+    name, container, state, report, num_classes = step(
+        src, dst, variant, ema, allow_nonfinite, _cast_dtype(dtype), timings)
+    return ConversionResult(
+        variant=name,
+        source=str(src),
+        destination=str(dst),
+        container=container,
+        dtype="/".join(sorted({str(a.dtype) for a in state.values()})),
+        num_classes=num_classes,
+        source_sha256=_sha256(src),
+        mapping=report,
+        timings=timings,
+    )
+
+
+def _to_paddle(src, dst, variant, ema, allow_nonfinite, dtype, timings):
     t0 = time.perf_counter()
     checkpoint = read_checkpoint(src, ema=ema)
     t1 = time.perf_counter()
@@ -95,21 +122,45 @@ def convert_checkpoint(
     plan = plan_for(shapes, variant, origin=str(src), name_hint=src.name)
     check_declared_ties(plan, checkpoint.declared_ties, str(src))
     state, report = apply_plan(plan, checkpoint.state, origin=str(src),
-                               allow_nonfinite=allow_nonfinite, dtype=_cast_dtype(dtype))
-    dtypes = sorted({str(a.dtype) for a in state.values()})
+                               allow_nonfinite=allow_nonfinite, dtype=dtype)
     t2 = time.perf_counter()
     metadata = {"format": "paddle", "variant": plan.variant.name}
     write_state_dict(state, dst, plan.layout.aliases, metadata)
-    t3 = time.perf_counter()
+    timings.update(read_s=t1 - t0, map_s=t2 - t1, write_s=time.perf_counter() - t2)
     head = state.get("head.weight")
-    return ConversionResult(
-        variant=plan.variant.name,
-        source=str(src),
-        destination=str(dst),
-        container=checkpoint.container,
-        dtype="/".join(dtypes),
-        num_classes=0 if head is None else int(head.shape[1]),
-        source_sha256=_sha256(src),
-        mapping=report,
-        timings={"read_s": t1 - t0, "map_s": t2 - t1, "write_s": t3 - t2},
-    )
+    num_classes = 0 if head is None else int(head.shape[1])
+    return plan.variant.name, checkpoint.container, state, report, num_classes
+
+
+def _to_torch(src, dst, variant, ema, allow_nonfinite, dtype, timings):
+    if ema:
+        raise ConversionError("--ema applies to PyTorch training checkpoints, not to Paddle weights")
+    t0 = time.perf_counter()
+    try:
+        source = read_weights(src)
+    except WeightsError as e:
+        raise ConversionError(f"{e} (converting to torch needs Paddle weights as the source)") from None
+    t1 = time.perf_counter()
+    shapes = {k: tuple(v.shape) for k, v in source.items()}
+    v, layout = paddle_layout_for(shapes, variant, str(src), src.name)
+    if dtype is not None:
+        source = {k: a.astype(dtype) for k, a in source.items()}
+    if not allow_nonfinite:
+        bad = [k for k in layout.tensors if not np.isfinite(source[k].astype(np.float32)).all()]
+        if bad:
+            raise ConversionError(
+                f"{src}: {preview(bad)} contain NaN or Inf values; pass --allow-nonfinite to convert anyway")
+    state = to_torch_layout(source, layout, str(src))
+    t2 = time.perf_counter()
+    if dst.suffix == ".safetensors":  # timm's hub layout: aliases named in the metadata
+        write_safetensors(state, dst, layout.aliases, {"format": "pt"})
+    else:
+        write_torch(state, dst)
+    timings.update(read_s=t1 - t0, map_s=t2 - t1, write_s=time.perf_counter() - t2)
+    report = MappingReport(
+        tensors=len(layout.tensors), written=len(state),
+        transposed=[k for k, spec in layout.tensors.items() if spec.transposed],
+        dropped={}, ties_checked=sorted(layout.aliases), ties_filled=[])
+    head = state.get("head.weight")
+    num_classes = 0 if head is None else int(head.shape[0])
+    return v.name, "paddle weights", state, report, num_classes

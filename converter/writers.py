@@ -20,14 +20,15 @@ from paddle_model.weights import BFLOAT16
 
 from .errors import ConversionError
 
-FORMATS = (".pdparams", ".safetensors")
+PADDLE_FORMATS = (".pdparams", ".safetensors")
+TORCH_FORMATS = (".pth", ".pt", ".safetensors")
 
 
-def check_destination(path: Path, force: bool) -> None:
+def check_destination(path: Path, force: bool, formats=PADDLE_FORMATS) -> None:
     """Refuse a destination that cannot or should not be written."""
-    if path.suffix not in FORMATS:
+    if path.suffix not in formats:
         raise ConversionError(
-            f"{path}: unknown output format {path.suffix!r}; name it .pdparams or .safetensors")
+            f"{path}: unknown output format {path.suffix!r}; name it {' or '.join(formats)}")
     if not path.parent.is_dir():
         raise ConversionError(f"{path}: the directory {path.parent} does not exist; create it first")
     if path.is_dir():
@@ -36,11 +37,15 @@ def check_destination(path: Path, force: bool) -> None:
         raise ConversionError(f"{path}: already exists; pass --force to overwrite it")
 
 
-def _atomic_write(path: Path, write: Callable[[object], None]) -> None:
+def atomic_write(path: Path, write: Callable[[object], None]) -> None:
+    """Write through a temporary file in the same folder, renamed into place when complete."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as open() would create it, not mkstemp's 0600
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
@@ -54,7 +59,7 @@ def write_pdparams(state: Mapping[str, np.ndarray], path: Path) -> None:
         if array.dtype == BFLOAT16:
             array = views.setdefault(id(array), array.view(np.uint16))
         out[key] = array
-    _atomic_write(path, lambda f: pickle.dump(out, f, protocol=4))
+    atomic_write(path, lambda f: pickle.dump(out, f, protocol=4))
 
 
 def write_safetensors(state: Mapping[str, np.ndarray], path: Path,
@@ -66,7 +71,7 @@ def write_safetensors(state: Mapping[str, np.ndarray], path: Path,
         for chunk in safetensors_io.serialize(kept, header):
             f.write(chunk)
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def write_state_dict(state: Mapping[str, np.ndarray], path: Path, aliases: Mapping[str, str],

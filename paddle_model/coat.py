@@ -232,15 +232,36 @@ def _bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
     return m
 
 
+def _bilinear_matrix_ops(n_in, n_out) -> paddle.Tensor:
+    """:func:`_bilinear_matrix` in Paddle ops, for graphs whose sizes are known only at run time."""
+    n_in = paddle.cast(paddle.to_tensor(n_in) if isinstance(n_in, int) else n_in, "int64")
+    n_out = paddle.cast(paddle.to_tensor(n_out) if isinstance(n_out, int) else n_out, "int64")
+    scale = paddle.cast(paddle.cast(n_in, "float32") / paddle.cast(n_out, "float32"), "float64")
+    dst = paddle.arange(0, n_out, dtype="float64")
+    src = paddle.clip(paddle.cast(scale * (dst + 0.5) - 0.5, "float32"), min=0.0)
+    i0 = paddle.cast(src, "int64")
+    i1 = paddle.minimum(i0 + 1, n_in - 1)
+    w1 = (src - paddle.cast(i0, "float32")).unsqueeze(1)
+    cols = paddle.arange(0, n_in, dtype="int64").unsqueeze(0)
+    pick0 = paddle.cast(cols == i0.unsqueeze(1), "float32")
+    pick1 = paddle.cast(cols == i1.unsqueeze(1), "float32")
+    return pick0 * (1.0 - w1) + pick1 * w1
+
+
 def resample_tokens(x: paddle.Tensor, size: tuple[int, int], target: tuple[int, int]) -> paddle.Tensor:
     """Bilinear resize of the image tokens of ``x`` from ``size`` to ``target``; CLS kept.
 
     [B, 1 + H*W, C] -> [B, 1 + H'*W', C]. Separable: one matmul per axis, in token layout.
+    Eager runs take the weights from a cache; static graphs (``paddle.jit``) build them.
     """
     (H, W), (Ho, Wo) = size, target
     B, C = x.shape[0], x.shape[2]
-    ry = paddle.to_tensor(_bilinear_matrix(H, Ho), dtype=x.dtype)  # [Ho, H]
-    rx = paddle.to_tensor(_bilinear_matrix(W, Wo), dtype=x.dtype)  # [Wo, W]
+    if paddle.in_dynamic_mode():
+        ry = paddle.to_tensor(_bilinear_matrix(H, Ho), dtype=x.dtype)  # [Ho, H]
+        rx = paddle.to_tensor(_bilinear_matrix(W, Wo), dtype=x.dtype)  # [Wo, W]
+    else:
+        ry = paddle.cast(_bilinear_matrix_ops(H, Ho), x.dtype)
+        rx = paddle.cast(_bilinear_matrix_ops(W, Wo), x.dtype)
     img = x[:, 1:, :].reshape([B, H, W * C])
     img = (ry @ img).reshape([B * Ho, W, C])
     img = (rx @ img).reshape([B, Ho * Wo, C])

@@ -32,6 +32,10 @@ class CoatVariant:
     crop_pct: float = 0.9  # eval transform: resize to img_size / crop_pct, centre crop
     crop_mode: str = "center"  # "squash" resizes both sides to img_size, no crop
     interpolation: str = "bicubic"
+    # the official release (mlpc-ucsd): first 8 hex digits of the file's sha256, ImageNet top-1/5
+    release_sha256: str = ""
+    top1: float = 0.0
+    top5: float = 0.0
 
     @property
     def is_lite(self) -> bool:
@@ -47,16 +51,24 @@ def _variants(*variants: CoatVariant) -> Mapping[str, CoatVariant]:
 
 
 VARIANTS: Mapping[str, CoatVariant] = _variants(
-    CoatVariant("coat_tiny", (152, 152, 152, 152), (2, 2, 2, 2), parallel_depth=6),
-    CoatVariant("coat_mini", (152, 216, 216, 216), (2, 2, 2, 2), parallel_depth=6),
-    CoatVariant("coat_small", (152, 320, 320, 320), (2, 2, 2, 2), parallel_depth=6),
-    CoatVariant("coat_lite_tiny", (64, 128, 256, 320), (2, 2, 2, 2), mlp_ratios=(8, 8, 4, 4)),
-    CoatVariant("coat_lite_mini", (64, 128, 320, 512), (2, 2, 2, 2), mlp_ratios=(8, 8, 4, 4)),
-    CoatVariant("coat_lite_small", (64, 128, 320, 512), (3, 4, 6, 3), mlp_ratios=(8, 8, 4, 4)),
-    CoatVariant("coat_lite_medium", (128, 256, 320, 512), (3, 6, 10, 8)),
+    CoatVariant("coat_tiny", (152, 152, 152, 152), (2, 2, 2, 2), parallel_depth=6,
+                release_sha256="c6efc33c", top1=78.3, top5=94.0),
+    CoatVariant("coat_mini", (152, 216, 216, 216), (2, 2, 2, 2), parallel_depth=6,
+                release_sha256="40667eec", top1=81.0, top5=95.2),
+    CoatVariant("coat_small", (152, 320, 320, 320), (2, 2, 2, 2), parallel_depth=6,
+                release_sha256="7479cf9b", top1=82.1, top5=96.1),
+    CoatVariant("coat_lite_tiny", (64, 128, 256, 320), (2, 2, 2, 2), mlp_ratios=(8, 8, 4, 4),
+                release_sha256="e88e96b0", top1=77.5, top5=93.8),
+    CoatVariant("coat_lite_mini", (64, 128, 320, 512), (2, 2, 2, 2), mlp_ratios=(8, 8, 4, 4),
+                release_sha256="6b4a8ae5", top1=79.1, top5=94.5),
+    CoatVariant("coat_lite_small", (64, 128, 320, 512), (3, 4, 6, 3), mlp_ratios=(8, 8, 4, 4),
+                release_sha256="8d362f48", top1=81.9, top5=95.5),
+    CoatVariant("coat_lite_medium", (128, 256, 320, 512), (3, 6, 10, 8),
+                release_sha256="a750cd63", top1=83.6, top5=96.7),
     CoatVariant(
         "coat_lite_medium_384", (128, 256, 320, 512), (3, 6, 10, 8),
         img_size=384, crop_pct=1.0, crop_mode="squash",
+        release_sha256="f9129688", top1=84.5, top5=97.1,
     ),
 )
 

@@ -147,3 +147,10 @@ def test_weight_init_follows_timm():
     assert float(model.serial_blocks1[0].norm1.weight.min()) == 1.0
     conv = model.cpe1.proj.weight  # torch's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in 9
     assert float(conv.abs().max()) <= 1 / 3
+
+
+@pytest.mark.parametrize("n_in, n_out", [(7, 14), (57, 28), (28, 57), (2, 1), (1, 3), (15, 8)])
+def test_static_graph_resampling_weights_equal_the_eager_ones(n_in, n_out):
+    from paddle_model.coat import _bilinear_matrix_ops
+
+    np.testing.assert_array_equal(_bilinear_matrix_ops(n_in, n_out).numpy(), _bilinear_matrix(n_in, n_out))

@@ -1,0 +1,84 @@
+"""Classify images with a CoaT: the top-5 ImageNet classes and their probabilities.
+
+    python -m paddle_model.predict cat.jpg --variant coat_lite_small --weights coat_lite_small.pdparams
+
+Preprocessing is the variant's evaluation transform (the one its accuracy was measured with).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CoatError
+from .variants import VARIANTS
+
+
+@lru_cache(maxsize=1)
+def imagenet_classes() -> list[str]:
+    """The 1000 ImageNet-1k class names in label order (WordNet lemmas)."""
+    table = Path(__file__).with_name("imagenet_classes.tsv").read_text().splitlines()
+    return [line.split("\t", 1)[1] for line in table]
+
+
+def load_image(path: str | Path):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (FileNotFoundError, IsADirectoryError):
+        raise CoatError(f"{path}: no such image file") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise CoatError(f"{path}: not a readable image ({e})") from None
+
+
+def predict(model, images, variant: str, top: int = 5) -> list[list[tuple[int, str, float]]]:
+    """For each PIL image: the ``top`` (class index, name, probability), most likely first."""
+    import paddle
+
+    from .transforms import eval_transform
+
+    transform = eval_transform(variant)
+    batch = np.stack([transform(image) for image in images])
+    model.eval()
+    with paddle.no_grad():
+        probs = paddle.nn.functional.softmax(model(paddle.to_tensor(batch)), axis=-1).numpy()
+    names = imagenet_classes()
+    results = []
+    for row in probs:
+        best = np.argsort(-row, kind="stable")[:top]
+        results.append([(int(i), names[i] if row.size == len(names) else str(i), float(row[i])) for i in best])
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m paddle_model.predict", description=__doc__.split("\n")[0])
+    p.add_argument("images", nargs="+", type=Path)
+    p.add_argument("--variant", required=True, choices=list(VARIANTS))
+    p.add_argument("--weights", required=True, type=Path, help=".pdparams or .safetensors")
+    p.add_argument("--top", type=int, default=5)
+    args = p.parse_args(argv)
+    warnings.filterwarnings("ignore", message="No ccache found")
+    try:
+        images = [load_image(path) for path in args.images]
+        from .factory import create_model
+
+        model = create_model(args.variant, pretrained=args.weights)
+        results = predict(model, images, args.variant, args.top)
+    except CoatError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for path, result in zip(args.images, results):
+        print(path)
+        for rank, (index, name, prob) in enumerate(result, 1):
+            print(f"  {rank}. {prob:7.2%}  {index:4d}  {name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

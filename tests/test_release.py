@@ -1,0 +1,211 @@
+"""Publishing: the release pipeline, hub loading, inference export, predict, and the way back."""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+
+import numpy as np
+import paddle
+import pytest
+import timm
+import torch
+from PIL import Image
+
+import paddle_model
+from converter import release as release_module
+from reference.checkpoints import seeded_model
+from reference.parity import verify_conversion
+
+from .conftest import ROOT, run_cli, sample_image_paths
+
+VARIANTS_UNDER_TEST = ("coat_tiny", "coat_lite_tiny")
+
+
+def run_module(module: str, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True,
+                          text=True, cwd=ROOT, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def released(checkpoints, tmp_path_factory):
+    """Two seeded checkpoints released twice into separate folders."""
+    root = tmp_path_factory.mktemp("release")
+    src = root / "src"
+    src.mkdir()
+    for name in VARIANTS_UNDER_TEST:
+        (src / f"{name}_seeded.pth").write_bytes(checkpoints(name).read_bytes())
+    runs = []
+    for out in (root / "out1", root / "out2"):
+        result = run_module("converter.release", src, out, "--allow-unofficial")
+        assert result.returncode == 0, result.stderr
+        runs.append((out, result.stdout))
+    return src, runs
+
+
+def test_release_writes_weights_manifest_and_card_per_variant(released):
+    _, [(out, stdout), _] = released
+    assert sorted(p.name for p in out.iterdir()) == sorted(VARIANTS_UNDER_TEST)
+    for name in VARIANTS_UNDER_TEST:
+        folder = out / name
+        assert sorted(p.name for p in folder.iterdir()) == sorted(
+            ["README.md", "manifest.json", f"{name}.pdparams", f"{name}.safetensors"])
+        assert f"{name}_seeded.pth" in stdout and "released" in stdout
+        card = (folder / "README.md").read_text()
+        assert f'create_model("{name}", pretrained="{name}.pdparams")' in card
+        assert "Apache-2.0" in card
+
+
+def test_manifest_hashes_and_contents(released):
+    src, [(out, _), _] = released
+    for name in VARIANTS_UNDER_TEST:
+        manifest = json.loads((out / name / "manifest.json").read_text())
+        for file, digest in manifest["files"].items():
+            assert hashlib.sha256((out / name / file).read_bytes()).hexdigest() == digest
+        source = src / manifest["source"]["file"]
+        assert manifest["source"]["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
+        assert manifest["source"]["official"] is False
+        v = paddle_model.get_variant(name)
+        assert (manifest["accuracy"]["top1"], manifest["accuracy"]["top5"]) == (v.top1, v.top5)
+        assert manifest["params"] == sum(p.numel() for p in timm.create_model(name).parameters())
+        assert manifest["parity"]["ok"] and manifest["preprocessing"]["resize"] == 248
+        assert set(manifest["versions"]) >= {"paddlepaddle", "torch", "timm", "numpy"}
+
+
+def test_two_releases_give_byte_identical_weights(released):
+    _, [(out1, _), (out2, _)] = released
+    for name in VARIANTS_UNDER_TEST:
+        for suffix in (".pdparams", ".safetensors"):
+            a, b = out1 / name / f"{name}{suffix}", out2 / name / f"{name}{suffix}"
+            assert a.read_bytes() == b.read_bytes()
+
+
+@pytest.mark.parametrize("name", VARIANTS_UNDER_TEST)
+def test_released_files_load_at_parity_through_hub_and_create_model(released, name):
+    src, [(out, _), _] = released
+    for suffix in (".pdparams", ".safetensors"):
+        weights = out / name / f"{name}{suffix}"
+        report = verify_conversion(src / f"{name}_seeded.pth", weights, name)
+        assert report.ok, report.table()
+        model = paddle.hub.load(str(ROOT), name, source="local", pretrained=str(weights))
+        direct = paddle_model.create_model(name, pretrained=weights)
+        assert all(np.array_equal(a.numpy(), b.numpy())
+                   for a, b in zip(model.parameters(), direct.parameters()))
+
+
+def test_hub_lists_all_eight_variants():
+    assert sorted(paddle.hub.list(str(ROOT), source="local")) == sorted(paddle_model.VARIANTS)
+
+
+def test_unofficial_source_is_refused_without_the_flag(checkpoints, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "coat_lite_tiny.pth").write_bytes(checkpoints("coat_lite_tiny").read_bytes())
+    result = run_module("converter.release", src, tmp_path / "out")
+    assert result.returncode == 2
+    assert "matches no official release; pass --allow-unofficial" in result.stdout
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_official_release_files_are_recognised_by_hash():
+    for v in paddle_model.VARIANTS.values():
+        assert release_module.official_variant(v.release_sha256 + "0" * 56) is v
+    assert release_module.official_variant("0" * 64) is None
+
+
+def test_a_variant_failing_parity_leaves_nothing_behind(checkpoints, tmp_path, monkeypatch):
+    import dataclasses
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "x.pth").write_bytes(checkpoints("coat_lite_tiny").read_bytes())
+    monkeypatch.setattr("paddle_model.factory.get_variant",  # a Paddle model built wrong
+                        lambda n: dataclasses.replace(paddle_model.VARIANTS[n], norm_eps=1e-3))
+    entries = release_module.release(src, tmp_path / "out", allow_unofficial=True, progress=False)
+    assert [e.status for e in entries] == ["parity failed"]
+    assert list((tmp_path / "out").iterdir()) == []
+    assert release_module.main([str(src), str(tmp_path / "out"), "--allow-unofficial"]) == 1
+
+
+@pytest.mark.parametrize("name", VARIANTS_UNDER_TEST)
+def test_exported_model_matches_eager_at_two_sizes_and_batches(name, checkpoints, tmp_path):
+    weights = tmp_path / "w.pdparams"
+    assert run_cli(checkpoints(name), weights).returncode == 0
+    result = run_module("paddle_model.export", name, tmp_path / "model", "--weights", weights)
+    assert result.returncode == 0, result.stderr
+    exported = paddle.jit.load(str(tmp_path / "model"))
+    eager = paddle_model.create_model(name, pretrained=weights)
+    eager.eval()
+    for batch, size in [(1, 224), (3, 160), (2, (230, 200))]:
+        h, w = (size, size) if isinstance(size, int) else size
+        x = paddle.to_tensor(np.random.default_rng(batch).standard_normal((batch, 3, h, w)).astype(np.float32))
+        with paddle.no_grad():
+            a, b = eager(x).numpy(), exported(x).numpy()
+        assert a.shape == b.shape == (batch, 1000)
+        assert float(np.abs(a - b).max()) <= 1e-5 * float(np.abs(a).max())
+
+
+def test_predict_prints_top5_with_names(checkpoints, tmp_path):
+    weights = tmp_path / "w.pdparams"
+    assert run_cli(checkpoints("coat_lite_tiny"), weights).returncode == 0
+    image = sample_image_paths()[0]
+    result = run_module("paddle_model.predict", image, "--variant", "coat_lite_tiny", "--weights", weights)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[0] == str(image) and len(lines) == 6
+
+    from paddle_model.predict import imagenet_classes, predict
+
+    model = paddle_model.create_model("coat_lite_tiny", pretrained=weights)
+    expected = predict(model, [Image.open(image)], "coat_lite_tiny")[0]
+    for line, (index, name, prob) in zip(lines[1:], expected):
+        assert line.split()[2] == str(index) and line.endswith(name)
+        assert f"{prob:.2%}" in line
+    assert len(imagenet_classes()) == 1000 and imagenet_classes()[281] == "tabby, tabby cat"
+
+
+def test_predict_refuses_a_non_image(tmp_path, checkpoints):
+    bad = tmp_path / "not_an_image.jpg"
+    bad.write_text("hello")
+    result = run_module("paddle_model.predict", bad, "--variant", "coat_lite_tiny", "--weights", "x.pdparams")
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error: ") and "not a readable image" in result.stderr
+
+
+@pytest.mark.parametrize("name", VARIANTS_UNDER_TEST)
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_round_trip_torch_paddle_torch_is_bit_exact(name, suffix, tmp_path):
+    model = seeded_model(name)
+    src = tmp_path / "timm.pth"
+    torch.save(model.state_dict(), src)
+    there, back = tmp_path / "w.pdparams", tmp_path / f"back{suffix}"
+    assert run_cli(src, there).returncode == 0
+    result = run_cli(there, back, "--to", "torch")
+    assert result.returncode == 0, result.stderr
+    if suffix == ".pth":
+        state = torch.load(back, weights_only=True)
+    else:
+        from safetensors.torch import load_file
+        state = load_file(back)
+    original = model.state_dict()
+    fresh = timm.create_model(name)
+    if suffix == ".pth":
+        fresh.load_state_dict(state, strict=True)
+    else:
+        from safetensors.torch import load_model
+        load_model(fresh, str(back), strict=True)
+    for key, value in fresh.state_dict().items():
+        assert torch.equal(value.view(torch.int32), original[key].view(torch.int32)), key
+
+
+def test_round_trip_keeps_bfloat16_bits(tmp_path):
+    model = seeded_model("coat_lite_tiny").to(torch.bfloat16)
+    src, there, back = tmp_path / "bf16.pth", tmp_path / "w.safetensors", tmp_path / "back.pth"
+    torch.save(model.state_dict(), src)
+    assert run_cli(src, there).returncode == 0
+    assert run_cli(there, back).returncode == 0
+    state = torch.load(back, weights_only=True)
+    for key, value in model.state_dict().items():
+        assert state[key].dtype == torch.bfloat16
+        assert torch.equal(state[key].view(torch.int16), value.view(torch.int16)), key
