@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -99,8 +100,10 @@ def convert_checkpoint(
     check_destination(dst, force, TORCH_FORMATS if to == "torch" else PADDLE_FORMATS)
     step = _to_torch if to == "torch" else _to_paddle
     timings: dict[str, float] = {}
-    name, container, state, report, num_classes = step(
-        src, dst, variant, ema, allow_nonfinite, _cast_dtype(dtype), timings)
+    with ThreadPoolExecutor(max_workers=1) as pool:  # hash the source while converting it
+        sha256 = pool.submit(_sha256, src) if src.is_file() else None
+        name, container, state, report, num_classes = step(
+            src, dst, variant, ema, allow_nonfinite, _cast_dtype(dtype), timings)
     return ConversionResult(
         variant=name,
         source=str(src),
@@ -108,7 +111,7 @@ def convert_checkpoint(
         container=container,
         dtype="/".join(sorted({str(a.dtype) for a in state.values()})),
         num_classes=num_classes,
-        source_sha256=_sha256(src),
+        source_sha256=sha256.result(),
         mapping=report,
         timings=timings,
     )

@@ -17,6 +17,7 @@ from paddle_model import safetensors_io
 from paddle_model.weights import safetensors_aliases
 
 from .errors import ConversionError, preview
+from .lazy import Lazy
 from .torch_pickle import is_torch_zip, load_torch_file
 
 _WRAPPERS = ("state_dict", "model")
@@ -28,9 +29,13 @@ _PREFIXES = ("module.", "_orig_mod.")
 class Checkpoint:
     """A source state dict and how it was found."""
 
-    state: dict[str, np.ndarray]
+    state: dict[str, Lazy]  # read on demand: conversion streams tensor by tensor
     container: str  # e.g. "torch zip, 'model' entry", "safetensors"
     declared_ties: dict[str, str] = field(default_factory=dict)  # absent alias -> kept key
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Every tensor read into memory."""
+        return {k: v.load() for k, v in self.state.items()}
 
 
 def _check_source(path: Path) -> None:
@@ -44,7 +49,31 @@ def _check_source(path: Path) -> None:
 
 def _is_state_dict(obj: Any) -> bool:
     return isinstance(obj, dict) and bool(obj) and all(
-        isinstance(k, str) and isinstance(v, np.ndarray) for k, v in obj.items())
+        isinstance(k, str) and isinstance(v, Lazy) for k, v in obj.items())
+
+
+def _lazy_safetensors(path: Path) -> tuple[dict[str, Lazy], dict[str, str]]:
+    """The tensors of a safetensors file, each read from its offset when loaded."""
+    with open(path, "rb") as f:
+        header, metadata, start = safetensors_io.read_header(f, path.stat().st_size, path)
+
+    def reader(entry: dict):
+        begin, end = entry["data_offsets"]
+
+        def load() -> np.ndarray:
+            with open(path, "rb") as f:
+                f.seek(start + begin)
+                data = f.read(end - begin)
+            if len(data) != end - begin:
+                raise ConversionError(f"{path}: changed while being read")
+            return np.frombuffer(data, dtype=safetensors_io.DTYPES[entry["dtype"]]).reshape(entry["shape"])
+
+        return load
+
+    state = {name: Lazy(entry["shape"], safetensors_io.DTYPES[entry["dtype"]], reader(entry),
+                        identity=tuple(entry["data_offsets"]))
+             for name, entry in header.items()}
+    return state, metadata
 
 
 def _unwrap(obj: Any, path: Path, ema: bool) -> tuple[dict[str, np.ndarray], str]:
@@ -89,7 +118,7 @@ def read_checkpoint(path: str | Path, ema: bool = False) -> Checkpoint:
     if safetensors_io.is_safetensors(path):
         if ema:
             raise ConversionError(f"{path}: --ema needs a training checkpoint; a .safetensors file has one state dict")
-        state, metadata = safetensors_io.read_file(path)
+        state, metadata = _lazy_safetensors(path)
         container, declared = "safetensors", safetensors_aliases(metadata, state)
     elif is_torch_zip(path):
         state, entry = _unwrap(load_torch_file(path), path, ema)
@@ -101,7 +130,7 @@ def read_checkpoint(path: str | Path, ema: bool = False) -> Checkpoint:
     state, stripped = _strip_prefixes(state)
     if stripped:
         container += f", prefix {' '.join(stripped)} removed"
-    bad = [k for k, v in state.items() if not isinstance(v, np.ndarray)]
+    bad = [k for k, v in state.items() if not isinstance(v, Lazy)]
     if bad:
         raise ConversionError(f"{path}: entries that are not tensors: {preview(bad)}")
     return Checkpoint(state, container, declared)

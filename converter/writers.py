@@ -11,7 +11,7 @@ import os
 import pickle
 import tempfile
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -19,6 +19,7 @@ from paddle_model import safetensors_io
 from paddle_model.weights import BFLOAT16
 
 from .errors import ConversionError
+from .lazy import prefetch
 
 PADDLE_FORMATS = (".pdparams", ".safetensors")
 TORCH_FORMATS = (".pth", ".pt", ".safetensors")
@@ -52,14 +53,49 @@ def atomic_write(path: Path, write: Callable[[object], None]) -> None:
         raise
 
 
-def write_pdparams(state: Mapping[str, np.ndarray], path: Path) -> None:
-    views: dict[int, np.ndarray] = {}  # one view per shared array keeps pickle's sharing
-    out = {}
-    for key, array in state.items():
+class _Pickled:
+    """Pickles exactly as the array it stands for, taken from ``arrays`` (read ahead, in
+    order) only when pickle reaches it: the file is written while the next tensors load."""
+
+    def __init__(self, arrays: Iterator[np.ndarray]) -> None:
+        self.arrays = arrays
+
+    def __reduce_ex__(self, protocol):
+        array = next(self.arrays)
         if array.dtype == BFLOAT16:
-            array = views.setdefault(id(array), array.view(np.uint16))
-        out[key] = array
-    atomic_write(path, lambda f: pickle.dump(out, f, protocol=4))
+            array = array.view(np.uint16)  # Paddle's own encoding of bfloat16
+        return array.__reduce_ex__(protocol)
+
+
+class _StreamingPickler(pickle._Pickler):
+    """A pickler that does not keep tensor bytes in its memo, so each is freed once written.
+
+    Only identical bytes objects could refer back to them, and tensors share by the object
+    that wraps them, which stays memoized: aliases are still written once.
+    """
+
+    def memoize(self, obj) -> None:
+        if self._holds_data(obj):
+            return
+        super().memoize(obj)
+
+    @staticmethod
+    def _holds_data(obj) -> bool:
+        """Tensor bytes, or the state tuple around them (``ndarray.__reduce__``'s)."""
+        if isinstance(obj, bytes):
+            return len(obj) > 256
+        return isinstance(obj, tuple) and any(isinstance(x, bytes) and len(x) > 256 for x in obj)
+
+
+def write_pdparams(state: Mapping[str, np.ndarray], path: Path) -> None:
+    unique = list({id(t): t for t in state.values()}.values())  # in the order pickle meets them
+    arrays = prefetch(unique)
+    wrapped = {id(t): _Pickled(arrays) for t in unique}  # one object per shared tensor: stored once
+    out = {key: wrapped[id(tensor)] for key, tensor in state.items()}
+    try:
+        atomic_write(path, lambda f: _StreamingPickler(f, protocol=4).dump(out))
+    finally:
+        arrays.close()
 
 
 def write_safetensors(state: Mapping[str, np.ndarray], path: Path,
@@ -68,7 +104,7 @@ def write_safetensors(state: Mapping[str, np.ndarray], path: Path,
     header = {**metadata, **aliases}
 
     def write(f) -> None:
-        for chunk in safetensors_io.serialize(kept, header):
+        for chunk in safetensors_io.serialize(kept, header, load=prefetch):
             f.write(chunk)
 
     atomic_write(path, write)

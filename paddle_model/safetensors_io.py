@@ -18,13 +18,13 @@ import numpy as np
 
 from .errors import WeightsError
 
-_DTYPES = {
+DTYPES = {
     "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
     "BF16": np.dtype(ml_dtypes.bfloat16),
     "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
     "U8": np.dtype("u1"), "BOOL": np.dtype("?"),
 }
-_NAMES = {dtype: name for name, dtype in _DTYPES.items()}
+_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 _MAX_HEADER = 100 << 20
 
 
@@ -53,7 +53,7 @@ def read_header(f: BinaryIO, size: int, path="file") -> tuple[dict, dict[str, st
     spans = []
     for name, entry in header.items():
         try:
-            dtype = _DTYPES[entry["dtype"]]
+            dtype = DTYPES[entry["dtype"]]
             shape = [int(d) for d in entry["shape"]]
             begin, end = (int(o) for o in entry["data_offsets"])
         except (KeyError, TypeError, ValueError):
@@ -84,31 +84,42 @@ def read_file(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str,
             begin, end = entry["data_offsets"]
             f.seek(start + begin)
             buf = f.read(end - begin)
-            dtype = _DTYPES[entry["dtype"]]
+            dtype = DTYPES[entry["dtype"]]
             tensors[name] = np.frombuffer(buf, dtype=dtype).reshape(entry["shape"])
     return tensors, metadata
 
 
-def serialize(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None):
-    """The bytes of a safetensors file holding ``tensors`` in the given order, as chunks."""
+def _load_each(tensors):
+    for tensor in tensors:
+        yield tensor.load() if hasattr(tensor, "load") else tensor
+
+
+def serialize(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None,
+              load=None):
+    """The bytes of a safetensors file holding ``tensors`` in the given order, as chunks.
+
+    A value may also be any object with ``shape``, ``dtype`` and ``load()`` (a lazily read
+    tensor): the header needs only the first two, and each is loaded when its turn comes,
+    by ``load(values)`` (an iterator of arrays in order) when given.
+    """
     header: dict = {}
     if metadata:
         header["__metadata__"] = dict(metadata)
     offset = 0
-    arrays = []
-    for name, array in tensors.items():
-        array = np.ascontiguousarray(array)
-        dtype = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
+    for name, tensor in tensors.items():
+        dtype = np.dtype(tensor.dtype).newbyteorder("<") if np.dtype(tensor.dtype).byteorder == ">" \
+            else np.dtype(tensor.dtype)
         if dtype not in _NAMES:
-            raise WeightsError(f"{name}: dtype {array.dtype} cannot be stored in safetensors")
-        header[name] = {"dtype": _NAMES[dtype], "shape": list(array.shape),
-                        "data_offsets": [offset, offset + array.nbytes]}
-        offset += array.nbytes
-        arrays.append(array.astype(dtype, copy=False))
+            raise WeightsError(f"{name}: dtype {tensor.dtype} cannot be stored in safetensors")
+        nbytes = int(np.prod(tensor.shape, dtype=np.int64)) * dtype.itemsize
+        header[name] = {"dtype": _NAMES[dtype], "shape": list(tensor.shape),
+                        "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
     yield struct.pack("<Q", len(text)) + text
-    for array in arrays:
+    for array in (load or _load_each)(tensors.values()):
+        array = np.ascontiguousarray(array).astype(np.dtype(array.dtype).newbyteorder("<"), copy=False)
         yield memoryview(array.reshape(-1).view(np.uint8))
 
 

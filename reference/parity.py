@@ -240,7 +240,7 @@ def reference_models(src: str | Path, variant: CoatVariant, size: tuple[int, int
     from .official import resample_to_target_size
     from .timm_model import build_timm, load_timm_state
 
-    state = read_checkpoint(src, ema=ema).state
+    state = read_checkpoint(src, ema=ema).arrays()
     head = state.get("head.weight")
     official = any(s % 32 for s in size)
     models = []

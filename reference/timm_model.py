@@ -50,7 +50,7 @@ def _to_torch(array: np.ndarray) -> torch.Tensor:
 def timm_from_checkpoint(path: str | Path, variant: str | CoatVariant, img_size: int | None = None,
                          ema: bool = False) -> torch.nn.Module:
     """timm's model for ``variant`` with the weights of the PyTorch checkpoint at ``path``."""
-    state = read_checkpoint(path, ema=ema).state
+    state = read_checkpoint(path, ema=ema).arrays()
     head = state.get("head.weight")
     model = build_timm(variant, img_size, num_classes=0 if head is None else head.shape[0])
     load_timm_state(model, state)

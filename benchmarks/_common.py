@@ -1,0 +1,43 @@
+"""Helpers shared by the benchmark scripts: child processes timed with their peak memory."""
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MKL_DEBUG_CPU_TYPE", "FLAGS_use_mkldnn")
+
+
+def run_child(code: str, *args: str, env: dict | None = None) -> tuple[float, int, str]:
+    """Run ``python -c code args`` to completion: (wall seconds, peak RSS in bytes, stdout)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
+    out = proc.stdout.read()
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark child failed ({proc.returncode}):\n{err.decode()[-2000:]}")
+    return wall, usage.ru_maxrss * 1024, out.decode()
+
+
+def median(values) -> float:
+    return statistics.median(values)
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    threads = ", ".join(f"{k}={os.environ.get(k, 'unset')}" for k in THREAD_VARS)
+    return f"{platform.node()}: {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}; {threads}"
