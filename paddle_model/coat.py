@@ -18,6 +18,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
+from . import kernels
 from .variants import CoatVariant
 
 _trunc_normal = nn.initializer.TruncatedNormal(mean=0.0, std=0.02, a=-2.0, b=2.0)
@@ -110,6 +111,21 @@ class PatchEmbed(nn.Layer):
         return self.norm(x), size
 
 
+def depthwise(conv: nn.Conv2D, x: paddle.Tensor) -> paddle.Tensor:
+    """``conv(x)`` for a depthwise "same" convolution.
+
+    Eager inference (no gradients wanted) on the CPU takes the compiled kernel when it is
+    available (:mod:`paddle_model.kernels`); training, static graphs and other devices keep
+    Paddle's convolution. Both give torch's numbers within float rounding.
+    """
+    if (paddle.in_dynamic_mode() and not paddle.is_grad_enabled() and x.dtype == paddle.float32
+            and x.place.is_cpu_place()):
+        op = kernels.depthwise_conv2d()
+        if op is not None:
+            return op(x.contiguous(), conv.weight, conv.bias)
+    return conv(x)
+
+
 def _tokens_to_map(x: paddle.Tensor, size: tuple[int, int]) -> paddle.Tensor:
     """[B, 1 + H*W, C] tokens (CLS first) -> [B, C, H, W] image without the CLS token."""
     return x[:, 1:, :].transpose([0, 2, 1]).reshape([x.shape[0], -1, size[0], size[1]])
@@ -125,7 +141,7 @@ class ConvPosEnc(nn.Layer):
     def forward(self, x: paddle.Tensor, size: tuple[int, int]) -> paddle.Tensor:
         cls_token = x[:, :1]
         feat = _tokens_to_map(x, size)  # [B, C, H, W]
-        feat = self.proj(feat) + feat
+        feat = depthwise(self.proj, feat) + feat
         return paddle.concat([cls_token, feat.flatten(2).transpose([0, 2, 1])], axis=1)
 
 
@@ -155,7 +171,7 @@ class ConvRelPosEnc(nn.Layer):
         q_img = q[:, :, 1:, :]  # [B, h, H*W, Ch]
         v_img = v[:, :, 1:, :].transpose([0, 1, 3, 2]).reshape([B, h * Ch, H, W])
         parts = paddle.split(v_img, self.channel_splits, axis=1)
-        conv_v = paddle.concat([conv(p) for conv, p in zip(self.conv_list, parts)], axis=1)
+        conv_v = paddle.concat([depthwise(conv, p) for conv, p in zip(self.conv_list, parts)], axis=1)
         conv_v = conv_v.reshape([B, h, Ch, H * W]).transpose([0, 1, 3, 2])  # [B, h, H*W, Ch]
         ev_hat = q_img * conv_v
         return F.pad(ev_hat, [0, 0, 1, 0], data_format="NCHW")  # zero row for the CLS token

@@ -1,0 +1,137 @@
+"""Forward-pass speed and memory: the Paddle CoaT against timm's, CPU fp32.
+
+    python benchmarks/bench_inference.py [--variants coat_tiny ...] [--batch 1 8] [--repeats 5]
+                                         [--deployed]
+
+Each measurement runs in its own process (so peak RSS belongs to one framework), torch and
+Paddle alternating per variant and batch. A process builds the model, warms up, then times
+``repeats`` forward passes of a seeded batch; the table gives medians and Paddle/torch
+ratios. ``--deployed`` adds the exported model (``paddle_model.export``) through Paddle
+Inference with oneDNN.
+
+Thread settings (``--env tuned``, the default, for every process of both frameworks):
+``MKL_NUM_THREADS=2`` (Paddle's math library, which otherwise runs one thread),
+``OMP_NUM_THREADS=1`` (Paddle's OpenMP ops, whose spinning threads otherwise fight MKL's on
+two cores) and ``MKL_DEBUG_CPU_TYPE=5`` (MKL's AVX2 path on AMD CPUs); torch runs with
+``torch.set_num_threads(2)``. ``--env default`` leaves the environment as it is.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine, median, run_child  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TUNED_ENV = {"MKL_NUM_THREADS": "2", "OMP_NUM_THREADS": "1", "MKL_DEBUG_CPU_TYPE": "5"}
+
+PRELUDE = f"""
+import json, sys, time, warnings
+warnings.filterwarnings("ignore")
+sys.path.insert(0, {str(ROOT)!r})
+import numpy as np
+from paddle_model.variants import get_variant
+name, batch, repeats = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+size = get_variant(name).img_size
+x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
+def timed(run):
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    print(json.dumps(times))
+"""
+
+TORCH = PRELUDE + """
+import torch
+torch.set_num_threads(2)
+from reference.timm_model import build_timm
+model = build_timm(name)
+xt = torch.from_numpy(x)
+with torch.no_grad():
+    timed(lambda: model(xt))
+"""
+
+PADDLE = PRELUDE + """
+import paddle
+import paddle_model
+model = paddle_model.create_model(name)
+model.eval()
+xp = paddle.to_tensor(x)
+with paddle.no_grad():
+    timed(lambda: model(xp).numpy())
+"""
+
+DEPLOYED = PRELUDE + """
+import os, tempfile
+import paddle
+from paddle import inference
+from paddle_model.export import export
+prefix = os.path.join(tempfile.mkdtemp(), "model")
+export(name, None, prefix)
+config = inference.Config(prefix + ".json", prefix + ".pdiparams")
+config.disable_gpu()
+config.enable_mkldnn()
+config.set_cpu_math_library_num_threads(2)
+predictor = inference.create_predictor(config)
+handle = predictor.get_input_handle(predictor.get_input_names()[0])
+output = predictor.get_output_handle(predictor.get_output_names()[0])
+def run():
+    handle.reshape(list(x.shape))
+    handle.copy_from_cpu(x)
+    predictor.run()
+    output.copy_to_cpu()
+timed(run)
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    sys.path.insert(0, str(ROOT))
+    from paddle_model.variants import VARIANTS
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    p.add_argument("--batch", nargs="+", type=int, default=[1, 8])
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--deployed", action="store_true", help="also time Paddle Inference (oneDNN)")
+    p.add_argument("--env", choices=["tuned", "default"], default="tuned",
+                   help="thread settings for the measured processes (see the module docstring)")
+    args = p.parse_args(argv)
+    if args.env == "tuned":
+        os.environ.update(TUNED_ENV)
+    sides = [("torch", TORCH), ("paddle", PADDLE)] + ([("deployed", DEPLOYED)] if args.deployed else [])
+    print(machine())
+    print(f"{args.repeats} timed forward passes after one warm-up, each side in its own process; "
+          "torch.set_num_threads(2)\n")
+    header = f"{'variant':22} {'batch':>5} {'timm ms':>9} {'paddle ms':>10} {'ratio':>6} {'timm MB':>8} {'paddle MB':>10} {'ratio':>6}"
+    if args.deployed:
+        header += f" {'deployed ms':>12} {'ratio':>6}"
+    print(header, flush=True)
+    for name in args.variants:
+        for batch in args.batch:
+            result = {}
+            for side, code in sides:
+                try:
+                    _, rss, out = run_child(code, name, str(batch), str(args.repeats))
+                    result[side] = (median(json.loads(out.strip().splitlines()[-1])) * 1000, rss / 1e6)
+                except RuntimeError as e:
+                    result[side] = (float("nan"), float("nan"))
+                    print(f"  ({side} failed: {str(e).splitlines()[-1]})", file=sys.stderr)
+            (t, tm), (pd, pm) = result["torch"], result["paddle"]
+            row = (f"{name:22} {batch:>5} {t:>9.1f} {pd:>10.1f} {pd / t:>6.2f} {tm:>8.0f} {pm:>10.0f} "
+                   f"{pm / tm:>6.2f}")
+            if args.deployed:
+                d, _ = result["deployed"]
+                row += f" {d:>12.1f} {d / t:>6.2f}"
+            print(row, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

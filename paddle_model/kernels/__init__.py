@@ -1,0 +1,88 @@
+"""Optional compiled kernels: a fast CPU depthwise convolution for inference.
+
+Built on first use with ``paddle.utils.cpp_extension`` (about 20 s, then cached in
+``$COAT_PADDLE_CACHE`` or ``~/.cache/coat_paddle``). Where no compiler is present, or the build
+fails, or ``COAT_PADDLE_KERNELS=0``, :func:`depthwise_conv2d` returns None and the model keeps
+Paddle's own convolution, with the same numbers.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+_module = None
+_tried = False
+
+
+_SOURCE = Path(__file__).with_name("depthwise_conv.cc")
+_CFLAGS = ["-O3", "-march=native"]
+
+
+def _build_dir() -> Path:
+    cache = Path(os.environ.get("COAT_PADDLE_CACHE", Path.home() / ".cache" / "coat_paddle"))
+    return cache / f"py{sys.version_info[0]}{sys.version_info[1]}"
+
+
+def _compile(build: Path):
+    """Build the op with Paddle's extension builder (quietly) and return its module."""
+    from paddle.utils.cpp_extension import extension_utils, load
+
+    build.mkdir(parents=True, exist_ok=True)
+    logger = extension_utils.logger
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # its INFO lines would land in every CLI's output
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            return load(name="coat_kernels", sources=[str(_SOURCE)], extra_cxx_cflags=_CFLAGS,
+                        build_directory=str(build))
+    finally:
+        logger.setLevel(level)
+
+
+def _import_built(build: Path):
+    """The built op, imported the way Paddle's builder imports it, without rebuilding."""
+    from paddle.utils.cpp_extension.extension_utils import _import_module_from_library
+
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        return _import_module_from_library("coat_kernels", str(build / "coat_kernels"), False)
+
+
+def _load():
+    global _module, _tried
+    if _tried:
+        return _module
+    _tried = True
+    if os.environ.get("COAT_PADDLE_KERNELS", "1") == "0":
+        return None
+    build = _build_dir()
+    stamp = build / "coat_kernels.sha256"
+    built = build / "coat_kernels" / "coat_kernels.so"
+    import paddle
+
+    recipe = f"{paddle.__version__} {' '.join(_CFLAGS)}".encode()
+    digest = hashlib.sha256(_SOURCE.read_bytes() + recipe).hexdigest()
+    try:
+        if built.exists() and stamp.exists() and stamp.read_text() == digest:
+            _module = _import_built(build)
+        else:
+            _module = _compile(build)
+            stamp.write_text(digest)
+    except Exception as e:  # no compiler, no headers: fall back, but say so once
+        warnings.warn(f"coat_paddle: fast depthwise convolution unavailable ({type(e).__name__}: "
+                      f"{e}); using Paddle's convolution", RuntimeWarning, stacklevel=3)
+        _module = None
+    return _module
+
+
+def depthwise_conv2d():
+    """The compiled ``coat_depthwise_conv2d(x, weight, bias)`` op, or None."""
+    module = _load()
+    return None if module is None else module.coat_depthwise_conv2d
