@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = convert_checkpoint(args.src, args.dst, variant=args.variant, force=args.force,
                                     ema=args.ema, allow_nonfinite=args.allow_nonfinite,
-                                    dtype=args.dtype, to=args.to)
+                                    dtype=args.dtype, to=args.to, hash_source=args.json)
     except CoatError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

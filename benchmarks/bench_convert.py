@@ -9,6 +9,7 @@ whole process (imports included) and of its peak RSS, and the ratios.
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -40,11 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         src = args.checkpoint
-        if src is None:
-            sys.path.insert(0, str(ROOT))
-            from reference.checkpoints import write_official_checkpoint
-
-            src = write_official_checkpoint(args.variant, Path(tmp) / f"{args.variant}.pth")
+        if src is None:  # made by a child: a parent holding torch would inflate the children's
+            src = Path(tmp) / f"{args.variant}.pth"  # peak RSS (it counts until they exec)
+            subprocess.run([sys.executable, "-m", "reference.make_checkpoint", args.variant, str(src)],
+                           cwd=ROOT, check=True, capture_output=True)
         size = src.stat().st_size
         runs = {"hand-written": [], "convert.py": []}
         for _ in range(args.repeats):

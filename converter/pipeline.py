@@ -31,7 +31,7 @@ class ConversionResult:
     container: str
     dtype: str
     num_classes: int
-    source_sha256: str
+    source_sha256: str | None  # None unless asked for (hash_source)
     mapping: MappingReport
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -80,12 +80,14 @@ def convert_checkpoint(
         allow_nonfinite: bool = False,
         dtype: str | None = None,
         to: str | None = None,
+        hash_source: bool = True,
 ) -> ConversionResult:
     """Convert the PyTorch CoaT checkpoint ``src`` into Paddle weights at ``dst``.
 
     The variant is detected from the tensors unless given; tensors keep their dtype unless
     ``dtype`` ("float32", "float16" or "bfloat16") casts them. ``to="torch"`` (the default
     for a ``.pth``/``.pt`` destination) goes the other way: Paddle weights to timm's layout.
+    ``hash_source`` computes the source's sha256 for the report (alongside the conversion).
     Raises a :class:`~paddle_model.errors.CoatError` (nothing written) when anything does not fit.
     """
     src, dst = Path(src), Path(dst)
@@ -101,7 +103,7 @@ def convert_checkpoint(
     step = _to_torch if to == "torch" else _to_paddle
     timings: dict[str, float] = {}
     with ThreadPoolExecutor(max_workers=1) as pool:  # hash the source while converting it
-        sha256 = pool.submit(_sha256, src) if src.is_file() else None
+        sha256 = pool.submit(_sha256, src) if hash_source and src.is_file() else None
         name, container, state, report, num_classes = step(
             src, dst, variant, ema, allow_nonfinite, _cast_dtype(dtype), timings)
     return ConversionResult(
@@ -111,7 +113,7 @@ def convert_checkpoint(
         container=container,
         dtype="/".join(sorted({str(a.dtype) for a in state.values()})),
         num_classes=num_classes,
-        source_sha256=sha256.result(),
+        source_sha256=sha256.result() if sha256 else None,
         mapping=report,
         timings=timings,
     )
