@@ -63,7 +63,7 @@ def _cast_dtype(name: str | None) -> np.dtype | None:
     return BFLOAT16 if name == "bfloat16" else np.dtype(name)
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -103,7 +103,7 @@ def convert_checkpoint(
     step = _to_torch if to == "torch" else _to_paddle
     timings: dict[str, float] = {}
     with ThreadPoolExecutor(max_workers=1) as pool:  # hash the source while converting it
-        sha256 = pool.submit(_sha256, src) if hash_source and src.is_file() else None
+        sha256 = pool.submit(sha256_file, src) if hash_source and src.is_file() else None
         name, container, state, report, num_classes = step(
             src, dst, variant, ema, allow_nonfinite, _cast_dtype(dtype), timings)
     return ConversionResult(

@@ -28,7 +28,7 @@ from paddle_model.transforms import eval_transform
 from paddle_model.variants import VARIANTS, CoatVariant
 
 from .errors import ConversionError
-from .pipeline import _sha256, convert_checkpoint
+from .pipeline import convert_checkpoint, sha256_file
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".tar", ".bin", ".safetensors")
 
@@ -144,7 +144,7 @@ def release_one(source: Path, out_dir: Path, allow_unofficial: bool, force: bool
     from reference.parity import verify_conversion
 
     entry = Entry(source)
-    sha256 = _sha256(source)
+    sha256 = sha256_file(source)
     known = official_variant(sha256)
     if known is None and not allow_unofficial:
         entry.status, entry.detail = "refused", (
