@@ -18,8 +18,6 @@ from pathlib import Path
 
 _module = None
 _tried = False
-
-
 _SOURCE = Path(__file__).with_name("depthwise_conv.cc")
 _CFLAGS = ["-O3", "-march=native"]
 
@@ -29,29 +27,37 @@ def _build_dir() -> Path:
     return cache / f"py{sys.version_info[0]}{sys.version_info[1]}"
 
 
-def _compile(build: Path):
-    """Build the op with Paddle's extension builder (quietly) and return its module."""
-    from paddle.utils.cpp_extension import extension_utils, load
+@contextlib.contextmanager
+def _quiet():
+    """Keep Paddle's extension builder from printing into every command's output."""
+    from paddle.utils.cpp_extension import extension_utils
 
-    build.mkdir(parents=True, exist_ok=True)
     logger = extension_utils.logger
     level = logger.level
-    logger.setLevel(logging.WARNING)  # its INFO lines would land in every CLI's output
+    logger.setLevel(logging.WARNING)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
-            return load(name="coat_kernels", sources=[str(_SOURCE)], extra_cxx_cflags=_CFLAGS,
-                        build_directory=str(build))
+            yield
     finally:
         logger.setLevel(level)
+
+
+def _compile(build: Path):
+    """Build the op with Paddle's extension builder and return its module."""
+    from paddle.utils.cpp_extension import load
+
+    build.mkdir(parents=True, exist_ok=True)
+    with _quiet():
+        return load(name="coat_kernels", sources=[str(_SOURCE)], extra_cxx_cflags=_CFLAGS,
+                    build_directory=str(build))
 
 
 def _import_built(build: Path):
     """The built op, imported the way Paddle's builder imports it, without rebuilding."""
     from paddle.utils.cpp_extension.extension_utils import _import_module_from_library
 
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
+    with _quiet():
         return _import_module_from_library("coat_kernels", str(build / "coat_kernels"), False)
 
 
