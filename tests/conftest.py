@@ -37,6 +37,24 @@ def checkpoints(tmp_path_factory):
     return get
 
 
+@pytest.fixture(scope="session")
+def converted(checkpoints, tmp_path_factory):
+    """``converted(variant)`` -> (source .pth, .pdparams written by the CLI), made once each."""
+    out = tmp_path_factory.mktemp("converted")
+    done: dict[str, tuple[Path, Path]] = {}
+
+    def get(name: str) -> tuple[Path, Path]:
+        if name not in done:
+            src, dst = checkpoints(name), out / f"{name}.pdparams"
+            result = run_cli(src, dst)
+            assert result.returncode == 0, result.stderr
+            assert f"variant      {name} " in result.stdout
+            done[name] = (src, dst)
+        return done[name]
+
+    return get
+
+
 SAMPLE_IMAGES = ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg", "motorcycle_left.png")
 
 

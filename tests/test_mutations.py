@@ -9,24 +9,19 @@ from paddle_model.coat import Mlp
 from paddle_model.variants import VARIANTS
 from reference.parity import candidate_models, compare_models, reference_models, seeded_input
 
-from .conftest import run_cli
-
 RTOL = 1e-5
 
 
 @pytest.fixture(scope="module")
-def pair(checkpoints, tmp_path_factory):
+def pair(converted):
     """``pair(variant)`` -> (timm model, converted .pdparams path), made once per variant."""
-    out = tmp_path_factory.mktemp("mutations")
     cache = {}
 
     def get(name):
         if name not in cache:
             v = VARIANTS[name]
-            src, dst = checkpoints(name), out / f"{name}.pdparams"
-            assert run_cli(src, dst).returncode == 0
-            reference, _ = reference_models(src, v, (v.img_size, v.img_size))
-            cache[name] = (reference, dst)
+            src, dst = converted(name)
+            cache[name] = (reference_models(src, v, (v.img_size, v.img_size))[0], dst)
         return cache[name]
 
     return get

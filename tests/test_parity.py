@@ -20,25 +20,6 @@ from .conftest import run_cli
 RTOL = 1e-5
 
 
-@pytest.fixture(scope="module")
-def converted(checkpoints, tmp_path_factory):
-    """``converted(variant)`` -> (source .pth, converted .pdparams), through the CLI, once each."""
-    out = tmp_path_factory.mktemp("converted")
-    done = {}
-
-    def get(name):
-        if name not in done:
-            src = checkpoints(name)
-            dst = out / f"{name}.pdparams"
-            result = run_cli(src, dst)
-            assert result.returncode == 0, result.stderr
-            assert f"variant      {name} " in result.stdout
-            done[name] = (src, dst)
-        return done[name]
-
-    return get
-
-
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_converted_model_matches_timm_at_default_size(name, converted):
     src, dst = converted(name)

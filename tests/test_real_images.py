@@ -11,7 +11,7 @@ from paddle_model.transforms import eval_transform
 from paddle_model.variants import VARIANTS
 from reference.parity import candidate_models, compare_models, reference_models
 
-from .conftest import run_cli, sample_image_paths
+from .conftest import sample_image_paths
 
 
 def timm_eval_batch(name: str, paths) -> np.ndarray:
@@ -39,9 +39,8 @@ def test_eval_transform_describes_the_published_settings():
 
 
 @pytest.mark.parametrize("name", ["coat_tiny", "coat_lite_tiny"])
-def test_models_agree_on_real_images(name, checkpoints, tmp_path):
-    src, dst = checkpoints(name), tmp_path / f"{name}.pdparams"
-    assert run_cli(src, dst).returncode == 0
+def test_models_agree_on_real_images(name, converted):
+    src, dst = converted(name)
     x = np.stack([eval_transform(name)(Image.open(p)) for p in sample_image_paths()])
     v = VARIANTS[name]
     reference, reference_backbone = reference_models(src, v, (v.img_size, v.img_size))

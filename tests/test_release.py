@@ -129,9 +129,8 @@ def test_a_variant_failing_parity_leaves_nothing_behind(checkpoints, tmp_path, m
 
 
 @pytest.mark.parametrize("name", VARIANTS_UNDER_TEST)
-def test_exported_model_matches_eager_at_two_sizes_and_batches(name, checkpoints, tmp_path):
-    weights = tmp_path / "w.pdparams"
-    assert run_cli(checkpoints(name), weights).returncode == 0
+def test_exported_model_matches_eager_at_two_sizes_and_batches(name, converted, tmp_path):
+    _, weights = converted(name)
     result = run_module("paddle_model.export", name, tmp_path / "model", "--weights", weights)
     assert result.returncode == 0, result.stderr
     exported = paddle.jit.load(str(tmp_path / "model"))
@@ -146,9 +145,8 @@ def test_exported_model_matches_eager_at_two_sizes_and_batches(name, checkpoints
         assert float(np.abs(a - b).max()) <= 1e-5 * float(np.abs(a).max())
 
 
-def test_predict_prints_top5_with_names(checkpoints, tmp_path):
-    weights = tmp_path / "w.pdparams"
-    assert run_cli(checkpoints("coat_lite_tiny"), weights).returncode == 0
+def test_predict_prints_top5_with_names(converted):
+    _, weights = converted("coat_lite_tiny")
     image = sample_image_paths()[0]
     result = run_module("paddle_model.predict", image, "--variant", "coat_lite_tiny", "--weights", weights)
     assert result.returncode == 0, result.stderr
