@@ -19,10 +19,19 @@ from .variants import VARIANTS
 
 
 @lru_cache(maxsize=1)
+def _imagenet_table() -> list[tuple[str, str]]:
+    table = Path(__file__).with_name("imagenet_classes.tsv").read_text().splitlines()
+    return [tuple(line.split("\t", 1)) for line in table]
+
+
 def imagenet_classes() -> list[str]:
     """The 1000 ImageNet-1k class names in label order (WordNet lemmas)."""
-    table = Path(__file__).with_name("imagenet_classes.tsv").read_text().splitlines()
-    return [line.split("\t", 1)[1] for line in table]
+    return [name for _, name in _imagenet_table()]
+
+
+def imagenet_wnids() -> list[str]:
+    """The 1000 ImageNet-1k WordNet ids (``n01440764``, ...) in label order: sorted."""
+    return [wnid for wnid, _ in _imagenet_table()]
 
 
 def load_image(path: str | Path):
@@ -33,7 +42,8 @@ def load_image(path: str | Path):
             return image.convert("RGB")
     except (FileNotFoundError, IsADirectoryError):
         raise CoatError(f"{path}: no such image file") from None
-    except (UnidentifiedImageError, OSError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError,
+            Image.DecompressionBombError) as e:  # PIL reports damage in all of these
         raise CoatError(f"{path}: not a readable image ({e})") from None
 
 

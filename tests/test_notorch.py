@@ -52,3 +52,29 @@ def test_verify_without_torch_is_refused_before_writing(fixtures, tmp_path):
     assert result.stderr.startswith("error: --verify needs torch and timm")
     assert len(result.stderr.strip().splitlines()) == 1
     assert not dst.exists()
+
+
+def test_evaluate_runs_without_torch(fixtures, tmp_path):
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from .conftest import ROOT
+
+    weights = tmp_path / "coat_lite_tiny.pdparams"
+    assert run_cli(fixtures / "coat_lite_tiny.pth", weights).returncode == 0
+    rng = np.random.default_rng(0)
+    for k, folder in enumerate(["a", "b"]):
+        (tmp_path / "val" / folder).mkdir(parents=True)
+        for j in range(2):
+            pixels = rng.integers(0, 256, (60 + 10 * j, 80, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "val" / folder / f"{k}{j}.png")
+    cmd = [sys.executable, "-m", "paddle_model.evaluate", str(tmp_path / "val"), "--variant",
+           "coat_lite_tiny", "--weights", str(weights), "--workers", "0", "--quiet", "--json"]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert '"evaluated": 4' in done.stdout
+    refused = subprocess.run([*cmd, "--reference"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("error: --reference needs torch and timm")

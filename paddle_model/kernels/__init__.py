@@ -61,6 +61,23 @@ def _import_built(build: Path):
         return _import_module_from_library("coat_kernels", str(build / "coat_kernels"), False)
 
 
+@contextlib.contextmanager
+def _build_lock(build: Path):
+    """One process at a time checks and builds the cache (others wait, then import)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    build.mkdir(parents=True, exist_ok=True)
+    with open(build / "build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def _load():
     global _module, _tried
     if _tried:
@@ -76,11 +93,12 @@ def _load():
     recipe = f"{paddle.__version__} {' '.join(_CFLAGS)}".encode()
     digest = hashlib.sha256(_SOURCE.read_bytes() + recipe).hexdigest()
     try:
-        if built.exists() and stamp.exists() and stamp.read_text() == digest:
-            _module = _import_built(build)
-        else:
-            _module = _compile(build)
-            stamp.write_text(digest)
+        with _build_lock(build):  # ranks of a distributed run may all start here at once
+            if built.exists() and stamp.exists() and stamp.read_text() == digest:
+                _module = _import_built(build)
+            else:
+                _module = _compile(build)
+                stamp.write_text(digest)
     except Exception as e:  # no compiler, no headers: fall back, but say so once
         warnings.warn(f"coat_paddle: fast depthwise convolution unavailable ({type(e).__name__}: "
                       f"{e}); using Paddle's convolution", RuntimeWarning, stacklevel=3)

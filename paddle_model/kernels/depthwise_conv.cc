@@ -40,7 +40,7 @@ void depthwise_plane(const float* __restrict__ in, const float* __restrict__ wei
 
 std::vector<paddle::Tensor> DepthwiseConvForward(const paddle::Tensor& x, const paddle::Tensor& weight,
                                                  const paddle::Tensor& bias) {
-  PD_CHECK(x.place() == paddle::PlaceType::kCPU, "coat_depthwise_conv2d runs on the CPU only");
+  PD_CHECK(x.is_cpu(), "coat_depthwise_conv2d runs on the CPU only");
   PD_CHECK(x.dtype() == paddle::DataType::FLOAT32, "coat_depthwise_conv2d takes float32");
   const auto& s = x.shape();
   PD_CHECK(s.size() == 4, "input must be [N, C, H, W]");
