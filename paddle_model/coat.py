@@ -93,7 +93,9 @@ class Mlp(nn.Layer):
         self.drop2 = nn.Dropout(drop)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+        if self.training:
+            return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+        return linear(self.fc2, linear(self.fc1, x, gelu=True))  # dropouts are identities
 
 
 class PatchEmbed(nn.Layer):
@@ -101,29 +103,42 @@ class PatchEmbed(nn.Layer):
 
     def __init__(self, patch_size: int, in_chans: int, embed_dim: int, eps: float) -> None:
         super().__init__()
+        self.patch_size = patch_size
         self.proj = _conv(in_chans, embed_dim, patch_size, stride=patch_size)
         self.norm = _layer_norm(embed_dim, eps)
 
     def forward(self, x: paddle.Tensor) -> tuple[paddle.Tensor, tuple[int, int]]:
+        bias_act_, patches = (kernels.bias_act_(), kernels.patches()) if _compiled(x) else (None, None)
+        if patches is not None:  # the patches as rows of one matrix product: Paddle's conv is slow here
+            p = self.patch_size
+            size = (x.shape[2] // p, x.shape[3] // p)
+            weight = self.proj.weight.reshape([self.proj.weight.shape[0], -1]).T  # [C*p*p, out]
+            x = bias_act_(paddle.matmul(patches(x.contiguous(), p), weight), self.proj.bias, False)
+            return self.norm(x), size  # [B, H*W, out]
         x = self.proj(x)  # [B, C, H, W]
         size = (x.shape[2], x.shape[3])
         x = x.flatten(2).transpose([0, 2, 1])  # [B, H*W, C]
         return self.norm(x), size
 
 
-def depthwise(conv: nn.Conv2D, x: paddle.Tensor) -> paddle.Tensor:
-    """``conv(x)`` for a depthwise "same" convolution.
+def _compiled(x: paddle.Tensor) -> bool:
+    """Whether compiled kernels may run on ``x``: eager CPU float32 inference, no gradients.
 
-    Eager inference (no gradients wanted) on the CPU takes the compiled kernel when it is
-    available (:mod:`paddle_model.kernels`); training, static graphs and other devices keep
-    Paddle's convolution. Both give torch's numbers within float rounding.
+    There the ops of :mod:`paddle_model.kernels` replace Paddle's (when they were built);
+    training, static graphs and other devices keep Paddle's ops. Both give torch's numbers
+    within float rounding, and the parity tests run both.
     """
-    if (paddle.in_dynamic_mode() and not paddle.is_grad_enabled() and x.dtype == paddle.float32
-            and x.place.is_cpu_place()):
-        op = kernels.depthwise_conv2d()
-        if op is not None:
-            return op(x.contiguous(), conv.weight, conv.bias)
-    return conv(x)
+    return (paddle.in_dynamic_mode() and not paddle.is_grad_enabled() and x.dtype == paddle.float32
+            and x.place.is_cpu_place())
+
+
+def linear(layer: nn.Linear, x: paddle.Tensor, gelu: bool = False) -> paddle.Tensor:
+    """``layer(x)``, then GELU if asked; compiled, the bias and GELU take one pass."""
+    op = kernels.bias_act_() if _compiled(x) and layer.bias is not None else None
+    if op is not None:
+        return op(paddle.matmul(x, layer.weight), layer.bias, gelu)  # in place on the product
+    x = layer(x)
+    return F.gelu(x) if gelu else x
 
 
 def _tokens_to_map(x: paddle.Tensor, size: tuple[int, int]) -> paddle.Tensor:
@@ -139,9 +154,12 @@ class ConvPosEnc(nn.Layer):
         self.proj = _conv(dim, dim, k, padding=k // 2, groups=dim)
 
     def forward(self, x: paddle.Tensor, size: tuple[int, int]) -> paddle.Tensor:
+        op = kernels.conv_pos_enc() if _compiled(x) else None
+        if op is not None:
+            return op(x.contiguous(), self.proj.weight, self.proj.bias, size[0], size[1])
         cls_token = x[:, :1]
         feat = _tokens_to_map(x, size)  # [B, C, H, W]
-        feat = depthwise(self.proj, feat) + feat
+        feat = self.proj(feat) + feat
         return paddle.concat([cls_token, feat.flatten(2).transpose([0, 2, 1])], axis=1)
 
 
@@ -171,7 +189,7 @@ class ConvRelPosEnc(nn.Layer):
         q_img = q[:, :, 1:, :]  # [B, h, H*W, Ch]
         v_img = v[:, :, 1:, :].transpose([0, 1, 3, 2]).reshape([B, h * Ch, H, W])
         parts = paddle.split(v_img, self.channel_splits, axis=1)
-        conv_v = paddle.concat([depthwise(conv, p) for conv, p in zip(self.conv_list, parts)], axis=1)
+        conv_v = paddle.concat([conv(p) for conv, p in zip(self.conv_list, parts)], axis=1)
         conv_v = conv_v.reshape([B, h, Ch, H * W]).transpose([0, 1, 3, 2])  # [B, h, H*W, Ch]
         ev_hat = q_img * conv_v
         return F.pad(ev_hat, [0, 0, 1, 0], data_format="NCHW")  # zero row for the CLS token
@@ -193,7 +211,14 @@ class FactorAttnConvRelPosEnc(nn.Layer):
 
     def forward(self, x: paddle.Tensor, size: tuple[int, int]) -> paddle.Tensor:
         B, N, C = x.shape
-        qkv = self.qkv(x).reshape([B, N, 3, self.num_heads, C // self.num_heads])
+        qkv = linear(self.qkv, x)  # [B, N, 3C]
+        op = kernels.factor_attn() if _compiled(x) else None
+        if op is not None:  # all of the below in one pass per head
+            convs = self.crpe.conv_list
+            x = op(qkv, [c.weight for c in convs], [c.bias for c in convs], size[0], size[1],
+                   self.num_heads, self.scale)
+            return self.proj_drop(linear(self.proj, x))
+        qkv = qkv.reshape([B, N, 3, self.num_heads, C // self.num_heads])
         q, k, v = qkv.transpose([2, 0, 3, 1, 4]).unbind(0)  # each [B, h, N, Ch]
         # softmax over the tokens, taken on the last axis of k^T: same numbers, fast kernel
         k_softmax_t = F.softmax(k.transpose([0, 1, 3, 2]), axis=-1)  # [B, h, Ch, N]
@@ -201,7 +226,7 @@ class FactorAttnConvRelPosEnc(nn.Layer):
         crpe = self.crpe(q, v, size=size)
         x = self.scale * factor_att + crpe
         x = x.transpose([0, 2, 1, 3]).reshape([B, N, C])
-        return self.proj_drop(self.proj(x))
+        return self.proj_drop(linear(self.proj, x))
 
 
 class SerialBlock(nn.Layer):
@@ -220,7 +245,10 @@ class SerialBlock(nn.Layer):
         self.mlp = Mlp(dim, mlp_hidden, proj_drop)
 
     def forward(self, x: paddle.Tensor, size: tuple[int, int]) -> paddle.Tensor:
-        x = self.cpe(x, size)
+        x = self.cpe(x, size)  # a new tensor: in inference, the residual adds may go in place
+        if not self.training and _compiled(x):
+            x.add_(self.factoratt_crpe(self.norm1(x), size))
+            return x.add_(self.mlp(self.norm2(x)))
         x = x + self.drop_path(self.factoratt_crpe(self.norm1(x), size))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
@@ -248,6 +276,18 @@ def _bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
     return m
 
 
+@lru_cache(maxsize=256)
+def _bilinear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_bilinear_matrix` as (source indices, weights), each [n_out, 2]: its two taps."""
+    m = _bilinear_matrix(n_in, n_out)
+    idx = np.zeros((n_out, 2), np.int64)
+    w = np.zeros((n_out, 2), np.float32)
+    for row in range(n_out):
+        taps = np.flatnonzero(m[row])
+        idx[row, :len(taps)], w[row, :len(taps)] = taps, m[row, taps]
+    return idx, w
+
+
 def _bilinear_matrix_ops(n_in, n_out) -> paddle.Tensor:
     """:func:`_bilinear_matrix` in Paddle ops, for graphs whose sizes are known only at run time."""
     n_in = paddle.cast(paddle.to_tensor(n_in) if isinstance(n_in, int) else n_in, "int64")
@@ -272,6 +312,10 @@ def resample_tokens(x: paddle.Tensor, size: tuple[int, int], target: tuple[int, 
     """
     (H, W), (Ho, Wo) = size, target
     B, C = x.shape[0], x.shape[2]
+    op = kernels.resample() if _compiled(x) else None
+    if op is not None:
+        taps = [paddle.to_tensor(a) for a in (*_bilinear_taps(H, Ho), *_bilinear_taps(W, Wo))]
+        return op(x.contiguous(), *taps, H, W)
     if paddle.in_dynamic_mode():
         ry = paddle.to_tensor(_bilinear_matrix(H, Ho), dtype=x.dtype)  # [Ho, H]
         rx = paddle.to_tensor(_bilinear_matrix(W, Wo), dtype=x.dtype)  # [Wo, W]

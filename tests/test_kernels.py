@@ -1,4 +1,4 @@
-"""The compiled depthwise convolution: built here, equal to torch's, and optional."""
+"""The compiled kernels: built here, equal to torch's or to the Paddle ops they replace, optional."""
 from __future__ import annotations
 
 import subprocess
@@ -15,40 +15,100 @@ from paddle_model import kernels
 from .conftest import ROOT
 
 
-def test_kernel_builds_on_this_machine():
-    assert kernels.depthwise_conv2d() is not None, "the C++ depthwise kernel failed to build"
+def test_kernels_build_on_this_machine():
+    for op in (kernels.conv_pos_enc, kernels.bias_act_, kernels.factor_attn):
+        assert op() is not None, f"the C++ kernel behind {op.__name__} failed to build"
 
 
 @pytest.mark.parametrize("batch, channels, height, width, kernel", [
     (1, 152, 56, 59, 3), (2, 48, 28, 28, 5), (2, 60, 14, 9, 7), (3, 8, 1, 1, 7), (1, 16, 2, 5, 7),
 ])
-def test_kernel_equals_torch_depthwise_conv(batch, channels, height, width, kernel):
+def test_conv_pos_enc_equals_torch(batch, channels, height, width, kernel):
+    """Tokens plus torch's depthwise convolution of their image part; CLS untouched."""
     rng = np.random.default_rng(kernel)
-    x = rng.standard_normal((batch, channels, height, width)).astype(np.float32)
+    x = rng.standard_normal((batch, 1 + height * width, channels)).astype(np.float32)
     w = rng.standard_normal((channels, 1, kernel, kernel)).astype(np.float32)
     b = rng.standard_normal(channels).astype(np.float32)
-    expected = F.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b),
-                        padding=kernel // 2, groups=channels).numpy()
-    got = kernels.depthwise_conv2d()(paddle.to_tensor(x), paddle.to_tensor(w), paddle.to_tensor(b)).numpy()
+    img = torch.from_numpy(x[:, 1:]).transpose(1, 2).reshape(batch, channels, height, width)
+    conv = F.conv2d(img, torch.from_numpy(w), torch.from_numpy(b), padding=kernel // 2, groups=channels)
+    expected = x.copy()
+    expected[:, 1:] += conv.flatten(2).transpose(1, 2).numpy()
+    got = kernels.conv_pos_enc()(paddle.to_tensor(x), paddle.to_tensor(w), paddle.to_tensor(b),
+                                 height, width).numpy()
+    assert np.array_equal(got[:, 0], x[:, 0])
     assert float(np.abs(got - expected).max()) <= 1e-6 * float(np.abs(expected).max())
 
 
-def test_model_without_the_kernel_gives_the_same_outputs(tmp_path):
-    """COAT_PADDLE_KERNELS=0 (as where no compiler exists) falls back to Paddle's convolution."""
+def test_model_gives_the_same_outputs_with_and_without_kernels_and_threads(tmp_path):
+    """COAT_PADDLE_KERNELS=0 (as where no compiler exists) falls back to Paddle's own ops; the
+    kernels split work over MKL_NUM_THREADS threads by images (batch 3) or within one image."""
     code = (
         "import sys, numpy as np, paddle, paddle_model\n"
         "paddle.seed(0)\n"
         "m = paddle_model.create_model('coat_tiny', num_classes=10); m.eval()\n"
-        "x = paddle.to_tensor(np.random.default_rng(0).standard_normal((2, 3, 96, 96)).astype('float32'))\n"
+        "x = np.random.default_rng(0).standard_normal((4, 3, 96, 96)).astype('float32')\n"
         "with paddle.no_grad():\n"
-        "    np.save(sys.argv[1], m(x).numpy())\n"
+        "    out = [m(paddle.to_tensor(x[:1])).numpy(), m(paddle.to_tensor(x[1:])).numpy()]\n"
+        "np.save(sys.argv[1], np.concatenate(out))\n"
     )
-    outputs = []
-    for flag in ("1", "0"):
-        path = tmp_path / f"out{flag}.npy"
-        env = {"COAT_PADDLE_KERNELS": flag, "PATH": "/usr/bin:/bin"}
+    outputs = {}
+    for kernels_on, threads in (("1", "1"), ("1", "2"), ("0", "2")):
+        path = tmp_path / f"out{kernels_on}{threads}.npy"
+        env = {"COAT_PADDLE_KERNELS": kernels_on, "MKL_NUM_THREADS": threads, "PATH": "/usr/bin:/bin"}
         subprocess.run([sys.executable, "-c", code, str(path)], check=True, cwd=ROOT, env=env,
                        capture_output=True)
-        outputs.append(np.load(path))
-    with_kernel, without = outputs
-    assert float(np.abs(with_kernel - without).max()) <= 1e-5 * float(np.abs(without).max())
+        outputs[kernels_on, threads] = np.load(path)
+    without = outputs["0", "2"]
+    for key in (("1", "1"), ("1", "2")):
+        assert float(np.abs(outputs[key] - without).max()) <= 1e-5 * float(np.abs(without).max()), key
+
+
+@pytest.mark.parametrize("gelu", [False, True])
+def test_bias_act_equals_torch_in_place(gelu):
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((2, 197, 96)) * 3).astype(np.float32)
+    x[0, 0, :8] = [-12, -6, -1e-4, 0, 1e-4, 6, 12, 40]  # tails and the centre
+    b = rng.standard_normal(96).astype(np.float32)
+    expected = torch.from_numpy(x).double() + torch.from_numpy(b).double()
+    if gelu:
+        expected = F.gelu(expected)  # exact erf GELU, in float64
+    t = paddle.to_tensor(x)
+    out = kernels.bias_act_()(t, paddle.to_tensor(b), gelu)
+    assert np.array_equal(t.numpy(), out.numpy()) and not np.array_equal(t.numpy(), x)  # in place
+    err = np.abs(out.numpy() - expected.numpy())
+    assert float(err.max()) <= 2e-6 * float(np.abs(expected.numpy()).max())
+    assert float((err / np.maximum(np.abs(expected.numpy()), 1e-3)).max()) <= 1e-5
+
+
+def _factor_attn_reference(qkv, weights, biases, size, heads, scale):
+    """timm's FactorAttnConvRelPosEnc core in torch: qkv [B, N, 3C] -> [B, N, C]."""
+    B, N, C3 = qkv.shape
+    C = C3 // 3
+    q, k, v = qkv.reshape(B, N, 3, heads, C // heads).permute(2, 0, 3, 1, 4).unbind(0)
+    factor_att = q @ (k.softmax(dim=2).transpose(-1, -2) @ v)
+    v_img = v[:, :, 1:, :].transpose(-1, -2).reshape(B, C, *size)
+    parts = torch.split(v_img, [w.shape[0] for w in weights], dim=1)
+    conv_v = torch.cat([F.conv2d(p, w, b, padding=w.shape[-1] // 2, groups=w.shape[0])
+                        for p, w, b in zip(parts, weights, biases)], dim=1)
+    conv_v = conv_v.reshape(B, heads, C // heads, -1).transpose(-1, -2)
+    crpe = F.pad(q[:, :, 1:, :] * conv_v, (0, 0, 1, 0))
+    return (scale * factor_att + crpe).transpose(1, 2).reshape(B, N, C)
+
+
+@pytest.mark.parametrize("batch, size, head_chs", [
+    (1, (56, 56), 8), (2, (14, 9), 40), (3, (2, 3), 64), (2, (1, 1), 8)])
+def test_factor_attn_equals_timms_attention_core(batch, size, head_chs):
+    heads = 8
+    rng = np.random.default_rng(head_chs)
+    C, N = heads * head_chs, 1 + size[0] * size[1]
+    qkv = (rng.standard_normal((batch, N, 3 * C)) * 2).astype(np.float32)
+    splits = [2 * head_chs, 3 * head_chs, 3 * head_chs]  # CoaT's windows {3: 2, 5: 3, 7: 3}
+    weights = [rng.standard_normal((c, 1, k, k)).astype(np.float32) * 0.2 for c, k in zip(splits, (3, 5, 7))]
+    biases = [rng.standard_normal(c).astype(np.float32) for c in splits]
+    scale = head_chs ** -0.5
+    expected = _factor_attn_reference(torch.from_numpy(qkv), [torch.from_numpy(w) for w in weights],
+                                      [torch.from_numpy(b) for b in biases], size, heads, scale).numpy()
+    got = kernels.factor_attn()(paddle.to_tensor(qkv), [paddle.to_tensor(w) for w in weights],
+                                [paddle.to_tensor(b) for b in biases], size[0], size[1], heads, scale).numpy()
+    assert got.shape == expected.shape == (batch, N, C)
+    assert float(np.abs(got - expected).max()) <= 1e-6 * float(np.abs(expected).max())

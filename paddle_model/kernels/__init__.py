@@ -1,9 +1,9 @@
-"""Optional compiled kernels: a fast CPU depthwise convolution for inference.
+"""Optional compiled kernels for CPU inference: CoaT's block steps fused into single passes.
 
 Built on first use with ``paddle.utils.cpp_extension`` (about 20 s, then cached in
 ``$COAT_PADDLE_CACHE`` or ``~/.cache/coat_paddle``). Where no compiler is present, or the build
-fails, or ``COAT_PADDLE_KERNELS=0``, :func:`depthwise_conv2d` returns None and the model keeps
-Paddle's own convolution, with the same numbers.
+fails, or ``COAT_PADDLE_KERNELS=0``, the accessors return None and the model keeps Paddle's
+own ops, with the same numbers.
 """
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from pathlib import Path
 
 _module = None
 _tried = False
-_SOURCE = Path(__file__).with_name("depthwise_conv.cc")
-_CFLAGS = ["-O3", "-march=native"]
+_SOURCES = [Path(__file__).with_name(name) for name in ("depthwise_conv.cc", "fused_ops.cc")]
+_CFLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-fopenmp"]  # no traps: GELU vectorises
 
 
 def _build_dir() -> Path:
@@ -49,7 +49,7 @@ def _compile(build: Path):
 
     build.mkdir(parents=True, exist_ok=True)
     with _quiet():
-        return load(name="coat_kernels", sources=[str(_SOURCE)], extra_cxx_cflags=_CFLAGS,
+        return load(name="coat_kernels", sources=[str(s) for s in _SOURCES], extra_cxx_cflags=_CFLAGS,
                     build_directory=str(build))
 
 
@@ -91,7 +91,7 @@ def _load():
     import paddle
 
     recipe = f"{paddle.__version__} {' '.join(_CFLAGS)}".encode()
-    digest = hashlib.sha256(_SOURCE.read_bytes() + recipe).hexdigest()
+    digest = hashlib.sha256(b"".join(s.read_bytes() for s in _SOURCES) + recipe).hexdigest()
     try:
         with _build_lock(build):  # ranks of a distributed run may all start here at once
             if built.exists() and stamp.exists() and stamp.read_text() == digest:
@@ -100,13 +100,42 @@ def _load():
                 _module = _compile(build)
                 stamp.write_text(digest)
     except Exception as e:  # no compiler, no headers: fall back, but say so once
-        warnings.warn(f"coat_paddle: fast depthwise convolution unavailable ({type(e).__name__}: "
-                      f"{e}); using Paddle's convolution", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"coat_paddle: compiled kernels unavailable ({type(e).__name__}: "
+                      f"{e}); using Paddle's own ops", RuntimeWarning, stacklevel=3)
         _module = None
     return _module
 
 
-def depthwise_conv2d():
-    """The compiled ``coat_depthwise_conv2d(x, weight, bias)`` op, or None."""
+def _op(name: str):
     module = _load()
-    return None if module is None else module.coat_depthwise_conv2d
+    return None if module is None else getattr(module, name)
+
+
+def bias_act_():
+    """The compiled in-place ``coat_bias_act_(x, bias, use_gelu)`` op (x += bias, then GELU),
+    or None."""
+    return _op("coat_bias_act_")
+
+
+def patches():
+    """The compiled ``coat_patches(x, p)`` op: non-overlapping p x p patches of [B, C, H, W] as
+    rows [B, H/p * W/p, C*p*p]; or None."""
+    return _op("coat_patches")
+
+
+def resample():
+    """The compiled ``coat_resample(x, y_idx, y_w, x_idx, x_w, height, width)`` op: bilinear
+    resize of image tokens by two taps per axis, CLS kept; or None."""
+    return _op("coat_resample")
+
+
+def conv_pos_enc():
+    """The compiled ``coat_conv_pos_enc(x, weight, bias, height, width)`` op: tokens plus the
+    depthwise convolution of their image part, CLS passed through; or None."""
+    return _op("coat_conv_pos_enc")
+
+
+def factor_attn():
+    """The compiled ``coat_factor_attn(qkv, weights, biases, height, width, heads, scale)`` op:
+    factorised attention plus conv relative position encoding, [B, N, 3C] -> [B, N, C]; or None."""
+    return _op("coat_factor_attn")
