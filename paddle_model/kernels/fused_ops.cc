@@ -1,8 +1,8 @@
-// Fused elementwise steps of CoaT's blocks for CPU fp32 inference.
+// Fused steps of CoaT's blocks for CPU fp32 inference.
 //
-// Paddle's eager CPU kernels for a bias add, GELU, a broadcast multiply or a pad run on one
-// thread through generic broadcasting code; in CoaT they cost as much as the matrix products
-// around them. These ops do each step in one pass over memory:
+// Paddle's eager CPU kernels for a bias add, GELU, a broadcast multiply, a pad, a transpose or
+// a small batched matmul go through generic code; in CoaT they cost as much as the matrix
+// products around them. These ops do each step in one pass over memory:
 //   coat_bias_act_(x, bias, gelu) x += bias over the last axis, then exact (erf) GELU if asked.
 //   coat_patches(x, p)            non-overlapping p x p patches of [B, C, H, W] as rows
 //                                 [B, H/p * W/p, C * p * p], for the patch embedding's product.
@@ -12,8 +12,7 @@
 //                                 the image tokens, the CLS token passed through.
 //   coat_factor_attn(qkv, ...)    the factorised attention with its conv relative position
 //                                 encoding, from the qkv projection's output straight to
-//                                 the output projection's input, one head at a time in
-//                                 cache-sized buffers.
+//                                 the output projection's input, one image at a time.
 // Forward only; the model keeps Paddle's ops where gradients are needed.
 #include <algorithm>
 #include <cmath>
@@ -100,10 +99,10 @@ PD_BUILD_OP(coat_bias_act_)
     .SetInplaceMap({{"X", "Out"}})
     .SetKernelFn(PD_KERNEL(BiasActForward));
 
-// Rows [rows, stride] (columns from `first`) <-> channel planes [channels, rows], in blocks of
-// 16 channels: each pass reads or writes whole cache lines of a row and feeds 16 planes.
 namespace {
 
+// Token rows (``channels`` values each, ``stride`` apart) to channel planes [channels, n_rows],
+// 16 channels at a time: each pass reads whole cache lines of a row and feeds 16 planes.
 constexpr int64_t kBlock = 16;
 
 void rows_to_planes(const float* rows, int64_t stride, int64_t n_rows, int64_t channels, float* planes) {
