@@ -2,20 +2,18 @@
 from __future__ import annotations
 
 import hashlib
-from concurrent.futures import ThreadPoolExecutor
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from paddle_model.errors import WeightsError
 from paddle_model.variants import CoatVariant, get_variant
-from paddle_model.weights import BFLOAT16
+from paddle_model.weights import BFLOAT16, read_weights
 
 from .detect import plan_for
-from paddle_model.errors import WeightsError
-from paddle_model.weights import read_weights
-
 from .errors import ConversionError, preview
 from .mapping import MappingReport, apply_plan, check_declared_ties
 from .readers import read_checkpoint

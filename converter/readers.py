@@ -58,16 +58,9 @@ def _lazy_safetensors(path: Path) -> tuple[dict[str, Lazy], dict[str, str]]:
         header, metadata, start = safetensors_io.read_header(f, path.stat().st_size, path)
 
     def reader(entry: dict):
-        begin, end = entry["data_offsets"]
-
         def load() -> np.ndarray:
             with open(path, "rb") as f:
-                f.seek(start + begin)
-                data = f.read(end - begin)
-            if len(data) != end - begin:
-                raise ConversionError(f"{path}: changed while being read")
-            return np.frombuffer(data, dtype=safetensors_io.DTYPES[entry["dtype"]]).reshape(entry["shape"])
-
+                return safetensors_io.read_tensor(f, start, entry, path)
         return load
 
     state = {name: Lazy(entry["shape"], safetensors_io.DTYPES[entry["dtype"]], reader(entry),

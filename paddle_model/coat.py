@@ -277,15 +277,16 @@ def _bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=256)
-def _bilinear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`_bilinear_matrix` as (source indices, weights), each [n_out, 2]: its two taps."""
+def _bilinear_taps(n_in: int, n_out: int) -> tuple[paddle.Tensor, paddle.Tensor]:
+    """:func:`_bilinear_matrix` as (source indices, weights), each [n_out, 2]: its two taps,
+    as the tensors the compiled resampling takes (made once per size pair)."""
     m = _bilinear_matrix(n_in, n_out)
     idx = np.zeros((n_out, 2), np.int64)
     w = np.zeros((n_out, 2), np.float32)
     for row in range(n_out):
         taps = np.flatnonzero(m[row])
         idx[row, :len(taps)], w[row, :len(taps)] = taps, m[row, taps]
-    return idx, w
+    return paddle.to_tensor(idx, place=paddle.CPUPlace()), paddle.to_tensor(w, place=paddle.CPUPlace())
 
 
 def _bilinear_matrix_ops(n_in, n_out) -> paddle.Tensor:
@@ -314,8 +315,7 @@ def resample_tokens(x: paddle.Tensor, size: tuple[int, int], target: tuple[int, 
     B, C = x.shape[0], x.shape[2]
     op = kernels.resample() if _compiled(x) else None
     if op is not None:
-        taps = [paddle.to_tensor(a) for a in (*_bilinear_taps(H, Ho), *_bilinear_taps(W, Wo))]
-        return op(x.contiguous(), *taps, H, W)
+        return op(x.contiguous(), *_bilinear_taps(H, Ho), *_bilinear_taps(W, Wo), H, W)
     if paddle.in_dynamic_mode():
         ry = paddle.to_tensor(_bilinear_matrix(H, Ho), dtype=x.dtype)  # [Ho, H]
         rx = paddle.to_tensor(_bilinear_matrix(W, Wo), dtype=x.dtype)  # [Wo, W]

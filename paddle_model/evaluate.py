@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from converter.writers import atomic_write, check_destination
+
 from .datasets import EvalData, read_list, scan_folder
 from .errors import CoatError
 from .variants import VARIANTS, get_variant
@@ -184,7 +186,7 @@ def run(data: EvalData, model, variant: str, *, batch_size: int = 32, workers: i
             _score(out, indices[ok], labels[ok], x, model, reference)
         if bar is not None:
             bar.update(min(len(indices) * world, bar.total - bar.n))
-        if _any_rank(not skip_bad and not ok.all(), world):
+        if not skip_bad and _any_rank(not ok.all(), world):  # skip_bad is the same on every rank
             break
     out.seconds = time.perf_counter() - start
     if bar is not None:
@@ -315,17 +317,6 @@ def _processes(n: int) -> str:
     return "1 process" if n == 1 else f"{n} processes"
 
 
-def _write_json(path: Path, result: dict, force: bool) -> None:
-    if path.exists() and not force:
-        raise CoatError(f"{path} exists; pass --force to replace it")
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _failure_reason(path: str) -> str:
     """Why ``path`` could not be read, asked again in this process (workers pass no strings)."""
     from .predict import load_image
@@ -373,8 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     warnings.filterwarnings("ignore", message="No ccache found")
     try:
-        if args.result is not None and args.result.exists() and not args.force:
-            raise CoatError(f"{args.result} exists; pass --force to replace it")
+        if args.result is not None:  # refused before the run, not after it
+            check_destination(args.result, args.force, (".json",))
         state, num_classes = _read_weights(args.weights)
         if args.list is not None:
             data = read_list(args.list, args.data, num_classes, args.skip_bad)
@@ -414,7 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(result, indent=2) if args.json else table(result))
     if args.result is not None:
         try:
-            _write_json(args.result, result, args.force)
+            check_destination(args.result, args.force, (".json",))
+            atomic_write(args.result, lambda f: f.write(json.dumps(result, indent=2).encode() + b"\n"))
         except (CoatError, OSError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

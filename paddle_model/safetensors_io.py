@@ -73,20 +73,29 @@ def read_header(f: BinaryIO, size: int, path="file") -> tuple[dict, dict[str, st
     return header, metadata, 8 + n
 
 
+def read_tensor(f: BinaryIO, start: int, entry: dict, path="file") -> np.ndarray:
+    """The tensor a checked header ``entry`` describes, read from the open file ``f``
+    (``start``: where the data begins, as :func:`read_header` returns it)."""
+    begin, end = entry["data_offsets"]
+    f.seek(start + begin)
+    buf = f.read(end - begin)
+    if len(buf) != end - begin:
+        raise _fail(path, "the file ended early or changed while being read")
+    return np.frombuffer(buf, dtype=DTYPES[entry["dtype"]]).reshape(entry["shape"])
+
+
 def read_file(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """(tensors, metadata) of the safetensors file at ``path``."""
     path = Path(path)
-    size = path.stat().st_size
     with open(path, "rb") as f:
-        header, metadata, start = read_header(f, size, path)
-        tensors = {}
-        for name, entry in header.items():
-            begin, end = entry["data_offsets"]
-            f.seek(start + begin)
-            buf = f.read(end - begin)
-            dtype = DTYPES[entry["dtype"]]
-            tensors[name] = np.frombuffer(buf, dtype=dtype).reshape(entry["shape"])
+        header, metadata, start = read_header(f, path.stat().st_size, path)
+        tensors = {name: read_tensor(f, start, entry, path) for name, entry in header.items()}
     return tensors, metadata
+
+
+def _little_endian(dtype) -> np.dtype:
+    dtype = np.dtype(dtype)
+    return dtype.newbyteorder("<") if dtype.byteorder == ">" else dtype
 
 
 def _load_each(tensors):
@@ -107,8 +116,7 @@ def serialize(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | N
         header["__metadata__"] = dict(metadata)
     offset = 0
     for name, tensor in tensors.items():
-        dtype = np.dtype(tensor.dtype).newbyteorder("<") if np.dtype(tensor.dtype).byteorder == ">" \
-            else np.dtype(tensor.dtype)
+        dtype = _little_endian(tensor.dtype)
         if dtype not in _NAMES:
             raise WeightsError(f"{name}: dtype {tensor.dtype} cannot be stored in safetensors")
         nbytes = int(np.prod(tensor.shape, dtype=np.int64)) * dtype.itemsize
@@ -119,7 +127,7 @@ def serialize(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | N
     text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
     yield struct.pack("<Q", len(text)) + text
     for array in (load or _load_each)(tensors.values()):
-        array = np.ascontiguousarray(array).astype(np.dtype(array.dtype).newbyteorder("<"), copy=False)
+        array = np.ascontiguousarray(array).astype(_little_endian(array.dtype), copy=False)
         yield memoryview(array.reshape(-1).view(np.uint8))
 
 

@@ -270,7 +270,7 @@ def test_command_line_with_workers_and_result_file(tree, rigged, tmp_path):
     assert json.loads(out.read_text())["correct_top5"] == top5
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert again.returncode == 2
-    assert again.stderr.strip() == f"error: {out} exists; pass --force to replace it"
+    assert again.stderr.strip() == f"error: {out}: already exists; pass --force to overwrite it"
 
 
 def test_two_ranks_under_paddle_launch_equal_one_process(tree, rigged, tmp_path, capsys):

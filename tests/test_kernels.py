@@ -80,35 +80,24 @@ def test_bias_act_equals_torch_in_place(gelu):
     assert float((err / np.maximum(np.abs(expected.numpy()), 1e-3)).max()) <= 1e-5
 
 
-def _factor_attn_reference(qkv, weights, biases, size, heads, scale):
-    """timm's FactorAttnConvRelPosEnc core in torch: qkv [B, N, 3C] -> [B, N, C]."""
-    B, N, C3 = qkv.shape
-    C = C3 // 3
-    q, k, v = qkv.reshape(B, N, 3, heads, C // heads).permute(2, 0, 3, 1, 4).unbind(0)
-    factor_att = q @ (k.softmax(dim=2).transpose(-1, -2) @ v)
-    v_img = v[:, :, 1:, :].transpose(-1, -2).reshape(B, C, *size)
-    parts = torch.split(v_img, [w.shape[0] for w in weights], dim=1)
-    conv_v = torch.cat([F.conv2d(p, w, b, padding=w.shape[-1] // 2, groups=w.shape[0])
-                        for p, w, b in zip(parts, weights, biases)], dim=1)
-    conv_v = conv_v.reshape(B, heads, C // heads, -1).transpose(-1, -2)
-    crpe = F.pad(q[:, :, 1:, :] * conv_v, (0, 0, 1, 0))
-    return (scale * factor_att + crpe).transpose(1, 2).reshape(B, N, C)
-
-
 @pytest.mark.parametrize("batch, size, head_chs", [
     (1, (56, 56), 8), (2, (14, 9), 40), (3, (2, 3), 64), (2, (1, 1), 8)])
-def test_factor_attn_equals_timms_attention_core(batch, size, head_chs):
+def test_factor_attn_equals_timms_attention(batch, size, head_chs):
+    """timm's FactorAttnConvRelPosEnc against its own qkv and proj around the compiled core."""
+    from timm.models.coat import ConvRelPosEnc, FactorAttnConvRelPosEnc
+
     heads = 8
-    rng = np.random.default_rng(head_chs)
-    C, N = heads * head_chs, 1 + size[0] * size[1]
-    qkv = (rng.standard_normal((batch, N, 3 * C)) * 2).astype(np.float32)
-    splits = [2 * head_chs, 3 * head_chs, 3 * head_chs]  # CoaT's windows {3: 2, 5: 3, 7: 3}
-    weights = [rng.standard_normal((c, 1, k, k)).astype(np.float32) * 0.2 for c, k in zip(splits, (3, 5, 7))]
-    biases = [rng.standard_normal(c).astype(np.float32) for c in splits]
-    scale = head_chs ** -0.5
-    expected = _factor_attn_reference(torch.from_numpy(qkv), [torch.from_numpy(w) for w in weights],
-                                      [torch.from_numpy(b) for b in biases], size, heads, scale).numpy()
-    got = kernels.factor_attn()(paddle.to_tensor(qkv), [paddle.to_tensor(w) for w in weights],
-                                [paddle.to_tensor(b) for b in biases], size[0], size[1], heads, scale).numpy()
-    assert got.shape == expected.shape == (batch, N, C)
+    torch.manual_seed(head_chs)
+    crpe = ConvRelPosEnc(head_chs, heads, {3: 2, 5: 3, 7: 3})  # CoaT's windows
+    attention = FactorAttnConvRelPosEnc(heads * head_chs, heads, qkv_bias=True, shared_crpe=crpe).eval()
+    x = torch.randn(batch, 1 + size[0] * size[1], heads * head_chs)
+    with torch.no_grad():
+        expected = attention(x, size).numpy()
+        qkv = paddle.to_tensor(attention.qkv(x).numpy())
+        core = kernels.factor_attn()(
+            qkv, [paddle.to_tensor(c.weight.numpy()) for c in crpe.conv_list],
+            [paddle.to_tensor(c.bias.numpy()) for c in crpe.conv_list], size[0], size[1], heads,
+            attention.scale)
+        got = attention.proj(torch.from_numpy(core.numpy())).numpy()
+    assert got.shape == expected.shape
     assert float(np.abs(got - expected).max()) <= 1e-6 * float(np.abs(expected).max())

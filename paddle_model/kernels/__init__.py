@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
-import logging
 import os
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
 _module = None
 _tried = False
-_SOURCES = [Path(__file__).with_name(name) for name in ("depthwise_conv.cc", "fused_ops.cc")]
+_SOURCE = Path(__file__).with_name("fused_ops.cc")
 _CFLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-fopenmp"]  # no traps: GELU vectorises
 
 
@@ -29,18 +28,31 @@ def _build_dir() -> Path:
 
 @contextlib.contextmanager
 def _quiet():
-    """Keep Paddle's extension builder from printing into every command's output."""
-    from paddle.utils.cpp_extension import extension_utils
+    """Keep the extension builder out of every command's output.
 
-    logger = extension_utils.logger
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
+    Paddle builds in a child process (setup.py, g++) that writes to this process's stdout and
+    stderr, so both are redirected at the file-descriptor level to a log; a failed build gets
+    the log's tail in its message.
+    """
+    with tempfile.TemporaryFile() as log, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved = [os.dup(1), os.dup(2)]
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
             yield
-    finally:
-        logger.setLevel(level)
+        except Exception as e:
+            log.seek(0)
+            tail = log.read().decode(errors="replace").strip().splitlines()[-5:]
+            raise RuntimeError(f"{e}; build log: {' | '.join(tail)}") from e
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, copy in zip((1, 2), saved):
+                os.dup2(copy, fd)
+                os.close(copy)
 
 
 def _compile(build: Path):
@@ -49,7 +61,7 @@ def _compile(build: Path):
 
     build.mkdir(parents=True, exist_ok=True)
     with _quiet():
-        return load(name="coat_kernels", sources=[str(s) for s in _SOURCES], extra_cxx_cflags=_CFLAGS,
+        return load(name="coat_kernels", sources=[str(_SOURCE)], extra_cxx_cflags=_CFLAGS,
                     build_directory=str(build))
 
 
@@ -91,7 +103,7 @@ def _load():
     import paddle
 
     recipe = f"{paddle.__version__} {' '.join(_CFLAGS)}".encode()
-    digest = hashlib.sha256(b"".join(s.read_bytes() for s in _SOURCES) + recipe).hexdigest()
+    digest = hashlib.sha256(_SOURCE.read_bytes() + recipe).hexdigest()
     try:
         with _build_lock(build):  # ranks of a distributed run may all start here at once
             if built.exists() and stamp.exists() and stamp.read_text() == digest:
