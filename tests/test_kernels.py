@@ -1,6 +1,7 @@
 """The compiled kernels: built here, equal to torch's or to the Paddle ops they replace, optional."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -13,6 +14,28 @@ import torch.nn.functional as F
 from paddle_model import kernels
 
 from .conftest import ROOT
+
+
+def test_a_first_build_prints_nothing(tmp_path):
+    """The build runs g++ in a child process and Paddle prints and logs around it; none of it
+    may reach a command's output (a --json result must stay parseable), whether stdout is the
+    file descriptor or a Python object standing in for it (as under pytest's capsys)."""
+    code = (
+        "import io, sys\n"
+        "import paddle_model.kernels as k\n"
+        "sys.stdout = buf = io.StringIO()\n"
+        "built = k.factor_attn() is not None\n"
+        "sys.stdout = sys.__stdout__\n"
+        "print(built, repr(buf.getvalue()))\n"
+    )
+    env = {**os.environ, "COAT_PADDLE_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "True ''\n"
+    noise = [line for line in done.stderr.splitlines() if "ccache" not in line and line.strip()
+             and not line.strip().startswith("warnings.warn")]  # Paddle's own import warning
+    assert noise == []
 
 
 def test_kernels_build_on_this_machine():

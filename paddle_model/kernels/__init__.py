@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
+import logging
 import os
 import sys
 import tempfile
@@ -30,14 +32,18 @@ def _build_dir() -> Path:
 def _quiet():
     """Keep the extension builder out of every command's output.
 
-    Paddle builds in a child process (setup.py, g++) that writes to this process's stdout and
-    stderr, so both are redirected at the file-descriptor level to a log; a failed build gets
-    the log's tail in its message.
+    Paddle prints and logs from this process and builds in a child process (setup.py, g++)
+    that writes to this process's stdout and stderr. So Python's streams and logging are
+    silenced and file descriptors 1 and 2 redirected to a log; a failed build gets the log's
+    tail in its message.
     """
-    with tempfile.TemporaryFile() as log, warnings.catch_warnings():
+    disabled = logging.root.manager.disable
+    with tempfile.TemporaryFile() as log, warnings.catch_warnings(), \
+            contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
-        sys.stdout.flush()
-        sys.stderr.flush()
+        logging.disable(max(disabled, logging.INFO))
+        sys.__stdout__.flush()
+        sys.__stderr__.flush()
         saved = [os.dup(1), os.dup(2)]
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
@@ -48,11 +54,10 @@ def _quiet():
             tail = log.read().decode(errors="replace").strip().splitlines()[-5:]
             raise RuntimeError(f"{e}; build log: {' | '.join(tail)}") from e
         finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
             for fd, copy in zip((1, 2), saved):
                 os.dup2(copy, fd)
                 os.close(copy)
+            logging.disable(disabled)
 
 
 def _compile(build: Path):
