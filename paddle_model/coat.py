@@ -114,11 +114,11 @@ class PatchEmbed(nn.Layer):
             size = (x.shape[2] // p, x.shape[3] // p)
             weight = self.proj.weight.reshape([self.proj.weight.shape[0], -1]).T  # [C*p*p, out]
             x = bias_act_(paddle.matmul(patches(x.contiguous(), p), weight), self.proj.bias, False)
-            return self.norm(x), size  # [B, H*W, out]
+            return layer_norm(self.norm, x), size  # [B, H*W, out]
         x = self.proj(x)  # [B, C, H, W]
         size = (x.shape[2], x.shape[3])
         x = x.flatten(2).transpose([0, 2, 1])  # [B, H*W, C]
-        return self.norm(x), size
+        return layer_norm(self.norm, x), size
 
 
 def _compiled(x: paddle.Tensor) -> bool:
@@ -139,6 +139,15 @@ def linear(layer: nn.Linear, x: paddle.Tensor, gelu: bool = False) -> paddle.Ten
         return op(paddle.matmul(x, layer.weight), layer.bias, gelu)  # in place on the product
     x = layer(x)
     return F.gelu(x) if gelu else x
+
+
+def layer_norm(layer: nn.LayerNorm, x: paddle.Tensor) -> paddle.Tensor:
+    """``layer(x)``; compiled, one pass per row (Paddle's CPU layer_norm is several times
+    slower than torch's on these rows)."""
+    op = kernels.layer_norm() if _compiled(x) else None
+    if op is not None:
+        return op(x.contiguous(), layer.weight, layer.bias, layer._epsilon)
+    return layer(x)
 
 
 def _tokens_to_map(x: paddle.Tensor, size: tuple[int, int]) -> paddle.Tensor:
@@ -247,10 +256,10 @@ class SerialBlock(nn.Layer):
     def forward(self, x: paddle.Tensor, size: tuple[int, int]) -> paddle.Tensor:
         x = self.cpe(x, size)  # a new tensor: in inference, the residual adds may go in place
         if not self.training and _compiled(x):
-            x.add_(self.factoratt_crpe(self.norm1(x), size))
-            return x.add_(self.mlp(self.norm2(x)))
-        x = x + self.drop_path(self.factoratt_crpe(self.norm1(x), size))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+            x.add_(self.factoratt_crpe(layer_norm(self.norm1, x), size))
+            return x.add_(self.mlp(layer_norm(self.norm2, x)))
+        x = x + self.drop_path(self.factoratt_crpe(layer_norm(self.norm1, x), size))
+        return x + self.drop_path(self.mlp(layer_norm(self.norm2, x)))
 
 
 @lru_cache(maxsize=256)
@@ -353,9 +362,9 @@ class ParallelBlock(nn.Layer):
 
     def forward(self, x1, x2, x3, x4, sizes):
         _, s2, s3, s4 = sizes
-        cur2 = self.factoratt_crpe2(self.norm12(x2), s2)
-        cur3 = self.factoratt_crpe3(self.norm13(x3), s3)
-        cur4 = self.factoratt_crpe4(self.norm14(x4), s4)
+        cur2 = self.factoratt_crpe2(layer_norm(self.norm12, x2), s2)
+        cur3 = self.factoratt_crpe3(layer_norm(self.norm13, x3), s3)
+        cur4 = self.factoratt_crpe4(layer_norm(self.norm14, x4), s4)
         up3_2 = resample_tokens(cur3, s3, s2)
         up4_3 = resample_tokens(cur4, s4, s3)
         up4_2 = resample_tokens(cur4, s4, s2)
@@ -365,9 +374,9 @@ class ParallelBlock(nn.Layer):
         x2 = x2 + self.drop_path(cur2 + up3_2 + up4_2)
         x3 = x3 + self.drop_path(cur3 + up4_3 + down2_3)
         x4 = x4 + self.drop_path(cur4 + down3_4 + down2_4)
-        x2 = x2 + self.drop_path(self.mlp2(self.norm22(x2)))
-        x3 = x3 + self.drop_path(self.mlp3(self.norm23(x3)))
-        x4 = x4 + self.drop_path(self.mlp4(self.norm24(x4)))
+        x2 = x2 + self.drop_path(self.mlp2(layer_norm(self.norm22, x2)))
+        x3 = x3 + self.drop_path(self.mlp3(layer_norm(self.norm23, x3)))
+        x4 = x4 + self.drop_path(self.mlp4(layer_norm(self.norm24, x4)))
         return x1, x2, x3, x4
 
 
@@ -472,8 +481,8 @@ class CoaT(nn.Layer):
                 for i, name in enumerate(FEATURE_NAMES) if name in self.out_features
             }
         if self.variant.is_lite:
-            return self.norm4(xs[3])
-        return [self.norm2(xs[1]), self.norm3(xs[2]), self.norm4(xs[3])]
+            return layer_norm(self.norm4, xs[3])
+        return [layer_norm(self.norm2, xs[1]), layer_norm(self.norm3, xs[2]), layer_norm(self.norm4, xs[3])]
 
     def _pool(self, x: paddle.Tensor) -> paddle.Tensor:
         return x[:, 1:].mean(axis=1) if self.global_pool == "avg" else x[:, 0]

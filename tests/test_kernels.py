@@ -39,7 +39,8 @@ def test_a_first_build_prints_nothing(tmp_path):
 
 
 def test_kernels_build_on_this_machine():
-    for op in (kernels.conv_pos_enc, kernels.bias_act_, kernels.factor_attn):
+    for op in (kernels.conv_pos_enc, kernels.bias_act_, kernels.factor_attn, kernels.patches,
+               kernels.resample, kernels.layer_norm):
         assert op() is not None, f"the C++ kernel behind {op.__name__} failed to build"
 
 
@@ -104,7 +105,7 @@ def test_bias_act_equals_torch_in_place(gelu):
 
 
 @pytest.mark.parametrize("batch, size, head_chs", [
-    (1, (56, 56), 8), (2, (14, 9), 40), (3, (2, 3), 64), (2, (1, 1), 8)])
+    (1, (56, 56), 8), (1, (28, 28), 19), (2, (14, 9), 40), (3, (2, 3), 64), (2, (1, 1), 8)])
 def test_factor_attn_equals_timms_attention(batch, size, head_chs):
     """timm's FactorAttnConvRelPosEnc against its own qkv and proj around the compiled core."""
     from timm.models.coat import ConvRelPosEnc, FactorAttnConvRelPosEnc
@@ -124,3 +125,16 @@ def test_factor_attn_equals_timms_attention(batch, size, head_chs):
         got = attention.proj(torch.from_numpy(core.numpy())).numpy()
     assert got.shape == expected.shape
     assert float(np.abs(got - expected).max()) <= 1e-6 * float(np.abs(expected).max())
+
+
+@pytest.mark.parametrize("shape, eps", [((2, 3137, 64), 1e-6), ((1, 50, 512), 1e-6), ((3, 7, 19), 1e-5)])
+def test_layer_norm_equals_torch(shape, eps):
+    """Rows with a large common offset too, where a one-pass variance would lose digits."""
+    rng = np.random.default_rng(shape[-1])
+    x = (rng.standard_normal(shape) * 2 + 30).astype(np.float32)
+    w = rng.standard_normal(shape[-1]).astype(np.float32)
+    b = rng.standard_normal(shape[-1]).astype(np.float32)
+    expected = F.layer_norm(torch.from_numpy(x).double(), shape[-1:], torch.from_numpy(w).double(),
+                            torch.from_numpy(b).double(), eps).numpy()
+    got = kernels.layer_norm()(paddle.to_tensor(x), paddle.to_tensor(w), paddle.to_tensor(b), eps).numpy()
+    assert float(np.abs(got - expected).max()) <= 2e-6 * float(np.abs(expected).max())

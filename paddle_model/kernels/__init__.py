@@ -156,3 +156,9 @@ def factor_attn():
     """The compiled ``coat_factor_attn(qkv, weights, biases, height, width, heads, scale)`` op:
     factorised attention plus conv relative position encoding, [B, N, 3C] -> [B, N, C]; or None."""
     return _op("coat_factor_attn")
+
+
+def layer_norm():
+    """The compiled ``coat_layer_norm(x, weight, bias, eps)`` op: LayerNorm over the last axis;
+    or None."""
+    return _op("coat_layer_norm")

@@ -12,13 +12,15 @@
 //                                 the image tokens, the CLS token passed through.
 //   coat_factor_attn(qkv, ...)    the factorised attention with its conv relative position
 //                                 encoding, from the qkv projection's output straight to
-//                                 the output projection's input, one image at a time.
+//                                 the output projection's input, one image and head per task.
+//   coat_layer_norm(x, w, b, eps) LayerNorm over the last axis.
 // Forward only; the model keeps Paddle's ops where gradients are needed.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "paddle/extension.h"
@@ -69,11 +71,14 @@ inline float gelu(float x) {
   return x >= 0.0f ? x - half_erfc : half_erfc;
 }
 
-// Depthwise convolution of one channel plane: stride 1, "same" zero padding, odd square
-// kernel. CoaT's position encodings (cpe 3x3, crpe 3x3/5x5/7x7) are such convolutions, which
-// Paddle's CPU kernel runs 10-36x slower than torch's. Each output row accumulates one kernel
-// tap at a time over a contiguous span of the input row, a loop the compiler vectorises;
-// starting from the bias and adding the taps in order gives torch's numbers exactly.
+// CoaT's position encodings (cpe 3x3, crpe 3x3/5x5/7x7) are depthwise convolutions: stride 1,
+// "same" zero padding, odd square kernels. Paddle's CPU kernel runs them 10-36x slower than
+// torch's. Two forms follow; each sum starts from the bias and adds the taps in order, as
+// torch's direct convolution does.
+//
+// depthwise_plane: one channel plane [H, W] (the attention op has its channels as planes
+// anyway). Each output row accumulates one tap at a time over a contiguous span of the input
+// row, a loop the compiler vectorises.
 void depthwise_plane(const float* __restrict__ in, const float* __restrict__ weight, float bias,
                      float* __restrict__ out, int64_t height, int64_t width, int64_t kernel) {
   const int64_t pad = kernel / 2;
@@ -96,16 +101,70 @@ void depthwise_plane(const float* __restrict__ in, const float* __restrict__ wei
   }
 }
 
-// Token rows (``channels`` values each, ``stride`` apart) to channel planes [channels, n_rows],
-// 16 channels at a time: each pass reads whole cache lines of a row and feeds 16 planes.
+// Token rows and channel planes, kBlock rows at a time: each block's rows stay in cache while
+// their channels are copied.
 constexpr int64_t kBlock = 16;
 
-void rows_to_planes(const float* rows, int64_t stride, int64_t n_rows, int64_t channels, float* planes) {
-  for (int64_t c0 = 0; c0 < channels; c0 += kBlock) {
-    const int64_t c1 = std::min(channels, c0 + kBlock);
-    for (int64_t r = 0; r < n_rows; ++r)
-      for (int64_t c = c0; c < c1; ++c) planes[c * n_rows + r] = rows[r * stride + c];
+// token rows (``stride`` apart) -> channel planes [channels, n], and back
+void gather_planes(const float* rows, int64_t stride, int64_t n, int64_t channels, float* planes) {
+  for (int64_t r0 = 0; r0 < n; r0 += kBlock) {
+    const int64_t r1 = std::min(n, r0 + kBlock);
+    for (int64_t c = 0; c < channels; ++c)
+      for (int64_t r = r0; r < r1; ++r) planes[c * n + r] = rows[r * stride + c];
   }
+}
+
+void scatter_planes(const float* planes, int64_t n, int64_t channels, float* rows, int64_t stride) {
+  for (int64_t r0 = 0; r0 < n; r0 += kBlock) {
+    const int64_t r1 = std::min(n, r0 + kBlock);
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t c = 0; c < channels; ++c) rows[r * stride + c] = planes[c * n + r];
+  }
+}
+
+// Channels [c0, c0 + L) of the depthwise convolution at one pixel; L fixed, so the sums stay
+// in registers. Taps outside the image are left out (zero padding).
+template <int64_t L>
+inline void depthwise_chunk(const float* __restrict__ img, int64_t stride, int64_t i, int64_t j,
+                            int64_t width, int64_t k, int64_t di0, int64_t di1, int64_t dj0,
+                            int64_t dj1, const float* __restrict__ wt, int64_t n,
+                            const float* __restrict__ bias, int64_t c0, float* __restrict__ out) {
+  const int64_t pad = k / 2;
+  float acc[L];
+  for (int64_t l = 0; l < L; ++l) acc[l] = bias[c0 + l];
+  for (int64_t di = di0; di < di1; ++di)
+    for (int64_t dj = dj0; dj < dj1; ++dj) {
+      const float* src = img + ((i + di - pad) * width + (j + dj - pad)) * stride + c0;
+      const float* w = wt + (di * k + dj) * n + c0;
+      for (int64_t l = 0; l < L; ++l) acc[l] += w[l] * src[l];
+    }
+  for (int64_t l = 0; l < L; ++l) out[c0 + l] = acc[l];
+}
+
+// depthwise_pixel: the convolution at one pixel (i, j) of an image kept as token rows
+// (channels last), for channels [0, n) of rows ``stride`` apart, vectorised along the
+// channels; no transposes. wt: the kernel as [k * k, n], tap-major.
+inline void depthwise_pixel(const float* img, int64_t stride, int64_t i, int64_t j, int64_t height,
+                            int64_t width, int64_t k, const float* wt, const float* bias, int64_t n,
+                            float* out) {
+  const int64_t pad = k / 2;
+  const int64_t di0 = std::max<int64_t>(0, pad - i), di1 = std::min(k, height + pad - i);
+  const int64_t dj0 = std::max<int64_t>(0, pad - j), dj1 = std::min(k, width + pad - j);
+  int64_t c0 = 0;
+  for (; c0 + 32 <= n; c0 += 32)
+    depthwise_chunk<32>(img, stride, i, j, width, k, di0, di1, dj0, dj1, wt, n, bias, c0, out);
+  for (; c0 + 8 <= n; c0 += 8)
+    depthwise_chunk<8>(img, stride, i, j, width, k, di0, di1, dj0, dj1, wt, n, bias, c0, out);
+  for (; c0 < n; ++c0)
+    depthwise_chunk<1>(img, stride, i, j, width, k, di0, di1, dj0, dj1, wt, n, bias, c0, out);
+}
+
+// A depthwise kernel [n, 1, k, k] as [k * k, n] for depthwise_pixel.
+std::vector<float> taps_major(const float* weight, int64_t n, int64_t k) {
+  std::vector<float> wt(k * k * n);
+  for (int64_t c = 0; c < n; ++c)
+    for (int64_t t = 0; t < k * k; ++t) wt[t * n + c] = weight[c * k * k + t];
+  return wt;
 }
 
 }  // namespace
@@ -135,12 +194,117 @@ PD_BUILD_OP(coat_bias_act_)
     .SetInplaceMap({{"X", "Out"}})
     .SetKernelFn(PD_KERNEL(BiasActForward));
 
-// The attention core of a serial or parallel block, one image at a time:
-//   kv_h = softmax_N(k_h)^T v_h          [Ch, Ch] per head, the softmax over the tokens
+// The attention core of a serial or parallel block, one (image, head) pair per task:
+//   kv = softmax_N(k)^T v                 [Ch, Ch], the softmax over the tokens
 //   att = scale * q kv + [0; q_img * crpe(v_img)]
 // qkv: [B, N, 3 * C] as the qkv Linear gives it (C = heads * Ch, N = 1 + H * W, CLS first);
 // weights[g]: [Cg, 1, k, k] depthwise kernels over consecutive channel groups of v_img
-// (channel = head * Ch + c). Returns [B, N, C]. Every pass runs along the token rows.
+// (channel = head * Ch + c). Returns [B, N, C].
+//
+// A task copies its head's q, k and v into channel planes [Ch, N] (tokens contiguous), where
+// every step is a loop along the tokens: the softmax, the Ch x Ch dot products of kv, q kv,
+// the convolution and the product with q. It then writes its columns of the output. Tasks
+// are independent, so batch 1 keeps both cores busy, and a task's planes stay in cache.
+namespace {
+
+constexpr int64_t kLanes = 8;  // one AVX register of floats; partial sums per lane
+
+// Dot products of row ``a`` with rows b[0..M) (``stride`` apart), ``n`` long, one partial
+// sum per lane so that the loop vectorises without reordering any lane's sum.
+template <int M>
+void dots(const float* __restrict__ a, const float* __restrict__ b, int64_t stride, int64_t n, float* out) {
+  float sum[M][kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int m = 0; m < M; ++m)
+      for (int64_t l = 0; l < kLanes; ++l) sum[m][l] += a[i + l] * b[m * stride + i + l];
+  for (int m = 0; m < M; ++m) {
+    float total = 0.0f;
+    for (int64_t l = 0; l < kLanes; ++l) total += sum[m][l];
+    for (int64_t j = i; j < n; ++j) total += a[j] * b[m * stride + j];
+    out[m] = total;
+  }
+}
+
+// One head of one image; q, k, v: token rows of this head's channels (``stride`` apart).
+// Scratch: 4 * Ch * N + H * W floats. Writes this head's Ch columns of ``out`` (row stride C).
+void attention_head(const float* q, const float* k, const float* v, int64_t stride, int64_t tokens,
+                    int64_t Ch, int64_t height, int64_t width, const float* const* w_of,
+                    const float* b_of, const int64_t* k_of, float scale, float* scratch,
+                    float* out, int64_t out_stride) {
+  const int64_t plane = height * width;
+  float* qt = scratch;
+  float* et = qt + Ch * tokens;
+  float* vt = et + Ch * tokens;
+  float* acc = vt + Ch * tokens;
+  float* conv = acc + Ch * tokens;
+  gather_planes(q, stride, tokens, Ch, qt);
+  gather_planes(k, stride, tokens, Ch, et);
+  gather_planes(v, stride, tokens, Ch, vt);
+  // softmax over the tokens, per channel: e = exp(k - max), and scale / sum folded into kv
+  std::vector<float> norm(Ch), kv(Ch * Ch);
+  for (int64_t c = 0; c < Ch; ++c) {
+    float* e = et + c * tokens;
+    float lane_max[kLanes];
+    std::fill(lane_max, lane_max + kLanes, -INFINITY);
+    int64_t i = 0;
+    for (; i + kLanes <= tokens; i += kLanes)
+      for (int64_t l = 0; l < kLanes; ++l) lane_max[l] = std::max(lane_max[l], e[i + l]);
+    float top = *std::max_element(lane_max, lane_max + kLanes);
+    for (int64_t j = i; j < tokens; ++j) top = std::max(top, e[j]);
+    float lane_sum[kLanes] = {};
+    for (i = 0; i + kLanes <= tokens; i += kLanes)
+      for (int64_t l = 0; l < kLanes; ++l) {
+        e[i + l] = exp_nonpositive(e[i + l] - top);
+        lane_sum[l] += e[i + l];
+      }
+    float total = 0.0f;
+    for (int64_t l = 0; l < kLanes; ++l) total += lane_sum[l];
+    for (int64_t j = i; j < tokens; ++j) {
+      e[j] = exp_nonpositive(e[j] - top);
+      total += e[j];
+    }
+    norm[c] = scale / total;
+  }
+  // kv[c1][c2] = sum_n e[c1][n] v[c2][n], times scale / sum(e[c1])
+  for (int64_t c1 = 0; c1 < Ch; ++c1) {
+    const float* e = et + c1 * tokens;
+    float* row = kv.data() + c1 * Ch;
+    int64_t c2 = 0;
+    for (; c2 + 4 <= Ch; c2 += 4) dots<4>(e, vt + c2 * tokens, tokens, tokens, row + c2);
+    for (; c2 < Ch; ++c2) dots<1>(e, vt + c2 * tokens, tokens, tokens, row + c2);
+    for (c2 = 0; c2 < Ch; ++c2) row[c2] *= norm[c1];
+  }
+  // acc[c2][n] = sum_c1 kv[c1][c2] q[c1][n], 64 tokens at a time in registers
+  constexpr int64_t kTile = 64;
+  for (int64_t c2 = 0; c2 < Ch; ++c2) {
+    float* dst = acc + c2 * tokens;
+    for (int64_t n0 = 0; n0 < tokens; n0 += kTile) {
+      const int64_t len = std::min(kTile, tokens - n0);
+      float tile[kTile] = {};
+      for (int64_t c1 = 0; c1 < Ch; ++c1) {
+        const float w = kv[c1 * Ch + c2];
+        const float* src = qt + c1 * tokens + n0;
+        if (len == kTile)
+          for (int64_t l = 0; l < kTile; ++l) tile[l] += w * src[l];
+        else
+          for (int64_t l = 0; l < len; ++l) tile[l] += w * src[l];
+      }
+      std::copy(tile, tile + len, dst + n0);
+    }
+  }
+  // crpe: the image part of each v plane convolved, times q, added to the image tokens
+  for (int64_t c = 0; c < Ch; ++c) {
+    depthwise_plane(vt + c * tokens + 1, w_of[c], b_of[c], conv, height, width, k_of[c]);
+    float* __restrict__ dst = acc + c * tokens + 1;
+    const float* __restrict__ qc = qt + c * tokens + 1;
+    for (int64_t p = 0; p < plane; ++p) dst[p] += qc[p] * conv[p];
+  }
+  scatter_planes(acc, tokens, Ch, out, out_stride);
+}
+
+}  // namespace
+
 std::vector<paddle::Tensor> FactorAttnForward(const paddle::Tensor& qkv,
                                               const std::vector<paddle::Tensor>& weights,
                                               const std::vector<paddle::Tensor>& biases,
@@ -169,68 +333,19 @@ std::vector<paddle::Tensor> FactorAttnForward(const paddle::Tensor& qkv,
   PD_CHECK(next == C, "the groups' channels must add up to C");
 
   auto out = paddle::empty({batch, tokens, C}, qkv.dtype(), qkv.place());
+  const float* in = qkv.data<float>();
   float* od = out.data<float>();
-  const bool per_image = batch >= threads();  // else the images' own loops share the threads
-#pragma omp parallel for num_threads(threads()) schedule(static) if (per_image)
-  for (int64_t b = 0; b < batch; ++b) {
-    std::vector<float> kmax(C), ksum(C), e(C), kv(heads * Ch * Ch);
-    std::vector<float> v_planes(C * plane), conv_planes(C * plane);
-    const float* x = qkv.data<float>() + b * tokens * 3 * C;  // row n: q | k | v
-    float* o = od + b * tokens * C;
-    // softmax statistics of k over the tokens, then kv accumulated with the same exponentials
-    std::fill(kmax.begin(), kmax.end(), -INFINITY);
-    for (int64_t n = 0; n < tokens; ++n)
-      for (int64_t c = 0; c < C; ++c) kmax[c] = std::max(kmax[c], x[n * 3 * C + C + c]);
-    std::fill(ksum.begin(), ksum.end(), 0.0f);
-    std::fill(kv.begin(), kv.end(), 0.0f);
-    for (int64_t n = 0; n < tokens; ++n) {
-      const float* k_row = x + n * 3 * C + C;
-      const float* v_row = k_row + C;
-      for (int64_t c = 0; c < C; ++c) {
-        e[c] = exp_nonpositive(k_row[c] - kmax[c]);
-        ksum[c] += e[c];
-      }
-      for (int64_t h = 0; h < heads; ++h)
-        for (int64_t c1 = 0; c1 < Ch; ++c1) {
-          const float w = e[h * Ch + c1];
-          float* kv_row = kv.data() + (h * Ch + c1) * Ch;
-          const float* v_head = v_row + h * Ch;
-          for (int64_t c2 = 0; c2 < Ch; ++c2) kv_row[c2] += w * v_head[c2];
-        }
-    }
-    for (int64_t h = 0; h < heads; ++h)
-      for (int64_t c1 = 0; c1 < Ch; ++c1) {
-        const float norm = scale / ksum[h * Ch + c1];
-        for (int64_t c2 = 0; c2 < Ch; ++c2) kv[(h * Ch + c1) * Ch + c2] *= norm;
-      }
-    // scale * q kv, row by row (kv carries the scale)
-#pragma omp parallel for num_threads(threads()) schedule(static) if (!per_image && tokens > 256)
-    for (int64_t n = 0; n < tokens; ++n) {
-      const float* q_row = x + n * 3 * C;
-      float* o_row = o + n * C;
-      std::fill(o_row, o_row + C, 0.0f);
-      for (int64_t h = 0; h < heads; ++h)
-        for (int64_t c1 = 0; c1 < Ch; ++c1) {
-          const float w = q_row[h * Ch + c1];
-          const float* kv_row = kv.data() + (h * Ch + c1) * Ch;
-          float* o_head = o_row + h * Ch;
-          for (int64_t c2 = 0; c2 < Ch; ++c2) o_head[c2] += w * kv_row[c2];
-        }
-    }
-    // the conv relative position encoding: v_img as planes, convolved, times q_img, added
-    rows_to_planes(x + 3 * C + 2 * C, 3 * C, plane, C, v_planes.data());
-#pragma omp parallel for num_threads(threads()) schedule(static) if (!per_image && plane > 256)
-    for (int64_t c = 0; c < C; ++c)
-      depthwise_plane(v_planes.data() + c * plane, w_of[c], b_of[c], conv_planes.data() + c * plane,
-                           height, width, k_of[c]);
-#pragma omp parallel for num_threads(threads()) schedule(static) if (!per_image && plane > 256)
-    for (int64_t c0 = 0; c0 < C; c0 += kBlock) {
-      const int64_t c1 = std::min(C, c0 + kBlock);
-      for (int64_t p = 0; p < plane; ++p) {
-        const float* q_row = x + (p + 1) * 3 * C;
-        float* o_row = o + (p + 1) * C;
-        for (int64_t c = c0; c < c1; ++c) o_row[c] += q_row[c] * conv_planes[c * plane + p];
-      }
+  const int64_t tasks = batch * heads;
+#pragma omp parallel num_threads(threads()) if (tasks > 1 && tokens * C > 4096)
+  {
+    std::unique_ptr<float[]> scratch(new float[4 * Ch * tokens + plane]);  // per thread
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < tasks; ++t) {
+      const int64_t b = t / heads, h = t % heads;
+      const float* x = in + b * tokens * 3 * C + h * Ch;  // row n: q | k | v
+      attention_head(x, x + C, x + 2 * C, 3 * C, tokens, Ch, height, width, w_of.data() + h * Ch,
+                     b_of.data() + h * Ch, k_of.data() + h * Ch, scale, scratch.get(),
+                     od + b * tokens * C + h * Ch, C);
     }
   }
   return {out};
@@ -259,35 +374,35 @@ PD_BUILD_OP(coat_factor_attn)
     .SetInferDtypeFn(PD_INFER_DTYPE(FactorAttnInferDtype));
 
 // x: [B, N, C] tokens, N = 1 + H * W (CLS first); weight [C, 1, k, k]. Returns x with
-// depthwise(x_img) added to its image tokens, as ConvPosEnc does through NCHW maps.
+// depthwise(x_img) added to its image tokens, as ConvPosEnc does through NCHW maps. One task
+// per image row, on the token rows as they are.
 std::vector<paddle::Tensor> ConvPosEncForward(const paddle::Tensor& x, const paddle::Tensor& weight,
                                               const paddle::Tensor& bias, int64_t height, int64_t width) {
   PD_CHECK(x.is_cpu() && x.dtype() == paddle::DataType::FLOAT32, "coat_conv_pos_enc takes CPU float32");
   const auto& s = x.shape();
   PD_CHECK(s.size() == 3 && s[1] == 1 + height * width, "x must be [B, 1 + H * W, C]");
-  const int64_t batch = s[0], tokens = s[1], channels = s[2], plane = height * width;
+  const int64_t batch = s[0], tokens = s[1], channels = s[2];
   const int64_t k = weight.shape()[2];
   PD_CHECK(weight.shape()[0] == channels && k % 2 == 1, "weight must be [C, 1, k, k] with odd k");
   auto out = paddle::empty(s, x.dtype(), x.place());
   const float* in = x.data<float>();
   float* od = out.data<float>();
-  const float* w = weight.data<float>();
+  const std::vector<float> wt = taps_major(weight.data<float>(), channels, k);
   const float* b = bias.data<float>();
-#pragma omp parallel for num_threads(threads()) schedule(static) if (batch > 1)
-  for (int64_t i = 0; i < batch; ++i) {
-    std::vector<float> planes(channels * plane), conv(plane);
-    const float* xi = in + i * tokens * channels;
-    float* oi = od + i * tokens * channels;
-    std::copy(xi, xi + tokens * channels, oi);  // the CLS token, and the residual
-    rows_to_planes(xi + channels, channels, plane, channels, planes.data());
-    for (int64_t c0 = 0; c0 < channels; c0 += kBlock) {
-      const int64_t c1 = std::min(channels, c0 + kBlock);
-      for (int64_t c = c0; c < c1; ++c) {  // the conv replaces its input plane
-        depthwise_plane(planes.data() + c * plane, w + c * k * k, b[c], conv.data(), height, width, k);
-        std::copy(conv.begin(), conv.end(), planes.begin() + c * plane);
+#pragma omp parallel num_threads(threads()) if (batch * tokens * channels > 4096)
+  {
+    std::vector<float> conv(channels);
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < batch * height; ++t) {
+      const int64_t i = t % height;
+      const float* xi = in + (t / height) * tokens * channels;
+      float* oi = od + (t / height) * tokens * channels;
+      if (i == 0) std::copy(xi, xi + channels, oi);  // the CLS token
+      for (int64_t j = 0; j < width; ++j) {
+        const int64_t n = 1 + i * width + j;
+        depthwise_pixel(xi + channels, channels, i, j, height, width, k, wt.data(), b, channels, conv.data());
+        for (int64_t c = 0; c < channels; ++c) oi[n * channels + c] = xi[n * channels + c] + conv[c];
       }
-      for (int64_t p = 0; p < plane; ++p)
-        for (int64_t c = c0; c < c1; ++c) oi[(p + 1) * channels + c] += planes[c * plane + p];
     }
   }
   return {out};
@@ -417,3 +532,62 @@ PD_BUILD_OP(coat_resample)
     .SetKernelFn(PD_KERNEL(ResampleForward))
     .SetInferShapeFn(PD_INFER_SHAPE(ResampleInferShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(ResampleInferDtype));
+
+// LayerNorm over the last axis of x: two passes over each row (mean, then the centred
+// variance, as torch's reference formula), partial sums per lane.
+std::vector<paddle::Tensor> LayerNormForward(const paddle::Tensor& x, const paddle::Tensor& weight,
+                                             const paddle::Tensor& bias, float eps) {
+  PD_CHECK(x.is_cpu() && x.dtype() == paddle::DataType::FLOAT32, "coat_layer_norm takes CPU float32");
+  const int64_t n = weight.numel();
+  PD_CHECK(x.shape().back() == n && bias.numel() == n, "weight and bias must match the last axis of x");
+  auto out = paddle::empty(x.shape(), x.dtype(), x.place());
+  const float* in = x.data<float>();
+  float* od = out.data<float>();
+  const float* __restrict__ w = weight.data<float>();
+  const float* __restrict__ b = bias.data<float>();
+  const int64_t rows = x.numel() / n;
+#pragma omp parallel for num_threads(threads()) schedule(static) if (rows * n > 65536)
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* __restrict__ row = in + r * n;
+    float* __restrict__ dst = od + r * n;
+    float lanes[kLanes] = {};
+    int64_t i = 0;
+    for (; i + kLanes <= n; i += kLanes)
+      for (int64_t l = 0; l < kLanes; ++l) lanes[l] += row[i + l];
+    float sum = 0.0f;
+    for (int64_t l = 0; l < kLanes; ++l) sum += lanes[l];
+    for (int64_t j = i; j < n; ++j) sum += row[j];
+    const float mean = sum / static_cast<float>(n);
+    std::fill(lanes, lanes + kLanes, 0.0f);
+    for (i = 0; i + kLanes <= n; i += kLanes)
+      for (int64_t l = 0; l < kLanes; ++l) {
+        const float d = row[i + l] - mean;
+        lanes[l] += d * d;
+      }
+    float squares = 0.0f;
+    for (int64_t l = 0; l < kLanes; ++l) squares += lanes[l];
+    for (int64_t j = i; j < n; ++j) squares += (row[j] - mean) * (row[j] - mean);
+    const float rstd = 1.0f / std::sqrt(squares / static_cast<float>(n) + eps);
+    for (int64_t j = 0; j < n; ++j) dst[j] = (row[j] - mean) * rstd * w[j] + b[j];
+  }
+  return {out};
+}
+
+std::vector<std::vector<int64_t>> LayerNormInferShape(const std::vector<int64_t>& x,
+                                                      const std::vector<int64_t>& weight,
+                                                      const std::vector<int64_t>& bias, float eps) {
+  return {x};
+}
+
+std::vector<paddle::DataType> LayerNormInferDtype(const paddle::DataType& x, const paddle::DataType& weight,
+                                                  const paddle::DataType& bias) {
+  return {x};
+}
+
+PD_BUILD_OP(coat_layer_norm)
+    .Inputs({"X", "Weight", "Bias"})
+    .Outputs({"Out"})
+    .Attrs({"eps: float"})
+    .SetKernelFn(PD_KERNEL(LayerNormForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(LayerNormInferShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(LayerNormInferDtype));
