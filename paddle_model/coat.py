@@ -112,8 +112,9 @@ class PatchEmbed(nn.Layer):
         if patches is not None:  # the patches as rows of one matrix product: Paddle's conv is slow here
             p = self.patch_size
             size = (x.shape[2] // p, x.shape[3] // p)
-            weight = self.proj.weight.reshape([self.proj.weight.shape[0], -1]).T  # [C*p*p, out]
-            x = bias_act_(paddle.matmul(patches(x.contiguous(), p), weight), self.proj.bias, False)
+            weight = self.proj.weight.reshape([self.proj.weight.shape[0], -1])  # [out, C*p*p]
+            x = bias_act_(paddle.matmul(patches(x.contiguous(), p), weight, transpose_y=True),
+                          self.proj.bias, False)
             return layer_norm(self.norm, x), size  # [B, H*W, out]
         x = self.proj(x)  # [B, C, H, W]
         size = (x.shape[2], x.shape[3])
