@@ -1,13 +1,14 @@
 """Forward-pass speed and memory: the Paddle CoaT against timm's, CPU fp32.
 
     python benchmarks/bench_inference.py [--variants coat_tiny ...] [--batch 1 8] [--repeats 5]
-                                         [--deployed]
+                                         [--deployed] [--deployed-ops]
 
 Each measurement runs in its own process (so peak RSS belongs to one framework), torch and
 Paddle alternating per variant and batch. A process builds the model, warms up, then times
 ``repeats`` forward passes of a seeded batch; the table gives medians and Paddle/torch
-ratios. ``--deployed`` adds the exported model (``paddle_model.export``) through Paddle
-Inference with oneDNN.
+ratios. ``--deployed`` adds the exported model (``paddle_model.export --kernels``, the compiled
+ops in the graph) through Paddle Inference with oneDNN, ``--deployed-ops`` the portable export
+(Paddle's ops only).
 
 Thread settings (``--env tuned``, the default, for every process of both frameworks):
 ``MKL_NUM_THREADS=2`` (Paddle's math library, which otherwise runs one thread),
@@ -74,16 +75,11 @@ with paddle.no_grad():
 
 DEPLOYED = PRELUDE + """
 import os, tempfile
-import paddle
-from paddle import inference
-from paddle_model.export import export
+from paddle_model.export import create_predictor, export
 prefix = os.path.join(tempfile.mkdtemp(), "model")
-export(name, None, prefix)
-config = inference.Config(prefix + ".json", prefix + ".pdiparams")
-config.disable_gpu()
-config.enable_mkldnn()
-config.set_cpu_math_library_num_threads(2)
-predictor = inference.create_predictor(config)
+kernels = sys.argv[4] == "kernels"
+export(name, None, prefix, kernels=kernels, size=size if kernels else None)
+predictor = create_predictor(prefix, threads=2)
 handle = predictor.get_input_handle(predictor.get_input_names()[0])
 output = predictor.get_output_handle(predictor.get_output_names()[0])
 def run():
@@ -103,26 +99,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     p.add_argument("--batch", nargs="+", type=int, default=[1, 8])
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--deployed", action="store_true", help="also time Paddle Inference (oneDNN)")
+    p.add_argument("--deployed", action="store_true",
+                   help="also time the export with kernels through Paddle Inference (oneDNN)")
+    p.add_argument("--deployed-ops", action="store_true",
+                   help="also time the portable export (Paddle's ops) through Paddle Inference")
     p.add_argument("--env", choices=["tuned", "default"], default="tuned",
                    help="thread settings for the measured processes (see the module docstring)")
     args = p.parse_args(argv)
     if args.env == "tuned":
         os.environ.update(TUNED_ENV)
-    sides = [("torch", TORCH), ("paddle", PADDLE)] + ([("deployed", DEPLOYED)] if args.deployed else [])
+    sides = [("torch", TORCH, ()), ("paddle", PADDLE, ())]
+    deployed = [("deployed", "kernels")] * args.deployed + [("deployed-ops", "ops")] * args.deployed_ops
+    sides += [(side, DEPLOYED, (graph,)) for side, graph in deployed]
     print(machine())
     print(f"{args.repeats} timed forward passes after one warm-up, each side in its own process; "
           "torch.set_num_threads(2)\n")
     header = f"{'variant':22} {'batch':>5} {'timm ms':>9} {'paddle ms':>10} {'ratio':>6} {'timm MB':>8} {'paddle MB':>10} {'ratio':>6}"
-    if args.deployed:
-        header += f" {'deployed ms':>12} {'ratio':>6}"
+    for side, _ in deployed:
+        header += f" {side + ' ms':>15} {'ratio':>6}"
     print(header, flush=True)
     for name in args.variants:
         for batch in args.batch:
             result = {}
-            for side, code in sides:
+            for side, code, extra in sides:
                 try:
-                    _, rss, out = run_child(code, name, str(batch), str(args.repeats))
+                    _, rss, out = run_child(code, name, str(batch), str(args.repeats), *extra)
                     result[side] = (median(json.loads(out.strip().splitlines()[-1])) * 1000, rss / 1e6)
                 except RuntimeError as e:
                     result[side] = (float("nan"), float("nan"))
@@ -130,9 +131,9 @@ def main(argv: list[str] | None = None) -> int:
             (t, tm), (pd, pm) = result["torch"], result["paddle"]
             row = (f"{name:22} {batch:>5} {t:>9.1f} {pd:>10.1f} {pd / t:>6.2f} {tm:>8.0f} {pm:>10.0f} "
                    f"{pm / tm:>6.2f}")
-            if args.deployed:
-                d, _ = result["deployed"]
-                row += f" {d:>12.1f} {d / t:>6.2f}"
+            for side, _ in deployed:
+                d, _ = result[side]
+                row += f" {d:>15.1f} {d / t:>6.2f}"
             print(row, flush=True)
     return 0
 

@@ -9,6 +9,7 @@ scales to the target scale's size, so the model runs at any input size.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from functools import lru_cache
 from typing import Sequence
@@ -122,15 +123,35 @@ class PatchEmbed(nn.Layer):
         return layer_norm(self.norm, x), size
 
 
-def _compiled(x: paddle.Tensor) -> bool:
+def _compiled(x: paddle.Tensor, traceable: bool = False, size: Sequence = ()) -> bool:
     """Whether compiled kernels may run on ``x``: eager CPU float32 inference, no gradients.
 
     There the ops of :mod:`paddle_model.kernels` replace Paddle's (when they were built);
-    training, static graphs and other devices keep Paddle's ops. Both give torch's numbers
-    within float rounding, and the parity tests run both.
+    training and other devices keep Paddle's ops. Both give torch's numbers within float
+    rounding, and the parity tests run both. A ``traceable`` op also goes into graphs traced
+    under :func:`traced_kernels`, when its ``size`` attributes are fixed numbers there; the
+    other steps of such a graph stay Paddle's, for Paddle Inference to fuse.
     """
-    return (paddle.in_dynamic_mode() and not paddle.is_grad_enabled() and x.dtype == paddle.float32
-            and x.place.is_cpu_place())
+    if not paddle.in_dynamic_mode():
+        return traceable and _trace_kernels and all(isinstance(n, int) for n in size)
+    return not paddle.is_grad_enabled() and x.dtype == paddle.float32 and x.place.is_cpu_place()
+
+
+_trace_kernels = False
+paddle.jit.ignore_module([kernels])  # their loader is plain Python, not for graph conversion
+
+
+@contextlib.contextmanager
+def traced_kernels():
+    """Within this block, graphs traced from a CoaT (``paddle.jit.to_static`` / ``save``) use the
+    compiled attention, cpe and LayerNorm ops; loading such a graph needs them built and
+    registered (:func:`paddle_model.export.create_predictor` does both)."""
+    global _trace_kernels
+    saved, _trace_kernels = _trace_kernels, True
+    try:
+        yield
+    finally:
+        _trace_kernels = saved
 
 
 def linear(layer: nn.Linear, x: paddle.Tensor, gelu: bool = False) -> paddle.Tensor:
@@ -145,7 +166,7 @@ def linear(layer: nn.Linear, x: paddle.Tensor, gelu: bool = False) -> paddle.Ten
 def layer_norm(layer: nn.LayerNorm, x: paddle.Tensor) -> paddle.Tensor:
     """``layer(x)``; compiled, one pass per row (Paddle's CPU layer_norm is several times
     slower than torch's on these rows)."""
-    op = kernels.layer_norm() if _compiled(x) else None
+    op = kernels.layer_norm() if _compiled(x, traceable=True) else None
     if op is not None:
         return op(x.contiguous(), layer.weight, layer.bias, layer._epsilon)
     return layer(x)
@@ -164,7 +185,7 @@ class ConvPosEnc(nn.Layer):
         self.proj = _conv(dim, dim, k, padding=k // 2, groups=dim)
 
     def forward(self, x: paddle.Tensor, size: tuple[int, int]) -> paddle.Tensor:
-        op = kernels.conv_pos_enc() if _compiled(x) else None
+        op = kernels.conv_pos_enc() if _compiled(x, traceable=True, size=size) else None
         if op is not None:
             return op(x.contiguous(), self.proj.weight, self.proj.bias, size[0], size[1])
         cls_token = x[:, :1]
@@ -222,7 +243,7 @@ class FactorAttnConvRelPosEnc(nn.Layer):
     def forward(self, x: paddle.Tensor, size: tuple[int, int]) -> paddle.Tensor:
         B, N, C = x.shape
         qkv = linear(self.qkv, x)  # [B, N, 3C]
-        op = kernels.factor_attn() if _compiled(x) else None
+        op = kernels.factor_attn() if _compiled(x, traceable=True, size=size) else None
         if op is not None:  # all of the below in one pass per head
             convs = self.crpe.conv_list
             x = op(qkv, [c.weight for c in convs], [c.bias for c in convs], size[0], size[1],

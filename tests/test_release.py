@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 
@@ -15,6 +16,7 @@ from PIL import Image
 
 import paddle_model
 from converter import release as release_module
+from paddle_model import export as export_module
 from reference.checkpoints import seeded_model
 from reference.parity import verify_conversion
 
@@ -143,6 +145,59 @@ def test_exported_model_matches_eager_at_two_sizes_and_batches(name, converted, 
             a, b = eager(x).numpy(), exported(x).numpy()
         assert a.shape == b.shape == (batch, 1000)
         assert float(np.abs(a - b).max()) <= 1e-5 * float(np.abs(a).max())
+    assert not export_module.uses_kernels(tmp_path / "model")  # portable: Paddle's ops only
+
+
+@pytest.mark.parametrize("name", VARIANTS_UNDER_TEST)
+def test_export_with_kernels_runs_them_in_paddle_inference(name, converted, tmp_path):
+    """--kernels puts the compiled ops into the graph; create_predictor registers them and the
+    predictor (oneDNN) gives the eager model's numbers."""
+    _, weights = converted(name)
+    result = run_module("paddle_model.export", name, tmp_path / "model", "--weights", weights,
+                        "--kernels", "--size", 96)
+    assert result.returncode == 0, result.stderr
+    assert "[N, 3, 96, 96]" in result.stdout
+    assert export_module.uses_kernels(tmp_path / "model")
+    graph = (tmp_path / "model.json").read_text()
+    assert all(op in graph for op in ("coat_factor_attn", "coat_conv_pos_enc", "coat_layer_norm"))
+    predictor = export_module.create_predictor(tmp_path / "model", threads=2)
+    eager = paddle_model.create_model(name, pretrained=weights)
+    eager.eval()
+    for batch in (1, 3):
+        x = np.random.default_rng(batch).standard_normal((batch, 3, 96, 96)).astype(np.float32)
+        handle = predictor.get_input_handle(predictor.get_input_names()[0])
+        handle.reshape(list(x.shape))
+        handle.copy_from_cpu(x)
+        predictor.run()
+        got = predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()
+        with paddle.no_grad():
+            expected = eager(paddle.to_tensor(x)).numpy()
+        assert got.shape == expected.shape == (batch, 1000)
+        assert float(np.abs(got - expected).max()) <= 1e-5 * float(np.abs(expected).max())
+
+
+def test_kernel_exports_say_what_they_need(converted, tmp_path):
+    """Without the compiled kernels: export --kernels and loading such a model give one error
+    line each, not Paddle's unknown-operator trace; --size alone is refused."""
+    _, weights = converted("coat_lite_tiny")
+    result = run_module("paddle_model.export", "coat_lite_tiny", tmp_path / "model", "--size", 96)
+    assert result.returncode == 2 and "--size fixes the input size of a --kernels export" in result.stderr
+    result = run_module("paddle_model.export", "coat_lite_tiny", tmp_path / "model", "--weights", weights,
+                        "--kernels", "--size", 64)
+    assert result.returncode == 0, result.stderr
+    without = {**os.environ, "COAT_PADDLE_KERNELS": "0"}
+    code = ("import sys\nfrom paddle_model.errors import CoatError\n"
+            "from paddle_model.export import create_predictor\n"
+            "try:\n    create_predictor(sys.argv[1])\nexcept CoatError as e:\n    print(e)\n")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "model")], cwd=ROOT, env=without,
+                          capture_output=True, text=True, timeout=300)
+    assert "was exported with --kernels, and the compiled kernels are not available here" in done.stdout
+    done = subprocess.run([sys.executable, "-m", "paddle_model.export", "coat_lite_tiny",
+                           str(tmp_path / "other"), "--kernels"], cwd=ROOT, env=without,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith("error: the compiled kernels are not available")
+    assert not (tmp_path / "other.json").exists()
 
 
 def test_predict_prints_top5_with_names(converted):
