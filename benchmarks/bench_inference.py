@@ -1,12 +1,13 @@
 """Forward-pass speed and memory: the Paddle CoaT against timm's, CPU fp32.
 
     python benchmarks/bench_inference.py [--variants coat_tiny ...] [--batch 1 8] [--repeats 5]
-                                         [--deployed] [--deployed-ops]
+                                         [--rounds 1] [--deployed] [--deployed-ops]
 
 Each measurement runs in its own process (so peak RSS belongs to one framework), torch and
-Paddle alternating per variant and batch. A process builds the model, warms up, then times
-``repeats`` forward passes of a seeded batch; the table gives medians and Paddle/torch
-ratios. ``--deployed`` adds the exported model (``paddle_model.export --kernels``, the compiled
+Paddle alternating per variant and batch (``--rounds`` times, so that a slow spell of a shared
+machine falls on both). A process builds the model, warms up, then times ``repeats`` forward
+passes of a seeded batch; the table gives the medians over all passes, the largest peak RSS,
+and Paddle/torch ratios. ``--deployed`` adds the exported model (``paddle_model.export --kernels``, the compiled
 ops in the graph) through Paddle Inference with oneDNN, ``--deployed-ops`` the portable export
 (Paddle's ops only).
 
@@ -98,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     p.add_argument("--batch", nargs="+", type=int, default=[1, 8])
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=5, help="timed passes per process")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="processes per side, alternating; the median is over all their passes")
     p.add_argument("--deployed", action="store_true",
                    help="also time the export with kernels through Paddle Inference (oneDNN)")
     p.add_argument("--deployed-ops", action="store_true",
@@ -112,22 +115,26 @@ def main(argv: list[str] | None = None) -> int:
     deployed = [("deployed", "kernels")] * args.deployed + [("deployed-ops", "ops")] * args.deployed_ops
     sides += [(side, DEPLOYED, (graph,)) for side, graph in deployed]
     print(machine())
-    print(f"{args.repeats} timed forward passes after one warm-up, each side in its own process; "
-          "torch.set_num_threads(2)\n")
+    print(f"{args.repeats} timed forward passes after one warm-up, each side in its own process, "
+          f"{args.rounds} round(s) of the sides in turn; torch.set_num_threads(2)\n")
     header = f"{'variant':22} {'batch':>5} {'timm ms':>9} {'paddle ms':>10} {'ratio':>6} {'timm MB':>8} {'paddle MB':>10} {'ratio':>6}"
     for side, _ in deployed:
         header += f" {side + ' ms':>15} {'ratio':>6}"
     print(header, flush=True)
     for name in args.variants:
         for batch in args.batch:
-            result = {}
-            for side, code, extra in sides:
-                try:
-                    _, rss, out = run_child(code, name, str(batch), str(args.repeats), *extra)
-                    result[side] = (median(json.loads(out.strip().splitlines()[-1])) * 1000, rss / 1e6)
-                except RuntimeError as e:
-                    result[side] = (float("nan"), float("nan"))
-                    print(f"  ({side} failed: {str(e).splitlines()[-1]})", file=sys.stderr)
+            times = {side: [] for side, _, _ in sides}
+            peak = {side: 0.0 for side, _, _ in sides}
+            for _ in range(args.rounds):  # the sides alternate, round after round
+                for side, code, extra in sides:
+                    try:
+                        _, rss, out = run_child(code, name, str(batch), str(args.repeats), *extra)
+                        times[side] += json.loads(out.strip().splitlines()[-1])
+                        peak[side] = max(peak[side], rss / 1e6)
+                    except RuntimeError as e:
+                        print(f"  ({side} failed: {str(e).splitlines()[-1]})", file=sys.stderr)
+            result = {side: (median(times[side]) * 1000 if times[side] else float("nan"),
+                             peak[side] if times[side] else float("nan")) for side in times}
             (t, tm), (pd, pm) = result["torch"], result["paddle"]
             row = (f"{name:22} {batch:>5} {t:>9.1f} {pd:>10.1f} {pd / t:>6.2f} {tm:>8.0f} {pm:>10.0f} "
                    f"{pm / tm:>6.2f}")
