@@ -36,7 +36,7 @@ def export(variant: str, weights: str | Path | None, prefix: str | Path, kernels
     from . import kernels as compiled
     from .factory import create_model
 
-    if kernels and compiled.factor_attn() is None:
+    if kernels and not compiled.available():
         raise CoatError("the compiled kernels are not available here (see the warning above, or "
                         "COAT_PADDLE_KERNELS=0); export without --kernels")
     if size is not None and not kernels:
@@ -73,7 +73,7 @@ def create_predictor(prefix: str | Path, threads: int = 1):
         if not Path(f"{prefix}{suffix}").is_file():
             raise CoatError(f"{prefix}{suffix}: no such file; export the model first "
                             "(python -m paddle_model.export)")
-    if uses_kernels(prefix) and compiled.factor_attn() is None:  # loading them registers the ops
+    if uses_kernels(prefix) and not compiled.available():
         raise CoatError(f"{prefix}.json was exported with --kernels, and the compiled kernels are "
                         "not available here; export it again without --kernels")
     config = inference.Config(f"{prefix}.json", f"{prefix}.pdiparams")

@@ -123,6 +123,12 @@ def _load():
     return _module
 
 
+def available() -> bool:
+    """Whether the compiled ops are built and loaded in this process (loading registers them
+    with Paddle, for eager calls and for graphs that use them); builds them on first call."""
+    return _load() is not None
+
+
 def _op(name: str):
     module = _load()
     return None if module is None else getattr(module, name)
