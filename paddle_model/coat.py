@@ -93,10 +93,13 @@ class Mlp(nn.Layer):
         self.fc2 = _linear(hidden, dim)
         self.drop2 = nn.Dropout(drop)
 
-    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+    def forward(self, x: paddle.Tensor, residual: paddle.Tensor | None = None) -> paddle.Tensor:
+        """The MLP of ``x``; plus ``residual`` if given (inference only: the blocks' skip
+        connection, added by the last product's op)."""
         if self.training:
+            assert residual is None, "Mlp: the residual is for inference"
             return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
-        return linear(self.fc2, linear(self.fc1, x, gelu=True))  # dropouts are identities
+        return linear(self.fc2, linear(self.fc1, x, gelu=True), residual=residual)  # dropouts are identities
 
 
 class PatchEmbed(nn.Layer):
@@ -109,13 +112,16 @@ class PatchEmbed(nn.Layer):
         self.norm = _layer_norm(embed_dim, eps)
 
     def forward(self, x: paddle.Tensor) -> tuple[paddle.Tensor, tuple[int, int]]:
-        bias_act_, patches = (kernels.bias_act_(), kernels.patches()) if _compiled(x) else (None, None)
+        p = self.patch_size
+        patches = kernels.patches() if _compiled(x, traceable=True, size=x.shape[2:]) else None
         if patches is not None:  # the patches as rows of one matrix product: Paddle's conv is slow here
-            p = self.patch_size
             size = (x.shape[2] // p, x.shape[3] // p)
             weight = self.proj.weight.reshape([self.proj.weight.shape[0], -1])  # [out, C*p*p]
-            x = bias_act_(paddle.matmul(patches(x.contiguous(), p), weight, transpose_y=True),
-                          self.proj.bias, False)
+            x = paddle.matmul(patches(_dense(x), p), weight, transpose_y=True)
+            if paddle.in_dynamic_mode():  # in a graph, Paddle Inference fuses the add into the product
+                x = kernels.bias_act_()(x, self.proj.bias, False)
+            else:
+                x = x + self.proj.bias
             return layer_norm(self.norm, x), size  # [B, H*W, out]
         x = self.proj(x)  # [B, C, H, W]
         size = (x.shape[2], x.shape[3])
@@ -137,6 +143,11 @@ def _compiled(x: paddle.Tensor, traceable: bool = False, size: Sequence = ()) ->
     return not paddle.is_grad_enabled() and x.dtype == paddle.float32 and x.place.is_cpu_place()
 
 
+def _dense(x: paddle.Tensor) -> paddle.Tensor:
+    """``x`` with its own dense memory, as the compiled ops read it (graph values always are)."""
+    return x.contiguous() if paddle.in_dynamic_mode() else x
+
+
 _trace_kernels = False
 paddle.jit.ignore_module([kernels])  # their loader is plain Python, not for graph conversion
 
@@ -144,7 +155,7 @@ paddle.jit.ignore_module([kernels])  # their loader is plain Python, not for gra
 @contextlib.contextmanager
 def traced_kernels():
     """Within this block, graphs traced from a CoaT (``paddle.jit.to_static`` / ``save``) use the
-    compiled attention, cpe and LayerNorm ops; loading such a graph needs them built and
+    compiled attention, cpe, LayerNorm and Linear ops; loading such a graph needs them built and
     registered (:func:`paddle_model.export.create_predictor` does both)."""
     global _trace_kernels
     saved, _trace_kernels = _trace_kernels, True
@@ -154,13 +165,27 @@ def traced_kernels():
         _trace_kernels = saved
 
 
-def linear(layer: nn.Linear, x: paddle.Tensor, gelu: bool = False) -> paddle.Tensor:
-    """``layer(x)``, then GELU if asked; compiled, the bias and GELU take one pass."""
+def linear(layer: nn.Linear, x: paddle.Tensor, gelu: bool = False,
+           residual: paddle.Tensor | None = None) -> paddle.Tensor:
+    """``layer(x)``, then GELU if asked, plus ``residual`` if given (not both).
+
+    Compiled, one op does it all (MKL's product, then one pass), in eager inference and in
+    graphs traced with kernels; where only the other compiled ops are built, the bias and GELU
+    still take one pass after Paddle's product.
+    """
+    assert not (gelu and residual is not None), "linear: GELU or a residual, not both"
+    if layer.bias is not None and _compiled(x, traceable=True):
+        if residual is None and kernels.linear() is not None:
+            return kernels.linear()(_dense(x), layer.weight, layer.bias, gelu)
+        if residual is not None and kernels.linear_add() is not None:
+            return kernels.linear_add()(_dense(x), layer.weight, layer.bias, _dense(residual))
     op = kernels.bias_act_() if _compiled(x) and layer.bias is not None else None
     if op is not None:
-        return op(paddle.matmul(x, layer.weight), layer.bias, gelu)  # in place on the product
+        x = op(paddle.matmul(x, layer.weight), layer.bias, gelu)  # in place on the product
+        return x if residual is None else x.add_(residual)
     x = layer(x)
-    return F.gelu(x) if gelu else x
+    x = F.gelu(x) if gelu else x
+    return x if residual is None else residual + x
 
 
 def layer_norm(layer: nn.LayerNorm, x: paddle.Tensor) -> paddle.Tensor:
@@ -168,13 +193,13 @@ def layer_norm(layer: nn.LayerNorm, x: paddle.Tensor) -> paddle.Tensor:
     slower than torch's on these rows)."""
     op = kernels.layer_norm() if _compiled(x, traceable=True) else None
     if op is not None:
-        return op(x.contiguous(), layer.weight, layer.bias, layer._epsilon)
+        return op(_dense(x), layer.weight, layer.bias, layer._epsilon)
     return layer(x)
 
 
 def _tokens_to_map(x: paddle.Tensor, size: tuple[int, int]) -> paddle.Tensor:
     """[B, 1 + H*W, C] tokens (CLS first) -> [B, C, H, W] image without the CLS token."""
-    return x[:, 1:, :].transpose([0, 2, 1]).reshape([x.shape[0], -1, size[0], size[1]])
+    return x[:, 1:, :].transpose([0, 2, 1]).reshape([x.shape[0], x.shape[2], size[0], size[1]])
 
 
 class ConvPosEnc(nn.Layer):
@@ -187,7 +212,7 @@ class ConvPosEnc(nn.Layer):
     def forward(self, x: paddle.Tensor, size: tuple[int, int]) -> paddle.Tensor:
         op = kernels.conv_pos_enc() if _compiled(x, traceable=True, size=size) else None
         if op is not None:
-            return op(x.contiguous(), self.proj.weight, self.proj.bias, size[0], size[1])
+            return op(_dense(x), self.proj.weight, self.proj.bias, size[0], size[1])
         cls_token = x[:, :1]
         feat = _tokens_to_map(x, size)  # [B, C, H, W]
         feat = self.proj(feat) + feat
@@ -240,7 +265,11 @@ class FactorAttnConvRelPosEnc(nn.Layer):
         self.proj_drop = nn.Dropout(proj_drop)
         self.crpe = shared_crpe
 
-    def forward(self, x: paddle.Tensor, size: tuple[int, int]) -> paddle.Tensor:
+    def forward(self, x: paddle.Tensor, size: tuple[int, int],
+                residual: paddle.Tensor | None = None) -> paddle.Tensor:
+        """The attention output for tokens ``x``; plus ``residual`` if given (inference only:
+        the block's skip connection, added by the output projection's op)."""
+        assert residual is None or not self.training, "the residual is for inference"
         B, N, C = x.shape
         qkv = linear(self.qkv, x)  # [B, N, 3C]
         op = kernels.factor_attn() if _compiled(x, traceable=True, size=size) else None
@@ -248,7 +277,7 @@ class FactorAttnConvRelPosEnc(nn.Layer):
             convs = self.crpe.conv_list
             x = op(qkv, [c.weight for c in convs], [c.bias for c in convs], size[0], size[1],
                    self.num_heads, self.scale)
-            return self.proj_drop(linear(self.proj, x))
+            return linear(self.proj, x, residual=residual)  # proj_drop: identity here
         qkv = qkv.reshape([B, N, 3, self.num_heads, C // self.num_heads])
         q, k, v = qkv.transpose([2, 0, 3, 1, 4]).unbind(0)  # each [B, h, N, Ch]
         # softmax over the tokens, taken on the last axis of k^T: same numbers, fast kernel
@@ -257,7 +286,7 @@ class FactorAttnConvRelPosEnc(nn.Layer):
         crpe = self.crpe(q, v, size=size)
         x = self.scale * factor_att + crpe
         x = x.transpose([0, 2, 1, 3]).reshape([B, N, C])
-        return self.proj_drop(linear(self.proj, x))
+        return self.proj_drop(linear(self.proj, x, residual=residual))
 
 
 class SerialBlock(nn.Layer):
@@ -276,10 +305,10 @@ class SerialBlock(nn.Layer):
         self.mlp = Mlp(dim, mlp_hidden, proj_drop)
 
     def forward(self, x: paddle.Tensor, size: tuple[int, int]) -> paddle.Tensor:
-        x = self.cpe(x, size)  # a new tensor: in inference, the residual adds may go in place
-        if not self.training and _compiled(x):
-            x.add_(self.factoratt_crpe(layer_norm(self.norm1, x), size))
-            return x.add_(self.mlp(layer_norm(self.norm2, x)))
+        x = self.cpe(x, size)
+        if not self.training:  # drop paths are identities: the products add the residuals
+            x = self.factoratt_crpe(layer_norm(self.norm1, x), size, residual=x)
+            return self.mlp(layer_norm(self.norm2, x), residual=x)
         x = x + self.drop_path(self.factoratt_crpe(layer_norm(self.norm1, x), size))
         return x + self.drop_path(self.mlp(layer_norm(self.norm2, x)))
 
@@ -346,7 +375,7 @@ def resample_tokens(x: paddle.Tensor, size: tuple[int, int], target: tuple[int, 
     B, C = x.shape[0], x.shape[2]
     op = kernels.resample() if _compiled(x) else None
     if op is not None:
-        return op(x.contiguous(), *_bilinear_taps(H, Ho), *_bilinear_taps(W, Wo), H, W)
+        return op(_dense(x), *_bilinear_taps(H, Ho), *_bilinear_taps(W, Wo), H, W)
     if paddle.in_dynamic_mode():
         ry = paddle.to_tensor(_bilinear_matrix(H, Ho), dtype=x.dtype)  # [Ho, H]
         rx = paddle.to_tensor(_bilinear_matrix(W, Wo), dtype=x.dtype)  # [Wo, W]
@@ -396,6 +425,10 @@ class ParallelBlock(nn.Layer):
         x2 = x2 + self.drop_path(cur2 + up3_2 + up4_2)
         x3 = x3 + self.drop_path(cur3 + up4_3 + down2_3)
         x4 = x4 + self.drop_path(cur4 + down3_4 + down2_4)
+        if not self.training:  # the MLP's last product adds the residual
+            return (x1, self.mlp2(layer_norm(self.norm22, x2), residual=x2),
+                    self.mlp3(layer_norm(self.norm23, x3), residual=x3),
+                    self.mlp4(layer_norm(self.norm24, x4), residual=x4))
         x2 = x2 + self.drop_path(self.mlp2(layer_norm(self.norm22, x2)))
         x3 = x3 + self.drop_path(self.mlp3(layer_norm(self.norm23, x3)))
         x4 = x4 + self.drop_path(self.mlp4(layer_norm(self.norm24, x4)))

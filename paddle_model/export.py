@@ -4,7 +4,7 @@
 
 writes ``out/coat_lite_small.json`` and ``.pdiparams`` (Paddle Inference, ``paddle.jit.load``),
 with dynamic batch, height and width and Paddle's own ops only. ``--kernels`` puts the compiled
-attention, cpe and LayerNorm ops of :mod:`paddle_model.kernels` into the graph instead, for a
+attention, cpe, LayerNorm and Linear ops of :mod:`paddle_model.kernels` into the graph instead, for a
 fixed input size (``--size``, default the variant's); such a model runs only where those ops
 are built and registered, which :func:`create_predictor` does.
 """
@@ -20,7 +20,8 @@ from .errors import CoatError
 from .variants import VARIANTS, get_variant
 
 # the op names a graph exported with kernels=True refers to
-_KERNEL_OPS = ("coat_factor_attn", "coat_conv_pos_enc", "coat_layer_norm")
+_KERNEL_OPS = ("coat_factor_attn", "coat_conv_pos_enc", "coat_layer_norm", "coat_linear",
+               "coat_linear_add")
 
 
 def export(variant: str, weights: str | Path | None, prefix: str | Path, kernels: bool = False,
@@ -52,10 +53,16 @@ def export(variant: str, weights: str | Path | None, prefix: str | Path, kernels
     return static
 
 
+def kernel_ops(prefix: str | Path) -> list[str]:
+    """The compiled ops that the model saved at ``prefix`` uses (none unless exported with
+    ``kernels=True``)."""
+    text = Path(f"{prefix}.json").read_text(errors="replace")
+    return [name for name in _KERNEL_OPS if f'.{name}"' in text]  # PIR names ops "<dialect>.<op>"
+
+
 def uses_kernels(prefix: str | Path) -> bool:
     """Whether the model saved at ``prefix`` was exported with ``kernels=True``."""
-    text = Path(f"{prefix}.json").read_text(errors="replace")
-    return any(f'.{name}"' in text for name in _KERNEL_OPS)  # PIR names ops "<dialect>.<op>"
+    return bool(kernel_ops(prefix))
 
 
 def create_predictor(prefix: str | Path, threads: int = 1):
@@ -73,9 +80,14 @@ def create_predictor(prefix: str | Path, threads: int = 1):
         if not Path(f"{prefix}{suffix}").is_file():
             raise CoatError(f"{prefix}{suffix}: no such file; export the model first "
                             "(python -m paddle_model.export)")
-    if uses_kernels(prefix) and not compiled.available():
+    used = kernel_ops(prefix)
+    if used and not compiled.available():
         raise CoatError(f"{prefix}.json was exported with --kernels, and the compiled kernels are "
                         "not available here; export it again without --kernels")
+    missing = [name for name in used if not compiled.has_op(name)]
+    if missing:  # coat_linear needs the MKL of an x86 Paddle build
+        raise CoatError(f"{prefix}.json uses {', '.join(missing)}, which this Paddle build cannot "
+                        "provide (no MKL in its wheel); export it again here")
     config = inference.Config(f"{prefix}.json", f"{prefix}.pdiparams")
     config.disable_gpu()
     config.enable_mkldnn()

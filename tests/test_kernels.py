@@ -40,7 +40,7 @@ def test_a_first_build_prints_nothing(tmp_path):
 
 def test_kernels_build_on_this_machine():
     for op in (kernels.conv_pos_enc, kernels.bias_act_, kernels.factor_attn, kernels.patches,
-               kernels.resample, kernels.layer_norm):
+               kernels.resample, kernels.layer_norm, kernels.linear, kernels.linear_add):
         assert op() is not None, f"the C++ kernel behind {op.__name__} failed to build"
 
 
@@ -102,6 +102,61 @@ def test_bias_act_equals_torch_in_place(gelu):
     err = np.abs(out.numpy() - expected.numpy())
     assert float(err.max()) <= 2e-6 * float(np.abs(expected.numpy()).max())
     assert float((err / np.maximum(np.abs(expected.numpy()), 1e-3)).max()) <= 1e-5
+
+
+_LINEAR_CASES = [  # rows, K, N, GELU, residual
+    ((1, 50), 512, 1536, False, False),  # few rows: on 2 threads, column bands of one MKL thread
+    ((1, 50), 512, 64, True, False),
+    ((2, 197), 320, 40, False, True),
+    ((2, 785), 128, 1024, True, False),  # many rows: MKL's threads, then one pass
+    ((3, 7), 19, 5, False, True),
+]
+
+
+def _linear_case(rows, k, n, gelu, residual):
+    """Inputs of a _LINEAR_CASES case and torch's float64 result."""
+    rng = np.random.default_rng(k + n)
+    x = rng.standard_normal((*rows, k)).astype(np.float32)
+    w = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    r = rng.standard_normal((*rows, n)).astype(np.float32)
+    expected = F.linear(torch.from_numpy(x).double(), torch.from_numpy(w).double().T, torch.from_numpy(b).double())
+    if gelu:
+        expected = F.gelu(expected)
+    if residual:
+        expected = expected + torch.from_numpy(r).double()
+    return (x, w, b, r if residual else None), expected.numpy()
+
+
+def _run_linear(x, w, b, r, gelu):
+    args = [paddle.to_tensor(x), paddle.to_tensor(w), paddle.to_tensor(b)]
+    if r is not None:
+        return kernels.linear_add()(*args, paddle.to_tensor(r)).numpy()
+    return kernels.linear()(*args, gelu).numpy()
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_linear_equals_torch(threads, tmp_path):
+    """coat_linear / coat_linear_add against torch's Linear (+ exact GELU, + residual) in
+    float64, with Paddle's [in, out] weight layout; on 1 and 2 threads (MKL_NUM_THREADS, read
+    once per process, so each count runs in its own)."""
+    code = (
+        "import sys, numpy as np\n"
+        "from tests import test_kernels as t\n"
+        "out = {str(i): t._run_linear(*t._linear_case(*case)[0], case[3])\n"
+        "       for i, case in enumerate(t._LINEAR_CASES)}\n"
+        "np.savez(sys.argv[1], **out)\n"
+    )
+    env = {**os.environ, "MKL_NUM_THREADS": threads}
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "out.npz")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    got = np.load(tmp_path / "out.npz")
+    for i, case in enumerate(_LINEAR_CASES):
+        _, expected = _linear_case(*case)
+        assert got[str(i)].shape == expected.shape
+        err = float(np.abs(got[str(i)] - expected).max())
+        assert err <= 2e-6 * float(np.abs(expected).max()), (case, err)
 
 
 @pytest.mark.parametrize("batch, size, head_chs", [

@@ -60,14 +60,31 @@ def _quiet():
             logging.disable(disabled)
 
 
+def _mkl() -> Path | None:
+    """The MKL library inside the Paddle wheel (x86 builds), which coat_linear links to."""
+    import paddle
+
+    lib = Path(paddle.__file__).parent / "libs" / "libmklml_intel.so"
+    return lib if lib.is_file() else None
+
+
+def _flags() -> tuple[list[str], list[str]]:
+    """Compiler and linker flags: with Paddle's MKL, coat_linear is built too."""
+    mkl = _mkl()
+    if mkl is None:
+        return _CFLAGS, []
+    return _CFLAGS + ["-DCOAT_MKL"], [f"-L{mkl.parent}", f"-l:{mkl.name}", f"-Wl,-rpath,{mkl.parent}"]
+
+
 def _compile(build: Path):
     """Build the op with Paddle's extension builder and return its module."""
     from paddle.utils.cpp_extension import load
 
     build.mkdir(parents=True, exist_ok=True)
+    cflags, ldflags = _flags()
     with _quiet():
-        return load(name="coat_kernels", sources=[str(_SOURCE)], extra_cxx_cflags=_CFLAGS,
-                    build_directory=str(build))
+        return load(name="coat_kernels", sources=[str(_SOURCE)], extra_cxx_cflags=cflags,
+                    extra_ldflags=ldflags, build_directory=str(build))
 
 
 def _import_built(build: Path):
@@ -107,7 +124,7 @@ def _load():
     built = build / "coat_kernels" / "coat_kernels.so"
     import paddle
 
-    recipe = f"{paddle.__version__} {' '.join(_CFLAGS)}".encode()
+    recipe = f"{paddle.__version__} {_flags()}".encode()
     digest = hashlib.sha256(_SOURCE.read_bytes() + recipe).hexdigest()
     try:
         with _build_lock(build):  # ranks of a distributed run may all start here at once
@@ -129,15 +146,33 @@ def available() -> bool:
     return _load() is not None
 
 
+def has_op(name: str) -> bool:
+    """Whether the loaded kernels include the op ``name`` (coat_linear needs Paddle's MKL)."""
+    module = _load()
+    return module is not None and hasattr(module, name)
+
+
 def _op(name: str):
     module = _load()
-    return None if module is None else getattr(module, name)
+    return None if module is None else getattr(module, name, None)
 
 
 def bias_act_():
     """The compiled in-place ``coat_bias_act_(x, bias, use_gelu)`` op (x += bias, then GELU),
     or None."""
     return _op("coat_bias_act_")
+
+
+def linear():
+    """The compiled ``coat_linear(x, weight, bias, use_gelu)`` op: x @ weight + bias (MKL's
+    product), then GELU if asked; or None (also where Paddle was built without MKL)."""
+    return _op("coat_linear")
+
+
+def linear_add():
+    """The compiled ``coat_linear_add(x, weight, bias, residual)`` op: residual + x @ weight +
+    bias; or None (also where Paddle was built without MKL)."""
+    return _op("coat_linear_add")
 
 
 def patches():

@@ -12,8 +12,10 @@
 //                                 the image tokens, the CLS token passed through.
 //   coat_factor_attn(qkv, ...)    the factorised attention with its conv relative position
 //                                 encoding, from the qkv projection's output straight to
-//                                 the output projection's input, one image and head per task.
+//                                 the output projection's input.
 //   coat_layer_norm(x, w, b, eps) LayerNorm over the last axis.
+//   coat_linear(x, w, b, gelu)    a Linear layer (MKL's product), bias and GELU in one pass;
+//   coat_linear_add(x, w, b, r)   the same plus a residual (only where Paddle ships MKL).
 // Forward only; the model keeps Paddle's ops where gradients are needed.
 #include <algorithm>
 #include <cmath>
@@ -73,33 +75,8 @@ inline float gelu(float x) {
 
 // CoaT's position encodings (cpe 3x3, crpe 3x3/5x5/7x7) are depthwise convolutions: stride 1,
 // "same" zero padding, odd square kernels. Paddle's CPU kernel runs them 10-36x slower than
-// torch's. Two forms follow; each sum starts from the bias and adds the taps in order, as
-// torch's direct convolution does.
-//
-// depthwise_plane: one channel plane [H, W] (the attention op has its channels as planes
-// anyway). Each output row accumulates one tap at a time over a contiguous span of the input
-// row, a loop the compiler vectorises.
-void depthwise_plane(const float* __restrict__ in, const float* __restrict__ weight, float bias,
-                     float* __restrict__ out, int64_t height, int64_t width, int64_t kernel) {
-  const int64_t pad = kernel / 2;
-  for (int64_t i = 0; i < height; ++i) {
-    float* __restrict__ row = out + i * width;
-    for (int64_t j = 0; j < width; ++j) row[j] = bias;
-    for (int64_t di = 0; di < kernel; ++di) {
-      const int64_t src_i = i + di - pad;
-      if (src_i < 0 || src_i >= height) continue;
-      const float* __restrict__ src = in + src_i * width;
-      for (int64_t dj = 0; dj < kernel; ++dj) {
-        const float w = weight[di * kernel + dj];
-        const int64_t shift = dj - pad;  // out[j] += w * src[j + shift]
-        const int64_t begin = std::max<int64_t>(0, -shift);
-        const int64_t end = std::min<int64_t>(width, width - shift);
-        const float* __restrict__ s = src + shift;
-        for (int64_t j = begin; j < end; ++j) row[j] += w * s[j];
-      }
-    }
-  }
-}
+// torch's. Here they run on the token rows as they lie (depthwise_pixel below); each sum
+// starts from the bias and adds the taps in order, as torch's direct convolution does.
 
 // Token rows and channel planes, kBlock rows at a time: each block's rows stay in cache while
 // their channels are copied.
@@ -167,6 +144,14 @@ std::vector<float> taps_major(const float* weight, int64_t n, int64_t k) {
   return wt;
 }
 
+// row += bias, then GELU if asked.
+void bias_act(float* __restrict__ row, const float* __restrict__ bias, int64_t n, bool use_gelu) {
+  if (use_gelu)
+    for (int64_t j = 0; j < n; ++j) row[j] = gelu(row[j] + bias[j]);
+  else
+    for (int64_t j = 0; j < n; ++j) row[j] += bias[j];
+}
+
 }  // namespace
 
 // In place: x is the fresh output of a matrix product, so no second buffer is needed.
@@ -178,13 +163,7 @@ void BiasActForward(paddle::Tensor& x, const paddle::Tensor& bias, bool use_gelu
   const float* __restrict__ b = bias.data<float>();
   const int64_t rows = x.numel() / n;
 #pragma omp parallel for num_threads(threads()) schedule(static) if (rows * n > 65536)
-  for (int64_t r = 0; r < rows; ++r) {
-    float* __restrict__ row = data + r * n;
-    if (use_gelu)
-      for (int64_t j = 0; j < n; ++j) row[j] = gelu(row[j] + b[j]);
-    else
-      for (int64_t j = 0; j < n; ++j) row[j] += b[j];
-  }
+  for (int64_t r = 0; r < rows; ++r) bias_act(data + r * n, b, n, use_gelu);
 }
 
 PD_BUILD_OP(coat_bias_act_)
@@ -194,6 +173,115 @@ PD_BUILD_OP(coat_bias_act_)
     .SetInplaceMap({{"X", "Out"}})
     .SetKernelFn(PD_KERNEL(BiasActForward));
 
+#ifdef COAT_MKL
+// The CBLAS single-precision product of the MKL that Paddle ships (libmklml_intel, LP64).
+extern "C" void cblas_sgemm(int layout, int trans_a, int trans_b, int m, int n, int k, float alpha,
+                            const float* a, int lda, const float* b, int ldb, float beta, float* c,
+                            int ldc);
+
+namespace {
+constexpr int kRowMajor = 101, kNoTrans = 111;
+
+// out = x @ weight + bias, then GELU if asked, then + residual if given; x [.., K], weight
+// [K, N] (Paddle's Linear layout), residual shaped like out.
+// With many rows MKL multiplies the whole matrix on its threads and one pass adds the rest;
+// with few rows (the last stage at batch 1) MKL's threads split the work poorly, so each
+// thread multiplies a band of columns on one MKL thread and finishes it while it is in cache.
+paddle::Tensor linear(const paddle::Tensor& x, const paddle::Tensor& weight, const paddle::Tensor& bias,
+                      const paddle::Tensor* residual, bool use_gelu) {
+  PD_CHECK(x.is_cpu() && x.dtype() == paddle::DataType::FLOAT32, "coat_linear takes CPU float32");
+  PD_CHECK(weight.shape().size() == 2, "coat_linear: weight must be [K, N]");
+  const int64_t k = weight.shape()[0], n = weight.shape()[1];
+  PD_CHECK(x.shape().back() == k && bias.numel() == n, "coat_linear: x [.., K], weight [K, N], bias [N]");
+  std::vector<int64_t> shape = x.shape();
+  shape.back() = n;
+  PD_CHECK(residual == nullptr || residual->shape() == shape, "coat_linear_add: residual must be shaped like the output");
+  auto out = paddle::empty(shape, x.dtype(), x.place());
+  const float* a = x.data<float>();
+  const float* w = weight.data<float>();
+  const float* b = bias.data<float>();
+  const float* res = residual ? residual->data<float>() : nullptr;
+  float* c = out.data<float>();
+  const int64_t m = x.numel() / k;
+  const int nt = threads();
+  auto finish = [&](int64_t r, int64_t c0, int64_t cols) {
+    float* __restrict__ row = c + r * n + c0;
+    bias_act(row, b + c0, cols, use_gelu);
+    if (res != nullptr) {
+      const float* __restrict__ add = res + r * n + c0;
+      for (int64_t j = 0; j < cols; ++j) row[j] += add[j];
+    }
+  };
+  if (nt > 1 && m < 64 * nt && n >= 32 * nt) {
+    const int64_t band = (n / nt + 15) / 16 * 16;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int t = 0; t < nt; ++t) {
+      const int64_t c0 = std::min(n, t * band), cols = std::min(band, n - c0);
+      if (cols <= 0) continue;
+      cblas_sgemm(kRowMajor, kNoTrans, kNoTrans, m, cols, k, 1.0f, a, k, w + c0, n, 0.0f, c + c0, n);
+      for (int64_t r = 0; r < m; ++r) finish(r, c0, cols);
+    }
+    return out;
+  }
+  cblas_sgemm(kRowMajor, kNoTrans, kNoTrans, m, n, k, 1.0f, a, k, w, n, 0.0f, c, n);
+#pragma omp parallel for num_threads(nt) schedule(static) if (m * n > 65536)
+  for (int64_t r = 0; r < m; ++r) finish(r, 0, n);
+  return out;
+}
+}  // namespace
+
+std::vector<paddle::Tensor> LinearForward(const paddle::Tensor& x, const paddle::Tensor& weight,
+                                          const paddle::Tensor& bias, bool use_gelu) {
+  return {linear(x, weight, bias, nullptr, use_gelu)};
+}
+
+std::vector<paddle::Tensor> LinearAddForward(const paddle::Tensor& x, const paddle::Tensor& weight,
+                                             const paddle::Tensor& bias, const paddle::Tensor& residual) {
+  return {linear(x, weight, bias, &residual, false)};
+}
+
+std::vector<std::vector<int64_t>> LinearInferShape(const std::vector<int64_t>& x,
+                                                   const std::vector<int64_t>& weight,
+                                                   const std::vector<int64_t>& bias) {
+  std::vector<int64_t> shape = x;
+  shape.back() = weight.back();
+  return {shape};
+}
+
+std::vector<std::vector<int64_t>> LinearAddInferShape(const std::vector<int64_t>& x,
+                                                      const std::vector<int64_t>& weight,
+                                                      const std::vector<int64_t>& bias,
+                                                      const std::vector<int64_t>& residual) {
+  return {residual};
+}
+
+std::vector<paddle::DataType> LinearInferDtype(const paddle::DataType& x, const paddle::DataType& weight,
+                                               const paddle::DataType& bias) {
+  return {x};
+}
+
+std::vector<paddle::DataType> LinearAddInferDtype(const paddle::DataType& x, const paddle::DataType& weight,
+                                                  const paddle::DataType& bias,
+                                                  const paddle::DataType& residual) {
+  return {x};
+}
+
+PD_BUILD_OP(coat_linear)
+    .Inputs({"X", "Weight", "Bias"})
+    .Outputs({"Out"})
+    .Attrs({"use_gelu: bool"})
+    .SetKernelFn(PD_KERNEL(LinearForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(LinearInferShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(LinearInferDtype));
+
+PD_BUILD_OP(coat_linear_add)
+    .Inputs({"X", "Weight", "Bias", "Residual"})
+    .Outputs({"Out"})
+    .SetKernelFn(PD_KERNEL(LinearAddForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(LinearAddInferShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(LinearAddInferDtype));
+#endif  // COAT_MKL
+
 // The attention core of a serial or parallel block, one (image, head) pair per task:
 //   kv = softmax_N(k)^T v                 [Ch, Ch], the softmax over the tokens
 //   att = scale * q kv + [0; q_img * crpe(v_img)]
@@ -201,10 +289,14 @@ PD_BUILD_OP(coat_bias_act_)
 // weights[g]: [Cg, 1, k, k] depthwise kernels over consecutive channel groups of v_img
 // (channel = head * Ch + c). Returns [B, N, C].
 //
-// A task copies its head's q, k and v into channel planes [Ch, N] (tokens contiguous), where
-// every step is a loop along the tokens: the softmax, the Ch x Ch dot products of kv, q kv,
-// the convolution and the product with q. It then writes its columns of the output. Tasks
-// are independent, so batch 1 keeps both cores busy, and a task's planes stay in cache.
+// Two phases. First one task per (image, head): the task copies its head's q, k and v into
+// channel planes [Ch, N] (tokens contiguous), where every step is a loop along the tokens:
+// the softmax, the Ch x Ch dot products of kv and q kv; it then writes its columns of the
+// output. Tasks are independent, so batch 1 keeps both cores busy, and a task's planes stay
+// in cache. Then one task per image row adds the crpe: each channel group's convolution on
+// the token rows of v as they lie in qkv (vectorised along the group's channels, as the cpe),
+// times q. On planes, the convolution ran along rows as short as the image (7 at the last
+// stage) and cost more than the rest of the op.
 namespace {
 
 constexpr int64_t kLanes = 8;  // one AVX register of floats; partial sums per lane
@@ -226,18 +318,15 @@ void dots(const float* __restrict__ a, const float* __restrict__ b, int64_t stri
   }
 }
 
-// One head of one image; q, k, v: token rows of this head's channels (``stride`` apart).
-// Scratch: 4 * Ch * N + H * W floats. Writes this head's Ch columns of ``out`` (row stride C).
+// scale * q softmax_N(k)^T v for one head of one image; q, k, v: token rows of this head's
+// channels (``stride`` apart). Scratch: 4 * Ch * N floats. Writes this head's Ch columns of
+// ``out`` (row stride C).
 void attention_head(const float* q, const float* k, const float* v, int64_t stride, int64_t tokens,
-                    int64_t Ch, int64_t height, int64_t width, const float* const* w_of,
-                    const float* b_of, const int64_t* k_of, float scale, float* scratch,
-                    float* out, int64_t out_stride) {
-  const int64_t plane = height * width;
+                    int64_t Ch, float scale, float* scratch, float* out, int64_t out_stride) {
   float* qt = scratch;
   float* et = qt + Ch * tokens;
   float* vt = et + Ch * tokens;
   float* acc = vt + Ch * tokens;
-  float* conv = acc + Ch * tokens;
   gather_planes(q, stride, tokens, Ch, qt);
   gather_planes(k, stride, tokens, Ch, et);
   gather_planes(v, stride, tokens, Ch, vt);
@@ -293,13 +382,6 @@ void attention_head(const float* q, const float* k, const float* v, int64_t stri
       std::copy(tile, tile + len, dst + n0);
     }
   }
-  // crpe: the image part of each v plane convolved, times q, added to the image tokens
-  for (int64_t c = 0; c < Ch; ++c) {
-    depthwise_plane(vt + c * tokens + 1, w_of[c], b_of[c], conv, height, width, k_of[c]);
-    float* __restrict__ dst = acc + c * tokens + 1;
-    const float* __restrict__ qc = qt + c * tokens + 1;
-    for (int64_t p = 0; p < plane; ++p) dst[p] += qc[p] * conv[p];
-  }
   scatter_planes(acc, tokens, Ch, out, out_stride);
 }
 
@@ -317,18 +399,18 @@ std::vector<paddle::Tensor> FactorAttnForward(const paddle::Tensor& qkv,
   const int64_t plane = height * width;
   PD_CHECK(tokens == plane + 1, "N must be 1 + H * W");
   PD_CHECK(weights.size() == biases.size(), "one bias per weight");
-  std::vector<const float*> w_of(C);
-  std::vector<float> b_of(C);
-  std::vector<int64_t> k_of(C);
+  struct Group {  // consecutive channels of v with one kernel size
+    int64_t first, count, k;
+    std::vector<float> taps;  // [k * k, count]
+    const float* bias;
+  };
+  std::vector<Group> groups;
   int64_t next = 0;
   for (size_t g = 0; g < weights.size(); ++g) {
-    const int64_t k = weights[g].shape()[2];
-    for (int64_t c = 0; c < weights[g].shape()[0]; ++c, ++next) {
-      PD_CHECK(next < C, "the groups' channels must add up to C");
-      w_of[next] = weights[g].data<float>() + c * k * k;
-      b_of[next] = biases[g].data<float>()[c];
-      k_of[next] = k;
-    }
+    const int64_t count = weights[g].shape()[0], k = weights[g].shape()[2];
+    PD_CHECK(biases[g].numel() == count && k % 2 == 1, "crpe kernels must be [Cg, 1, k, k], k odd");
+    groups.push_back({next, count, k, taps_major(weights[g].data<float>(), count, k), biases[g].data<float>()});
+    next += count;
   }
   PD_CHECK(next == C, "the groups' channels must add up to C");
 
@@ -336,16 +418,30 @@ std::vector<paddle::Tensor> FactorAttnForward(const paddle::Tensor& qkv,
   const float* in = qkv.data<float>();
   float* od = out.data<float>();
   const int64_t tasks = batch * heads;
-#pragma omp parallel num_threads(threads()) if (tasks > 1 && tokens * C > 4096)
+#pragma omp parallel num_threads(threads()) if (tokens * C > 4096)
   {
-    std::unique_ptr<float[]> scratch(new float[4 * Ch * tokens + plane]);  // per thread
+    std::unique_ptr<float[]> scratch(new float[4 * Ch * tokens]);  // per thread
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < tasks; ++t) {
       const int64_t b = t / heads, h = t % heads;
       const float* x = in + b * tokens * 3 * C + h * Ch;  // row n: q | k | v
-      attention_head(x, x + C, x + 2 * C, 3 * C, tokens, Ch, height, width, w_of.data() + h * Ch,
-                     b_of.data() + h * Ch, k_of.data() + h * Ch, scale, scratch.get(),
+      attention_head(x, x + C, x + 2 * C, 3 * C, tokens, Ch, scale, scratch.get(),
                      od + b * tokens * C + h * Ch, C);
+    }  // (the loop ends in a barrier: the rows below are complete)
+    std::vector<float> conv(C);
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < batch * height; ++t) {
+      const int64_t i = t % height;
+      const float* q_img = in + (t / height) * tokens * 3 * C + 3 * C;  // pixel (0, 0)
+      float* o = od + (t / height) * tokens * C + C;
+      for (int64_t j = 0; j < width; ++j) {
+        for (const Group& g : groups)
+          depthwise_pixel(q_img + 2 * C + g.first, 3 * C, i, j, height, width, g.k, g.taps.data(),
+                          g.bias, g.count, conv.data() + g.first);
+        const float* __restrict__ qp = q_img + (i * width + j) * 3 * C;
+        float* __restrict__ op = o + (i * width + j) * C;
+        for (int64_t c = 0; c < C; ++c) op[c] += qp[c] * conv[c];
+      }
     }
   }
   return {out};
