@@ -136,6 +136,56 @@ inline void depthwise_pixel(const float* img, int64_t stride, int64_t i, int64_t
     depthwise_chunk<1>(img, stride, i, j, width, k, di0, di1, dj0, dj1, wt, n, bias, c0, out);
 }
 
+// Channels [c0, c0 + L) at P neighbouring pixels (i, j..j+P) of one row, all of whose column
+// taps lie inside the image: each tap's weights are loaded once for the P pixels. The sums
+// are those of depthwise_chunk (bias, then the taps in order).
+template <int64_t L, int64_t P>
+inline void depthwise_run(const float* __restrict__ img, int64_t stride, int64_t i, int64_t j,
+                          int64_t width, int64_t k, int64_t di0, int64_t di1,
+                          const float* __restrict__ wt, int64_t n, const float* __restrict__ bias,
+                          int64_t c0, float* __restrict__ out, int64_t out_stride) {
+  const int64_t pad = k / 2;
+  float acc[P][L];
+  for (int64_t p = 0; p < P; ++p)
+    for (int64_t l = 0; l < L; ++l) acc[p][l] = bias[c0 + l];
+  for (int64_t di = di0; di < di1; ++di) {
+    const float* row = img + ((i + di - pad) * width + (j - pad)) * stride + c0;
+    for (int64_t dj = 0; dj < k; ++dj) {
+      const float* w = wt + (di * k + dj) * n + c0;
+      for (int64_t p = 0; p < P; ++p)
+        for (int64_t l = 0; l < L; ++l) acc[p][l] += w[l] * row[(dj + p) * stride + l];
+    }
+  }
+  for (int64_t p = 0; p < P; ++p)
+    for (int64_t l = 0; l < L; ++l) out[p * out_stride + c0 + l] = acc[p][l];
+}
+
+// The convolution along image row i for channels [0, n): pixel j's n sums go to
+// out + j * out_stride. Four pixels at a time where their taps lie inside the row.
+inline void depthwise_row(const float* img, int64_t stride, int64_t i, int64_t height, int64_t width,
+                          int64_t k, const float* wt, const float* bias, int64_t n, float* out,
+                          int64_t out_stride) {
+  constexpr int64_t P = 4;
+  const int64_t pad = k / 2;
+  const int64_t di0 = std::max<int64_t>(0, pad - i), di1 = std::min(k, height + pad - i);
+  int64_t j = 0;
+  while (j < width) {
+    if (j >= pad && j + P - 1 + pad < width) {
+      int64_t c0 = 0;
+      for (; c0 + 16 <= n; c0 += 16)
+        depthwise_run<16, P>(img, stride, i, j, width, k, di0, di1, wt, n, bias, c0, out + j * out_stride, out_stride);
+      for (; c0 + 8 <= n; c0 += 8)
+        depthwise_run<8, P>(img, stride, i, j, width, k, di0, di1, wt, n, bias, c0, out + j * out_stride, out_stride);
+      for (; c0 < n; ++c0)
+        depthwise_run<1, P>(img, stride, i, j, width, k, di0, di1, wt, n, bias, c0, out + j * out_stride, out_stride);
+      j += P;
+    } else {
+      depthwise_pixel(img, stride, i, j, height, width, k, wt, bias, n, out + j * out_stride);
+      ++j;
+    }
+  }
+}
+
 // A depthwise kernel [n, 1, k, k] as [k * k, n] for depthwise_pixel.
 std::vector<float> taps_major(const float* weight, int64_t n, int64_t k) {
   std::vector<float> wt(k * k * n);
@@ -428,19 +478,20 @@ std::vector<paddle::Tensor> FactorAttnForward(const paddle::Tensor& qkv,
       attention_head(x, x + C, x + 2 * C, 3 * C, tokens, Ch, scale, scratch.get(),
                      od + b * tokens * C + h * Ch, C);
     }  // (the loop ends in a barrier: the rows below are complete)
-    std::vector<float> conv(C);
+    std::vector<float> conv(width * C);  // one image row
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < batch * height; ++t) {
       const int64_t i = t % height;
       const float* q_img = in + (t / height) * tokens * 3 * C + 3 * C;  // pixel (0, 0)
       float* o = od + (t / height) * tokens * C + C;
+      for (const Group& g : groups)
+        depthwise_row(q_img + 2 * C + g.first, 3 * C, i, height, width, g.k, g.taps.data(), g.bias,
+                      g.count, conv.data() + g.first, C);
       for (int64_t j = 0; j < width; ++j) {
-        for (const Group& g : groups)
-          depthwise_pixel(q_img + 2 * C + g.first, 3 * C, i, j, height, width, g.k, g.taps.data(),
-                          g.bias, g.count, conv.data() + g.first);
         const float* __restrict__ qp = q_img + (i * width + j) * 3 * C;
+        const float* __restrict__ cp = conv.data() + j * C;
         float* __restrict__ op = o + (i * width + j) * C;
-        for (int64_t c = 0; c < C; ++c) op[c] += qp[c] * conv[c];
+        for (int64_t c = 0; c < C; ++c) op[c] += qp[c] * cp[c];
       }
     }
   }
@@ -487,17 +538,17 @@ std::vector<paddle::Tensor> ConvPosEncForward(const paddle::Tensor& x, const pad
   const float* b = bias.data<float>();
 #pragma omp parallel num_threads(threads()) if (batch * tokens * channels > 4096)
   {
-    std::vector<float> conv(channels);
+    std::vector<float> conv(width * channels);  // one image row
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < batch * height; ++t) {
       const int64_t i = t % height;
       const float* xi = in + (t / height) * tokens * channels;
       float* oi = od + (t / height) * tokens * channels;
       if (i == 0) std::copy(xi, xi + channels, oi);  // the CLS token
+      depthwise_row(xi + channels, channels, i, height, width, k, wt.data(), b, channels, conv.data(), channels);
       for (int64_t j = 0; j < width; ++j) {
         const int64_t n = 1 + i * width + j;
-        depthwise_pixel(xi + channels, channels, i, j, height, width, k, wt.data(), b, channels, conv.data());
-        for (int64_t c = 0; c < channels; ++c) oi[n * channels + c] = xi[n * channels + c] + conv[c];
+        for (int64_t c = 0; c < channels; ++c) oi[n * channels + c] = xi[n * channels + c] + conv[j * channels + c];
       }
     }
   }
