@@ -40,7 +40,7 @@ def test_a_first_build_prints_nothing(tmp_path):
 
 def test_kernels_build_on_this_machine():
     for op in (kernels.conv_pos_enc, kernels.bias_act_, kernels.factor_attn, kernels.patches,
-               kernels.resample, kernels.layer_norm, kernels.linear, kernels.linear_add):
+               kernels.resample, kernels.layer_norm, kernels.linear, kernels.linear_add, kernels.mlp):
         assert op() is not None, f"the C++ kernel behind {op.__name__} failed to build"
 
 
@@ -135,11 +135,24 @@ def _run_linear(x, w, b, r, gelu):
     return kernels.linear()(*args, gelu).numpy()
 
 
-@pytest.mark.parametrize("threads", ["1", "2"])
-def test_linear_equals_torch(threads, tmp_path):
+def _check_linear(got: dict):
+    for i, case in enumerate(_LINEAR_CASES):
+        _, expected = _linear_case(*case)
+        assert got[str(i)].shape == expected.shape
+        err = float(np.abs(got[str(i)] - expected).max())
+        assert err <= 2e-6 * float(np.abs(expected).max()), (case, err)
+
+
+def test_linear_equals_torch():
     """coat_linear / coat_linear_add against torch's Linear (+ exact GELU, + residual) in
-    float64, with Paddle's [in, out] weight layout; on 1 and 2 threads (MKL_NUM_THREADS, read
-    once per process, so each count runs in its own)."""
+    float64, with Paddle's [in, out] weight layout, on this process's threads."""
+    _check_linear({str(i): _run_linear(*_linear_case(*case)[0], case[3])
+                   for i, case in enumerate(_LINEAR_CASES)})
+
+
+def test_linear_equals_torch_on_two_threads(tmp_path):
+    """The same on 2 threads (MKL_NUM_THREADS is read once per process, so in a new one),
+    where few rows are split into column bands."""
     code = (
         "import sys, numpy as np\n"
         "from tests import test_kernels as t\n"
@@ -147,16 +160,31 @@ def test_linear_equals_torch(threads, tmp_path):
         "       for i, case in enumerate(t._LINEAR_CASES)}\n"
         "np.savez(sys.argv[1], **out)\n"
     )
-    env = {**os.environ, "MKL_NUM_THREADS": threads}
+    env = {**os.environ, "MKL_NUM_THREADS": "2"}
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "out.npz")], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    got = np.load(tmp_path / "out.npz")
-    for i, case in enumerate(_LINEAR_CASES):
-        _, expected = _linear_case(*case)
-        assert got[str(i)].shape == expected.shape
-        err = float(np.abs(got[str(i)] - expected).max())
-        assert err <= 2e-6 * float(np.abs(expected).max()), (case, err)
+    _check_linear(np.load(tmp_path / "out.npz"))
+
+
+@pytest.mark.parametrize("rows, k, hidden", [
+    ((2, 50), 40, 160),  # hidden activations small: two Linear steps
+    ((2, 4200), 64, 512),  # 17 MB of them: row blocks (the last one partial)
+])
+def test_mlp_equals_torch(rows, k, hidden):
+    """coat_mlp against torch's fc1 -> exact GELU -> fc2, plus the residual, in float64."""
+    rng = np.random.default_rng(hidden)
+    x = rng.standard_normal((*rows, k)).astype(np.float32)
+    w1 = (rng.standard_normal((k, hidden)) / np.sqrt(k)).astype(np.float32)
+    b1 = rng.standard_normal(hidden).astype(np.float32)
+    w2 = (rng.standard_normal((hidden, k)) / np.sqrt(hidden)).astype(np.float32)
+    b2 = rng.standard_normal(k).astype(np.float32)
+    r = rng.standard_normal((*rows, k)).astype(np.float32)
+    d = {name: torch.from_numpy(a).double() for name, a in dict(x=x, w1=w1, b1=b1, w2=w2, b2=b2, r=r).items()}
+    expected = (d["r"] + F.linear(F.gelu(F.linear(d["x"], d["w1"].T, d["b1"])), d["w2"].T, d["b2"])).numpy()
+    got = kernels.mlp()(*[paddle.to_tensor(a) for a in (x, w1, b1, w2, b2, r)]).numpy()
+    assert got.shape == expected.shape
+    assert float(np.abs(got - expected).max()) <= 2e-6 * float(np.abs(expected).max())
 
 
 @pytest.mark.parametrize("batch, size, head_chs", [

@@ -175,6 +175,13 @@ def linear_add():
     return _op("coat_linear_add")
 
 
+def mlp():
+    """The compiled ``coat_mlp(x, w1, b1, w2, b2, residual)`` op: residual + fc2(GELU(fc1(x)))
+    with Paddle's [in, out] weights, in row blocks where the hidden activations would not fit
+    in the cache; or None (also where Paddle was built without MKL)."""
+    return _op("coat_mlp")
+
+
 def patches():
     """The compiled ``coat_patches(x, p)`` op: non-overlapping p x p patches of [B, C, H, W] as
     rows [B, H/p * W/p, C*p*p]; or None."""

@@ -16,6 +16,8 @@
 //   coat_layer_norm(x, w, b, eps) LayerNorm over the last axis.
 //   coat_linear(x, w, b, gelu)    a Linear layer (MKL's product), bias and GELU in one pass;
 //   coat_linear_add(x, w, b, r)   the same plus a residual (only where Paddle ships MKL).
+//   coat_mlp(x, w1, b1, w2, b2, r) a block's MLP plus its residual, in row blocks where the
+//                                 hidden activations would not fit in the cache (MKL too).
 // Forward only; the model keeps Paddle's ops where gradients are needed.
 #include <algorithm>
 #include <cmath>
@@ -279,6 +281,76 @@ paddle::Tensor linear(const paddle::Tensor& x, const paddle::Tensor& weight, con
   return out;
 }
 }  // namespace
+
+// A block's MLP and its residual: residual + fc2(GELU(fc1(x))). Where the hidden activations
+// ([rows, H], 4-8x the width of x) would not fit in the cache (batch 8 at the first two
+// stages: 51 and 26 MB), rows go in blocks, so that they never reach memory: each thread
+// multiplies its block by w1 on one MKL thread, adds b1 and GELU, multiplies by w2 and adds
+// b2 and the residual. Otherwise two Linear steps, as coat_linear and coat_linear_add.
+std::vector<paddle::Tensor> MlpForward(const paddle::Tensor& x, const paddle::Tensor& w1,
+                                       const paddle::Tensor& b1, const paddle::Tensor& w2,
+                                       const paddle::Tensor& b2, const paddle::Tensor& residual) {
+  PD_CHECK(x.is_cpu() && x.dtype() == paddle::DataType::FLOAT32, "coat_mlp takes CPU float32");
+  PD_CHECK(w1.shape().size() == 2 && w2.shape().size() == 2, "coat_mlp: weights must be 2-D");
+  const int64_t k = w1.shape()[0], h = w1.shape()[1], n = w2.shape()[1];
+  PD_CHECK(w2.shape()[0] == h && x.shape().back() == k && b1.numel() == h && b2.numel() == n,
+           "coat_mlp: x [.., K], w1 [K, H], b1 [H], w2 [H, N], b2 [N]");
+  std::vector<int64_t> shape = x.shape();
+  shape.back() = n;
+  PD_CHECK(residual.shape() == shape, "coat_mlp: residual must be shaped like the output");
+  const int64_t m = x.numel() / k;
+  constexpr int64_t kBlockRows = 128;
+  constexpr int64_t kCachedBytes = 16 << 20;  // hidden activations up to this stay whole
+  if (m * h * static_cast<int64_t>(sizeof(float)) <= kCachedBytes) {
+    auto hidden = linear(x, w1, b1, nullptr, true);
+    return {linear(hidden, w2, b2, &residual, false)};
+  }
+  auto out = paddle::empty(shape, x.dtype(), x.place());
+  const float* a = x.data<float>();
+  const float* res = residual.data<float>();
+  float* c = out.data<float>();
+  const int64_t blocks = (m + kBlockRows - 1) / kBlockRows;
+#pragma omp parallel num_threads(threads())
+  {
+    std::unique_ptr<float[]> hidden(new float[kBlockRows * h]);  // per thread
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < blocks; ++t) {
+      const int64_t r0 = t * kBlockRows, rows = std::min(kBlockRows, m - r0);
+      cblas_sgemm(kRowMajor, kNoTrans, kNoTrans, rows, h, k, 1.0f, a + r0 * k, k, w1.data<float>(), h,
+                  0.0f, hidden.get(), h);
+      for (int64_t r = 0; r < rows; ++r) bias_act(hidden.get() + r * h, b1.data<float>(), h, true);
+      cblas_sgemm(kRowMajor, kNoTrans, kNoTrans, rows, n, h, 1.0f, hidden.get(), h, w2.data<float>(), n,
+                  0.0f, c + r0 * n, n);
+      for (int64_t r = r0; r < r0 + rows; ++r) {
+        float* __restrict__ row = c + r * n;
+        const float* __restrict__ add = res + r * n;
+        bias_act(row, b2.data<float>(), n, false);
+        for (int64_t j = 0; j < n; ++j) row[j] += add[j];
+      }
+    }
+  }
+  return {out};
+}
+
+std::vector<std::vector<int64_t>> MlpInferShape(const std::vector<int64_t>& x, const std::vector<int64_t>& w1,
+                                                const std::vector<int64_t>& b1, const std::vector<int64_t>& w2,
+                                                const std::vector<int64_t>& b2,
+                                                const std::vector<int64_t>& residual) {
+  return {residual};
+}
+
+std::vector<paddle::DataType> MlpInferDtype(const paddle::DataType& x, const paddle::DataType& w1,
+                                            const paddle::DataType& b1, const paddle::DataType& w2,
+                                            const paddle::DataType& b2, const paddle::DataType& residual) {
+  return {x};
+}
+
+PD_BUILD_OP(coat_mlp)
+    .Inputs({"X", "W1", "B1", "W2", "B2", "Residual"})
+    .Outputs({"Out"})
+    .SetKernelFn(PD_KERNEL(MlpForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(MlpInferShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(MlpInferDtype));
 
 std::vector<paddle::Tensor> LinearForward(const paddle::Tensor& x, const paddle::Tensor& weight,
                                           const paddle::Tensor& bias, bool use_gelu) {
