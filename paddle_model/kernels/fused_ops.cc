@@ -232,7 +232,7 @@ extern "C" void cblas_sgemm(int layout, int trans_a, int trans_b, int m, int n, 
                             int ldc);
 
 namespace {
-constexpr int kRowMajor = 101, kNoTrans = 111;
+constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
 
 // out = x @ weight + bias, then GELU if asked, then + residual if given; x [.., K], weight
 // [K, N] (Paddle's Linear layout), residual shaped like out.
@@ -477,6 +477,17 @@ void attention_head(const float* q, const float* k, const float* v, int64_t stri
     }
     norm[c] = scale / total;
   }
+#ifdef COAT_MKL
+  if (Ch >= 32) {  // wide heads (the last two stages): as two products, by MKL on this thread
+    // (coat_lite_small, one thread: 1.15 -> 0.52 ms per call at stage 3, 0.85 -> 0.30 at 4)
+    cblas_sgemm(kRowMajor, kNoTrans, kTrans, Ch, Ch, tokens, 1.0f, et, tokens, vt, tokens, 0.0f, kv.data(), Ch);
+    for (int64_t c1 = 0; c1 < Ch; ++c1)
+      for (int64_t c2 = 0; c2 < Ch; ++c2) kv[c1 * Ch + c2] *= norm[c1];
+    cblas_sgemm(kRowMajor, kTrans, kNoTrans, Ch, tokens, Ch, 1.0f, kv.data(), Ch, qt, tokens, 0.0f, acc, tokens);
+    scatter_planes(acc, tokens, Ch, out, out_stride);
+    return;
+  }
+#endif
   // kv[c1][c2] = sum_n e[c1][n] v[c2][n], times scale / sum(e[c1])
   for (int64_t c1 = 0; c1 < Ch; ++c1) {
     const float* e = et + c1 * tokens;
