@@ -115,13 +115,27 @@ class PatchEmbed(nn.Layer):
         self.proj = _conv(in_chans, embed_dim, patch_size, stride=patch_size)
         self.norm = _layer_norm(embed_dim, eps)
 
-    def forward(self, x: paddle.Tensor) -> tuple[paddle.Tensor, tuple[int, int]]:
+    def forward(self, x: paddle.Tensor, size: tuple[int, int] | None = None
+                ) -> tuple[paddle.Tensor, tuple[int, int]]:
+        """Images [B, C, H, W], or with ``size`` the previous stage's tokens [B, 1 + H*W, C]
+        of an image that size -> ([B, H/p * W/p, out] tokens, their grid size)."""
         p = self.patch_size
-        patches = kernels.patches() if _compiled(x, traceable=True, size=x.shape[2:]) else None
-        if patches is not None:  # the patches as rows of one matrix product: Paddle's conv is slow here
-            size = (x.shape[2] // p, x.shape[3] // p)
+        rows = None
+        if size is not None:
+            op = kernels.token_patches() if _compiled(x, traceable=True, size=size) else None
+            if op is not None:  # no [B, C, H, W] image in between (Paddle's transpose is slow)
+                rows = op(_dense(x), size[0], size[1], p)
+                size = (size[0] // p, size[1] // p)
+            else:
+                x = _tokens_to_map(x, size)
+        if rows is None:
+            patches = kernels.patches() if _compiled(x, traceable=True, size=x.shape[2:]) else None
+            if patches is not None:
+                rows = patches(_dense(x), p)
+                size = (x.shape[2] // p, x.shape[3] // p)
+        if rows is not None:  # the patches as rows of one matrix product: Paddle's conv is slow here
             weight = self.proj.weight.reshape([self.proj.weight.shape[0], -1])  # [out, C*p*p]
-            x = paddle.matmul(patches(_dense(x), p), weight, transpose_y=True)
+            x = paddle.matmul(rows, weight, transpose_y=True)
             if paddle.in_dynamic_mode():  # in a graph, Paddle Inference fuses the add into the product
                 x = kernels.bias_act_()(x, self.proj.bias, False)
             else:
@@ -159,8 +173,8 @@ paddle.jit.ignore_module([kernels])  # their loader is plain Python, not for gra
 @contextlib.contextmanager
 def traced_kernels():
     """Within this block, graphs traced from a CoaT (``paddle.jit.to_static`` / ``save``) use the
-    compiled attention, cpe, LayerNorm and Linear ops; loading such a graph needs them built and
-    registered (:func:`paddle_model.export.create_predictor` does both)."""
+    compiled attention, cpe, LayerNorm, Linear and MLP ops; loading such a graph needs them
+    built and registered (:func:`paddle_model.export.create_predictor` does both)."""
     global _trace_kernels
     saved, _trace_kernels = _trace_kernels, True
     try:
@@ -513,9 +527,8 @@ class CoaT(nn.Layer):
         """Token sequences [B, 1 + H*W, C] of the four scales (after the parallel blocks) and their sizes."""
         xs, sizes = [], []
         for i in range(4):
-            if i > 0:
-                x = _tokens_to_map(xs[-1], sizes[-1])
-            x, size = getattr(self, f"patch_embed{i + 1}")(x)
+            embed = getattr(self, f"patch_embed{i + 1}")
+            x, size = embed(x) if i == 0 else embed(xs[-1], sizes[-1])
             cls_token = getattr(self, f"cls_token{i + 1}").expand([x.shape[0], -1, -1])
             x = paddle.concat([cls_token, x], axis=1)
             for blk in getattr(self, f"serial_blocks{i + 1}"):

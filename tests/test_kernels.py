@@ -40,7 +40,8 @@ def test_a_first_build_prints_nothing(tmp_path):
 
 def test_kernels_build_on_this_machine():
     for op in (kernels.conv_pos_enc, kernels.bias_act_, kernels.factor_attn, kernels.patches,
-               kernels.resample, kernels.layer_norm, kernels.linear, kernels.linear_add, kernels.mlp):
+               kernels.resample, kernels.layer_norm, kernels.linear, kernels.linear_add, kernels.mlp,
+               kernels.token_patches):
         assert op() is not None, f"the C++ kernel behind {op.__name__} failed to build"
 
 
@@ -104,6 +105,18 @@ def test_bias_act_equals_torch_in_place(gelu):
     assert float((err / np.maximum(np.abs(expected.numpy()), 1e-3)).max()) <= 1e-5
 
 
+@pytest.mark.parametrize("height, width, p", [(56, 56, 2), (7, 9, 2), (5, 6, 4)])
+def test_token_patches_equal_patches_of_the_image(height, width, p):
+    """coat_token_patches on a stage's tokens equals coat_patches on their [B, C, H, W] image
+    (CLS left out; rows and columns beyond a multiple of p dropped, as the strided conv does)."""
+    x = np.random.default_rng(height).standard_normal((2, 1 + height * width, 24)).astype(np.float32)
+    image = x[:, 1:].transpose(0, 2, 1).reshape(2, 24, height, width)
+    expected = kernels.patches()(paddle.to_tensor(np.ascontiguousarray(image)), p).numpy()
+    got = kernels.token_patches()(paddle.to_tensor(x), height, width, p).numpy()
+    assert got.shape == (2, (height // p) * (width // p), 24 * p * p)
+    assert np.array_equal(got, expected)
+
+
 _LINEAR_CASES = [  # rows, K, N, GELU, residual
     ((1, 50), 512, 1536, False, False),  # few rows: on 2 threads, column bands of one MKL thread
     ((1, 50), 512, 64, True, False),
@@ -120,7 +133,8 @@ def _linear_case(rows, k, n, gelu, residual):
     w = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
     b = rng.standard_normal(n).astype(np.float32)
     r = rng.standard_normal((*rows, n)).astype(np.float32)
-    expected = F.linear(torch.from_numpy(x).double(), torch.from_numpy(w).double().T, torch.from_numpy(b).double())
+    expected = F.linear(torch.from_numpy(x).double(), torch.from_numpy(w).double().T,
+                        torch.from_numpy(b).double())
     if gelu:
         expected = F.gelu(expected)
     if residual:

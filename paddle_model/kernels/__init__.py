@@ -188,6 +188,12 @@ def patches():
     return _op("coat_patches")
 
 
+def token_patches():
+    """The compiled ``coat_token_patches(x, height, width, p)`` op: the patches of
+    :func:`patches` taken from a stage's tokens [B, 1 + H*W, C]; or None."""
+    return _op("coat_token_patches")
+
+
 def resample():
     """The compiled ``coat_resample(x, y_idx, y_w, x_idx, x_w, height, width)`` op: bilinear
     resize of image tokens by two taps per axis, CLS kept; or None."""
