@@ -193,10 +193,10 @@ def linear(layer: nn.Linear, x: paddle.Tensor, gelu: bool = False,
     """
     assert not (gelu and residual is not None), "linear: GELU or a residual, not both"
     if layer.bias is not None and _compiled(x, traceable=True):
-        if residual is None and kernels.linear() is not None:
-            return kernels.linear()(_dense(x), layer.weight, layer.bias, gelu)
-        if residual is not None and kernels.linear_add() is not None:
-            return kernels.linear_add()(_dense(x), layer.weight, layer.bias, _dense(residual))
+        op = kernels.linear() if residual is None else kernels.linear_add()
+        if op is not None:
+            last = gelu if residual is None else _dense(residual)
+            return op(_dense(x), layer.weight, layer.bias, last)
     op = kernels.bias_act_() if _compiled(x) and layer.bias is not None else None
     if op is not None:
         x = op(paddle.matmul(x, layer.weight), layer.bias, gelu)  # in place on the product
