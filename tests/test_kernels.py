@@ -202,7 +202,9 @@ def test_mlp_equals_torch(rows, k, hidden):
 
 
 @pytest.mark.parametrize("batch, size, head_chs", [
-    (1, (56, 56), 8), (1, (28, 28), 19), (2, (14, 9), 40), (3, (2, 3), 64), (2, (1, 1), 8)])
+    (1, (56, 56), 8), (3, (28, 28), 16), (2, (14, 14), 32), (2, (14, 9), 40), (3, (2, 3), 64),
+    (2, (1, 1), 8),  # heads of 8k channels: on token rows
+    (1, (28, 28), 19), (2, (5, 4), 36)])  # other widths: on channel planes (36: kv by MKL)
 def test_factor_attn_equals_timms_attention(batch, size, head_chs):
     """timm's FactorAttnConvRelPosEnc against its own qkv and proj around the compiled core."""
     from timm.models.coat import ConvRelPosEnc, FactorAttnConvRelPosEnc
