@@ -135,6 +135,9 @@ class PatchEmbed(nn.Layer):
                 size = (x.shape[2] // p, x.shape[3] // p)
         if rows is not None:  # the patches as rows of one matrix product: Paddle's conv is slow here
             weight = self.proj.weight.reshape([self.proj.weight.shape[0], -1])  # [out, C*p*p]
+            product = kernels.patch_linear()
+            if product is not None:  # MKL's product and the bias: deployed b8 4-7 % faster than oneDNN's
+                return layer_norm(self.norm, product(rows, weight, self.proj.bias)), size
             x = paddle.matmul(rows, weight, transpose_y=True)
             if paddle.in_dynamic_mode():  # in a graph, Paddle Inference fuses the add into the product
                 x = kernels.bias_act_()(x, self.proj.bias, False)

@@ -21,7 +21,8 @@ from .variants import VARIANTS, get_variant
 
 # the op names a graph exported with kernels=True refers to
 _KERNEL_OPS = ("coat_factor_attn", "coat_conv_pos_enc", "coat_layer_norm", "coat_linear",
-               "coat_linear_add", "coat_mlp")
+               "coat_linear_add", "coat_mlp", "coat_patches", "coat_token_patches",
+               "coat_patch_linear")
 
 
 def export(variant: str, weights: str | Path | None, prefix: str | Path, kernels: bool = False,

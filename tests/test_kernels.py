@@ -41,7 +41,7 @@ def test_a_first_build_prints_nothing(tmp_path):
 def test_kernels_build_on_this_machine():
     for op in (kernels.conv_pos_enc, kernels.bias_act_, kernels.factor_attn, kernels.patches,
                kernels.resample, kernels.layer_norm, kernels.linear, kernels.linear_add, kernels.mlp,
-               kernels.token_patches):
+               kernels.token_patches, kernels.patch_linear):
         assert op() is not None, f"the C++ kernel behind {op.__name__} failed to build"
 
 
@@ -117,16 +117,18 @@ def test_token_patches_equal_patches_of_the_image(height, width, p):
     assert np.array_equal(got, expected)
 
 
-_LINEAR_CASES = [  # rows, K, N, GELU, residual
-    ((1, 50), 512, 1536, False, False),  # few rows: on 2 threads, column bands of one MKL thread
-    ((1, 50), 512, 64, True, False),
-    ((2, 197), 320, 40, False, True),
-    ((2, 785), 128, 1024, True, False),  # many rows: MKL's threads, then one pass
-    ((3, 7), 19, 5, False, True),
+_LINEAR_CASES = [  # rows, K, N, GELU, residual, weight as [N, K] (coat_patch_linear)
+    ((1, 50), 512, 1536, False, False, False),  # few rows: on 2 threads, column bands of one MKL thread
+    ((1, 50), 512, 64, True, False, False),
+    ((2, 197), 320, 40, False, True, False),
+    ((2, 785), 128, 1024, True, False, False),  # many rows: MKL's threads, then one pass
+    ((3, 7), 19, 5, False, True, False),
+    ((1, 49), 1024, 320, False, False, True),  # a patch embedding: column bands of [N, K]
+    ((2, 784), 48, 64, False, False, True),
 ]
 
 
-def _linear_case(rows, k, n, gelu, residual):
+def _linear_case(rows, k, n, gelu, residual, out_in):
     """Inputs of a _LINEAR_CASES case and torch's float64 result."""
     rng = np.random.default_rng(k + n)
     x = rng.standard_normal((*rows, k)).astype(np.float32)
@@ -139,11 +141,13 @@ def _linear_case(rows, k, n, gelu, residual):
         expected = F.gelu(expected)
     if residual:
         expected = expected + torch.from_numpy(r).double()
-    return (x, w, b, r if residual else None), expected.numpy()
+    return (x, np.ascontiguousarray(w.T) if out_in else w, b, r if residual else None), expected.numpy()
 
 
-def _run_linear(x, w, b, r, gelu):
+def _run_linear(x, w, b, r, gelu, out_in):
     args = [paddle.to_tensor(x), paddle.to_tensor(w), paddle.to_tensor(b)]
+    if out_in:
+        return kernels.patch_linear()(*args).numpy()
     if r is not None:
         return kernels.linear_add()(*args, paddle.to_tensor(r)).numpy()
     return kernels.linear()(*args, gelu).numpy()
@@ -159,8 +163,9 @@ def _check_linear(got: dict):
 
 def test_linear_equals_torch():
     """coat_linear / coat_linear_add against torch's Linear (+ exact GELU, + residual) in
-    float64, with Paddle's [in, out] weight layout, on this process's threads."""
-    _check_linear({str(i): _run_linear(*_linear_case(*case)[0], case[3])
+    float64, with Paddle's [in, out] weight layout, on this process's threads; and
+    coat_patch_linear with a convolution's [out, in]."""
+    _check_linear({str(i): _run_linear(*_linear_case(*case)[0], case[3], case[5])
                    for i, case in enumerate(_LINEAR_CASES)})
 
 
@@ -170,7 +175,7 @@ def test_linear_equals_torch_on_two_threads(tmp_path):
     code = (
         "import sys, numpy as np\n"
         "from tests import test_kernels as t\n"
-        "out = {str(i): t._run_linear(*t._linear_case(*case)[0], case[3])\n"
+        "out = {str(i): t._run_linear(*t._linear_case(*case)[0], case[3], case[5])\n"
         "       for i, case in enumerate(t._LINEAR_CASES)}\n"
         "np.savez(sys.argv[1], **out)\n"
     )

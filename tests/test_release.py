@@ -160,7 +160,8 @@ def test_export_with_kernels_runs_them_in_paddle_inference(name, converted, tmp_
     assert export_module.uses_kernels(tmp_path / "model")
     graph = (tmp_path / "model.json").read_text()
     assert all(op in graph for op in ("coat_factor_attn", "coat_conv_pos_enc", "coat_layer_norm",
-                                      "coat_linear", "coat_linear_add", "coat_mlp"))
+                                      "coat_linear", "coat_linear_add", "coat_mlp", "coat_patches",
+                                      "coat_token_patches", "coat_patch_linear"))
     predictor = export_module.create_predictor(tmp_path / "model", threads=2)
     eager = paddle_model.create_model(name, pretrained=weights)
     eager.eval()

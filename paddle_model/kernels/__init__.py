@@ -175,6 +175,12 @@ def linear_add():
     return _op("coat_linear_add")
 
 
+def patch_linear():
+    """The compiled ``coat_patch_linear(x, weight, bias)`` op: x @ weight^T + bias, with the
+    patch embedding's convolution weight as [out, C*p*p]; or None (also without MKL)."""
+    return _op("coat_patch_linear")
+
+
 def mlp():
     """The compiled ``coat_mlp(x, w1, b1, w2, b2, residual)`` op: residual + fc2(GELU(fc1(x)))
     with Paddle's [in, out] weights, in row blocks where the hidden activations would not fit

@@ -17,6 +17,8 @@
 //   coat_layer_norm(x, w, b, eps) LayerNorm over the last axis.
 //   coat_linear(x, w, b, gelu)    a Linear layer (MKL's product), bias and GELU in one pass;
 //   coat_linear_add(x, w, b, r)   the same plus a residual (only where Paddle ships MKL).
+//   coat_patch_linear(x, w, b)    x @ w^T + b for the patch embedding (w: its conv weight as
+//                                 [out, C * p * p]; MKL too).
 //   coat_mlp(x, w1, b1, w2, b2, r) a block's MLP plus its residual, in row blocks where the
 //                                 hidden activations would not fit in the cache (MKL too).
 // Forward only; the model keeps Paddle's ops where gradients are needed.
@@ -236,16 +238,17 @@ namespace {
 constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
 
 // out = x @ weight + bias, then GELU if asked, then + residual if given; x [.., K], weight
-// [K, N] (Paddle's Linear layout), residual shaped like out.
+// [K, N] (Paddle's Linear layout), or [N, K] (a convolution's) with ``out_in``; residual
+// shaped like out.
 // With many rows MKL multiplies the whole matrix on its threads and one pass adds the rest;
 // with few rows (the last stage at batch 1) MKL's threads split the work poorly, so each
 // thread multiplies a band of columns on one MKL thread and finishes it while it is in cache.
 paddle::Tensor linear(const paddle::Tensor& x, const paddle::Tensor& weight, const paddle::Tensor& bias,
-                      const paddle::Tensor* residual, bool use_gelu) {
+                      const paddle::Tensor* residual, bool use_gelu, bool out_in = false) {
   PD_CHECK(x.is_cpu() && x.dtype() == paddle::DataType::FLOAT32, "coat_linear takes CPU float32");
-  PD_CHECK(weight.shape().size() == 2, "coat_linear: weight must be [K, N]");
-  const int64_t k = weight.shape()[0], n = weight.shape()[1];
-  PD_CHECK(x.shape().back() == k && bias.numel() == n, "coat_linear: x [.., K], weight [K, N], bias [N]");
+  PD_CHECK(weight.shape().size() == 2, "coat_linear: weight must be 2-D");
+  const int64_t k = weight.shape()[out_in ? 1 : 0], n = weight.shape()[out_in ? 0 : 1];
+  PD_CHECK(x.shape().back() == k && bias.numel() == n, "coat_linear: x [.., K], weight [K, N] or [N, K], bias [N]");
   std::vector<int64_t> shape = x.shape();
   shape.back() = n;
   PD_CHECK(residual == nullptr || residual->shape() == shape, "coat_linear_add: residual must be shaped like the output");
@@ -271,12 +274,16 @@ paddle::Tensor linear(const paddle::Tensor& x, const paddle::Tensor& weight, con
     for (int t = 0; t < nt; ++t) {
       const int64_t c0 = std::min(n, t * band), cols = std::min(band, n - c0);
       if (cols <= 0) continue;
-      cblas_sgemm(kRowMajor, kNoTrans, kNoTrans, m, cols, k, 1.0f, a, k, w + c0, n, 0.0f, c + c0, n);
+      if (out_in)
+        cblas_sgemm(kRowMajor, kNoTrans, kTrans, m, cols, k, 1.0f, a, k, w + c0 * k, k, 0.0f, c + c0, n);
+      else
+        cblas_sgemm(kRowMajor, kNoTrans, kNoTrans, m, cols, k, 1.0f, a, k, w + c0, n, 0.0f, c + c0, n);
       for (int64_t r = 0; r < m; ++r) finish(r, c0, cols);
     }
     return out;
   }
-  cblas_sgemm(kRowMajor, kNoTrans, kNoTrans, m, n, k, 1.0f, a, k, w, n, 0.0f, c, n);
+  cblas_sgemm(kRowMajor, kNoTrans, out_in ? kTrans : kNoTrans, m, n, k, 1.0f, a, k, w, out_in ? k : n,
+              0.0f, c, n);
 #pragma omp parallel for num_threads(nt) schedule(static) if (m * n > 65536)
   for (int64_t r = 0; r < m; ++r) finish(r, 0, n);
   return out;
@@ -358,6 +365,21 @@ std::vector<paddle::Tensor> LinearForward(const paddle::Tensor& x, const paddle:
   return {linear(x, weight, bias, nullptr, use_gelu)};
 }
 
+// The patch embedding's product: rows of patches [.., C * p * p] times its convolution
+// weight as [out, C * p * p], plus the bias.
+std::vector<paddle::Tensor> PatchLinearForward(const paddle::Tensor& x, const paddle::Tensor& weight,
+                                               const paddle::Tensor& bias) {
+  return {linear(x, weight, bias, nullptr, false, true)};
+}
+
+std::vector<std::vector<int64_t>> PatchLinearInferShape(const std::vector<int64_t>& x,
+                                                        const std::vector<int64_t>& weight,
+                                                        const std::vector<int64_t>& bias) {
+  std::vector<int64_t> shape = x;
+  shape.back() = weight.front();
+  return {shape};
+}
+
 std::vector<paddle::Tensor> LinearAddForward(const paddle::Tensor& x, const paddle::Tensor& weight,
                                              const paddle::Tensor& bias, const paddle::Tensor& residual) {
   return {linear(x, weight, bias, &residual, false)};
@@ -395,6 +417,13 @@ PD_BUILD_OP(coat_linear)
     .Attrs({"use_gelu: bool"})
     .SetKernelFn(PD_KERNEL(LinearForward))
     .SetInferShapeFn(PD_INFER_SHAPE(LinearInferShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(LinearInferDtype));
+
+PD_BUILD_OP(coat_patch_linear)
+    .Inputs({"X", "Weight", "Bias"})
+    .Outputs({"Out"})
+    .SetKernelFn(PD_KERNEL(PatchLinearForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(PatchLinearInferShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(LinearInferDtype));
 
 PD_BUILD_OP(coat_linear_add)
