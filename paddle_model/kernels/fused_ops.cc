@@ -248,6 +248,7 @@ paddle::Tensor linear(const paddle::Tensor& x, const paddle::Tensor& weight, con
   PD_CHECK(x.is_cpu() && x.dtype() == paddle::DataType::FLOAT32, "coat_linear takes CPU float32");
   PD_CHECK(weight.shape().size() == 2, "coat_linear: weight must be 2-D");
   const int64_t k = weight.shape()[out_in ? 1 : 0], n = weight.shape()[out_in ? 0 : 1];
+  const int trans_w = out_in ? kTrans : kNoTrans, ldw = out_in ? k : n;
   PD_CHECK(x.shape().back() == k && bias.numel() == n, "coat_linear: x [.., K], weight [K, N] or [N, K], bias [N]");
   std::vector<int64_t> shape = x.shape();
   shape.back() = n;
@@ -274,16 +275,13 @@ paddle::Tensor linear(const paddle::Tensor& x, const paddle::Tensor& weight, con
     for (int t = 0; t < nt; ++t) {
       const int64_t c0 = std::min(n, t * band), cols = std::min(band, n - c0);
       if (cols <= 0) continue;
-      if (out_in)
-        cblas_sgemm(kRowMajor, kNoTrans, kTrans, m, cols, k, 1.0f, a, k, w + c0 * k, k, 0.0f, c + c0, n);
-      else
-        cblas_sgemm(kRowMajor, kNoTrans, kNoTrans, m, cols, k, 1.0f, a, k, w + c0, n, 0.0f, c + c0, n);
+      cblas_sgemm(kRowMajor, kNoTrans, trans_w, m, cols, k, 1.0f, a, k, w + c0 * (out_in ? k : 1), ldw, 0.0f,
+                  c + c0, n);
       for (int64_t r = 0; r < m; ++r) finish(r, c0, cols);
     }
     return out;
   }
-  cblas_sgemm(kRowMajor, kNoTrans, out_in ? kTrans : kNoTrans, m, n, k, 1.0f, a, k, w, out_in ? k : n,
-              0.0f, c, n);
+  cblas_sgemm(kRowMajor, kNoTrans, trans_w, m, n, k, 1.0f, a, k, w, ldw, 0.0f, c, n);
 #pragma omp parallel for num_threads(nt) schedule(static) if (m * n > 65536)
   for (int64_t r = 0; r < m; ++r) finish(r, 0, n);
   return out;
@@ -619,7 +617,9 @@ void head_kv(const float* __restrict__ k, const float* __restrict__ v, int64_t s
     for (int64_t c = 0; c < Ch; ++c) total[c] += part[c];
   }
 #ifdef COAT_MKL
-  if (Ch >= 40) {  // by MKL on this thread (medium b8, Ch 32: 10.9 vs 9.0 ms; b1, Ch 40: 0.22 vs 0.28)
+  // by MKL on this thread from 40 channels: the loops below win at 32 (9.5 against 11.5 ms at
+  // [8, 785, 768]) and lose at 40 (0.30 against 0.23 ms at [1, 197, 960])
+  if (Ch >= 40) {
     cblas_sgemm(kRowMajor, kTrans, kNoTrans, Ch, Ch, tokens, 1.0f, e, Ch, v, stride, 0.0f, kv, Ch);
   } else
 #endif
@@ -715,7 +715,7 @@ std::vector<paddle::Tensor> FactorAttnForward(const paddle::Tensor& qkv,
                                               float scale) {
   PD_CHECK(qkv.is_cpu() && qkv.dtype() == paddle::DataType::FLOAT32, "coat_factor_attn takes CPU float32");
   const auto& s = qkv.shape();
-  PD_CHECK(s.size() == 3 && s[2] % (3 * heads) == 0, "qkv must be [B, N, 3 * C]");
+  PD_CHECK(s.size() == 3 && s[2] > 0 && s[2] % (3 * heads) == 0, "qkv must be [B, N, 3 * C]");
   const int64_t batch = s[0], tokens = s[1], C = s[2] / 3, Ch = C / heads;
   const int64_t plane = height * width;
   PD_CHECK(tokens == plane + 1, "N must be 1 + H * W");
@@ -733,15 +733,14 @@ std::vector<paddle::Tensor> FactorAttnForward(const paddle::Tensor& qkv,
   auto out = paddle::empty({batch, tokens, C}, qkv.dtype(), qkv.place());
   const float* in = qkv.data<float>();
   float* od = out.data<float>();
-  switch (Ch) {  // heads of 8, 16, ..., 64 channels: on the token rows
-    case 8: factor_attn_rows<1>(in, batch, tokens, heads, height, width, scale, groups, od); return {out};
-    case 16: factor_attn_rows<2>(in, batch, tokens, heads, height, width, scale, groups, od); return {out};
-    case 24: factor_attn_rows<3>(in, batch, tokens, heads, height, width, scale, groups, od); return {out};
-    case 32: factor_attn_rows<4>(in, batch, tokens, heads, height, width, scale, groups, od); return {out};
-    case 40: factor_attn_rows<5>(in, batch, tokens, heads, height, width, scale, groups, od); return {out};
-    case 48: factor_attn_rows<6>(in, batch, tokens, heads, height, width, scale, groups, od); return {out};
-    case 56: factor_attn_rows<7>(in, batch, tokens, heads, height, width, scale, groups, od); return {out};
-    case 64: factor_attn_rows<8>(in, batch, tokens, heads, height, width, scale, groups, od); return {out};
+  if (Ch % 8 == 0 && Ch <= 64) {  // heads of 8, 16, ..., 64 channels: on the token rows
+    using Rows = void (*)(const float*, int64_t, int64_t, int64_t, int64_t, int64_t, float,
+                          const std::vector<CrpeGroup>&, float*);
+    static const Rows by_width[] = {factor_attn_rows<1>, factor_attn_rows<2>, factor_attn_rows<3>,
+                                    factor_attn_rows<4>, factor_attn_rows<5>, factor_attn_rows<6>,
+                                    factor_attn_rows<7>, factor_attn_rows<8>};
+    by_width[Ch / 8 - 1](in, batch, tokens, heads, height, width, scale, groups, od);
+    return {out};
   }
   const int64_t tasks = batch * heads;
 #pragma omp parallel num_threads(threads()) if (tokens * C > 4096)
@@ -842,31 +841,38 @@ PD_BUILD_OP(coat_conv_pos_enc)
     .SetInferShapeFn(PD_INFER_SHAPE(ConvPosEncInferShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(ConvPosEncInferDtype));
 
-// x: [B, C, H, W]; row (i, j) of image b holds x[b, :, i*p:(i+1)*p, j*p:(j+1)*p] in (c, y, x)
-// order, the order of a conv weight [out, C, p, p] flattened. A remainder of H or W is ignored,
-// as by a stride-p convolution.
+// Patch rows [B, H/p * W/p, C * p * p] (a remainder of H or W ignored, as by a stride-p
+// convolution), one task per (image, row of patches): fill(b, i, dst) writes the W/p patches
+// of patch row i of image b, each in (c, y, x) order (a conv weight [out, C, p, p] flattened).
+template <typename Fill>
+paddle::Tensor patch_rows(const paddle::Tensor& x, int64_t batch, int64_t channels, int64_t height,
+                          int64_t width, int64_t p, const Fill& fill) {
+  const int64_t rows = height / p, cols = width / p;
+  auto out = paddle::empty({batch, rows * cols, channels * p * p}, x.dtype(), x.place());
+  float* od = out.data<float>();
+#pragma omp parallel for num_threads(threads()) schedule(static) if (batch * rows > 64)
+  for (int64_t bi = 0; bi < batch * rows; ++bi) fill(bi / rows, bi % rows, od + bi * cols * channels * p * p);
+  return out;
+}
+
+// The patches of images x [B, C, H, W].
 std::vector<paddle::Tensor> PatchesForward(const paddle::Tensor& x, int64_t p) {
   PD_CHECK(x.is_cpu() && x.dtype() == paddle::DataType::FLOAT32, "coat_patches takes CPU float32");
   const auto& s = x.shape();
   PD_CHECK(s.size() == 4 && p > 0, "x must be [B, C, H, W]");
-  const int64_t batch = s[0], channels = s[1], height = s[2], width = s[3];
-  const int64_t rows = height / p, cols = width / p, row_len = channels * p * p;
-  auto out = paddle::empty({batch, rows * cols, row_len}, x.dtype(), x.place());
+  const int64_t channels = s[1], height = s[2], width = s[3];
+  const int64_t cols = width / p, row_len = channels * p * p;
   const float* in = x.data<float>();
-  float* od = out.data<float>();
-#pragma omp parallel for num_threads(threads()) schedule(static) if (batch * rows > 64)
-  for (int64_t bi = 0; bi < batch * rows; ++bi) {
-    const int64_t b = bi / rows, i = bi % rows;
+  return {patch_rows(x, s[0], channels, height, width, p, [&](int64_t b, int64_t i, float* out) {
     for (int64_t c = 0; c < channels; ++c)
       for (int64_t y = 0; y < p; ++y) {
         const float* src = in + ((b * channels + c) * height + i * p + y) * width;
         for (int64_t j = 0; j < cols; ++j) {
-          float* dst = od + (bi * cols + j) * row_len + (c * p + y) * p;
+          float* dst = out + j * row_len + (c * p + y) * p;
           for (int64_t xo = 0; xo < p; ++xo) dst[xo] = src[j * p + xo];
         }
       }
-  }
-  return {out};
+  })};
 }
 
 std::vector<std::vector<int64_t>> PatchesInferShape(const std::vector<int64_t>& x, int64_t p) {
@@ -891,24 +897,19 @@ std::vector<paddle::Tensor> TokenPatchesForward(const paddle::Tensor& x, int64_t
   PD_CHECK(x.is_cpu() && x.dtype() == paddle::DataType::FLOAT32, "coat_token_patches takes CPU float32");
   const auto& s = x.shape();
   PD_CHECK(s.size() == 3 && s[1] == 1 + height * width && p > 0, "x must be [B, 1 + H * W, C]");
-  const int64_t batch = s[0], tokens = s[1], channels = s[2];
-  const int64_t rows = height / p, cols = width / p, row_len = channels * p * p;
-  auto out = paddle::empty({batch, rows * cols, row_len}, x.dtype(), x.place());
+  const int64_t tokens = s[1], channels = s[2];
+  const int64_t cols = width / p, row_len = channels * p * p;
   const float* in = x.data<float>();
-  float* od = out.data<float>();
-#pragma omp parallel for num_threads(threads()) schedule(static) if (batch * rows > 64)
-  for (int64_t bi = 0; bi < batch * rows; ++bi) {
-    const int64_t b = bi / rows, i = bi % rows;
+  return {patch_rows(x, s[0], channels, height, width, p, [&](int64_t b, int64_t i, float* out) {
     for (int64_t j = 0; j < cols; ++j) {
-      float* __restrict__ dst = od + (bi * cols + j) * row_len;
+      float* __restrict__ dst = out + j * row_len;
       for (int64_t y = 0; y < p; ++y)
         for (int64_t xo = 0; xo < p; ++xo) {
           const float* __restrict__ src = in + (b * tokens + 1 + (i * p + y) * width + j * p + xo) * channels;
           for (int64_t c = 0; c < channels; ++c) dst[(c * p + y) * p + xo] = src[c];
         }
     }
-  }
-  return {out};
+  })};
 }
 
 std::vector<std::vector<int64_t>> TokenPatchesInferShape(const std::vector<int64_t>& x, int64_t height,
