@@ -120,20 +120,13 @@ class PatchEmbed(nn.Layer):
         """Images [B, C, H, W], or with ``size`` the previous stage's tokens [B, 1 + H*W, C]
         of an image that size -> ([B, H/p * W/p, out] tokens, their grid size)."""
         p = self.patch_size
-        rows = None
-        if size is not None:
-            op = kernels.token_patches() if _compiled(x, traceable=True, size=size) else None
-            if op is not None:  # no [B, C, H, W] image in between (Paddle's transpose is slow)
-                rows = op(_dense(x), size[0], size[1], p)
-                size = (size[0] // p, size[1] // p)
-            else:
-                x = _tokens_to_map(x, size)
-        if rows is None:
-            patches = kernels.patches() if _compiled(x, traceable=True, size=x.shape[2:]) else None
-            if patches is not None:
-                rows = patches(_dense(x), p)
-                size = (x.shape[2] // p, x.shape[3] // p)
-        if rows is not None:  # the patches as rows of one matrix product: Paddle's conv is slow here
+        grid = x.shape[2:] if size is None else size
+        op = None
+        if _compiled(x, traceable=True, size=grid):  # the patches as rows of one matrix product
+            op = kernels.patches() if size is None else kernels.token_patches()
+        if op is not None:  # Paddle's conv is slow here, and its transpose of tokens to an image
+            rows = op(_dense(x), p) if size is None else op(_dense(x), size[0], size[1], p)
+            size = (grid[0] // p, grid[1] // p)
             weight = self.proj.weight.reshape([self.proj.weight.shape[0], -1])  # [out, C*p*p]
             product = kernels.patch_linear()
             if product is not None:  # MKL's product and the bias: deployed b8 4-7 % faster than oneDNN's
@@ -144,6 +137,8 @@ class PatchEmbed(nn.Layer):
             else:
                 x = x + self.proj.bias
             return layer_norm(self.norm, x), size  # [B, H*W, out]
+        if size is not None:
+            x = _tokens_to_map(x, size)
         x = self.proj(x)  # [B, C, H, W]
         size = (x.shape[2], x.shape[3])
         x = x.flatten(2).transpose([0, 2, 1])  # [B, H*W, C]
@@ -176,8 +171,8 @@ paddle.jit.ignore_module([kernels])  # their loader is plain Python, not for gra
 @contextlib.contextmanager
 def traced_kernels():
     """Within this block, graphs traced from a CoaT (``paddle.jit.to_static`` / ``save``) use the
-    compiled attention, cpe, LayerNorm, Linear and MLP ops; loading such a graph needs them
-    built and registered (:func:`paddle_model.export.create_predictor` does both)."""
+    compiled attention, cpe, LayerNorm, Linear, MLP and patch embedding ops; loading such a graph
+    needs them built and registered (:func:`paddle_model.export.create_predictor` does both)."""
     global _trace_kernels
     saved, _trace_kernels = _trace_kernels, True
     try:
