@@ -30,7 +30,15 @@
 #include <memory>
 #include <vector>
 
+#include <omp.h>
+
 #include "paddle/extension.h"
+
+#ifdef COAT_MKL
+// MKL's own setting for the calling thread (0: the process-wide one), from the MKL that Paddle
+// ships (libmklml_intel).
+extern "C" int MKL_Set_Num_Threads_Local(int count);
+#endif
 
 namespace {
 
@@ -44,6 +52,31 @@ int threads() {
   }();
   return n;
 }
+
+// One MKL thread for each thread of a parallel region of these ops, for the region's life.
+// MKL runs on Intel's OpenMP. Where these ops' OpenMP calls reach GNU OpenMP instead (torch
+// imported before Paddle loads them), MKL cannot see that the calling thread is already one of
+// a team: it starts a team of its own per call, and the cores are oversubscribed (a stage-2 MLP
+// of coat_lite_medium b8 in 128-row blocks, torch imported first: 96-102 -> 60-66 ms). Where
+// both reach Intel's runtime (Paddle alone) MKL sees the team itself and this changes nothing.
+// Outside a region (an ``if`` that kept it serial) MKL keeps all its threads.
+#ifdef COAT_MKL
+class MklOnThisThread {
+ public:
+  MklOnThisThread() : active_(omp_in_parallel()), before_(active_ ? MKL_Set_Num_Threads_Local(1) : 0) {}
+  ~MklOnThisThread() {
+    if (active_) MKL_Set_Num_Threads_Local(before_);
+  }
+  MklOnThisThread(const MklOnThisThread&) = delete;
+  MklOnThisThread& operator=(const MklOnThisThread&) = delete;
+
+ private:
+  bool active_;
+  int before_;
+};
+#else
+struct MklOnThisThread {};  // no MKL in the build: nothing to set
+#endif
 
 // exp(x) for x <= 0 without a library call, so that loops over it vectorise: 2^n * e^r with
 // |r| <= ln2 / 2 and a degree-6 Taylor polynomial (relative error below 2e-7).
@@ -275,6 +308,7 @@ paddle::Tensor linear(const paddle::Tensor& x, const paddle::Tensor& weight, con
     for (int t = 0; t < nt; ++t) {
       const int64_t c0 = std::min(n, t * band), cols = std::min(band, n - c0);
       if (cols <= 0) continue;
+      [[maybe_unused]] MklOnThisThread one;
       cblas_sgemm(kRowMajor, kNoTrans, trans_w, m, cols, k, 1.0f, a, k, w + c0 * (out_in ? k : 1), ldw, 0.0f,
                   c + c0, n);
       for (int64_t r = 0; r < m; ++r) finish(r, c0, cols);
@@ -319,6 +353,7 @@ std::vector<paddle::Tensor> MlpForward(const paddle::Tensor& x, const paddle::Te
 #pragma omp parallel num_threads(threads())
   {
     std::unique_ptr<float[]> hidden(new float[kBlockRows * h]);  // per thread
+    [[maybe_unused]] MklOnThisThread one;
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < blocks; ++t) {
       const int64_t r0 = t * kBlockRows, rows = std::min(kBlockRows, m - r0);
@@ -686,6 +721,7 @@ void factor_attn_rows(const float* in, int64_t batch, int64_t tokens, int64_t he
 #pragma omp parallel num_threads(threads()) if (tokens * C > 4096)
   {
     std::unique_ptr<float[]> e(new float[tokens * Ch]);  // per thread
+    [[maybe_unused]] MklOnThisThread one;
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < batch * heads; ++t) {
       const float* x = in + (t / heads) * tokens * 3 * C + (t % heads) * Ch;
@@ -746,6 +782,7 @@ std::vector<paddle::Tensor> FactorAttnForward(const paddle::Tensor& qkv,
 #pragma omp parallel num_threads(threads()) if (tokens * C > 4096)
   {
     std::unique_ptr<float[]> scratch(new float[4 * Ch * tokens]);  // per thread
+    [[maybe_unused]] MklOnThisThread one;
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < tasks; ++t) {
       const int64_t b = t / heads, h = t % heads;
