@@ -94,15 +94,21 @@ def test_bias_act_equals_torch_in_place(gelu):
     x = (rng.standard_normal((2, 197, 96)) * 3).astype(np.float32)
     x[0, 0, :8] = [-12, -6, -1e-4, 0, 1e-4, 6, 12, 40]  # tails and the centre
     b = rng.standard_normal(96).astype(np.float32)
-    expected = torch.from_numpy(x).double() + torch.from_numpy(b).double()
-    if gelu:
-        expected = F.gelu(expected)  # exact erf GELU, in float64
+    x[1] = np.linspace(-12, 12, 197 * 96).reshape(197, 96) - b  # every GELU input on a fine grid
+    sums = torch.from_numpy(x).double() + torch.from_numpy(b).double()
+    expected = F.gelu(sums) if gelu else sums  # exact erf GELU, in float64
     t = paddle.to_tensor(x)
     out = kernels.bias_act_()(t, paddle.to_tensor(b), gelu)
     assert np.array_equal(t.numpy(), out.numpy()) and not np.array_equal(t.numpy(), x)  # in place
     err = np.abs(out.numpy() - expected.numpy())
     assert float(err.max()) <= 2e-6 * float(np.abs(expected.numpy()).max())
-    assert float((err / np.maximum(np.abs(expected.numpy()), 1e-3)).max()) <= 1e-5
+    # within float rounding of the input's scale, as torch's own float GELU (2.7e-7 |x| here);
+    # the negative tail's relative error is that of 1 + erf near -1, in torch too
+    bound = 3e-7 * np.abs(sums.numpy()) + (1e-7 if gelu else 0.0)
+    assert bool((err <= bound).all()), float((err - bound).max())
+    if gelu:
+        torch_err = np.abs(F.gelu(sums.float()).double().numpy() - expected.numpy())
+        assert bool((torch_err <= bound).all())  # the bound is one torch's float GELU meets too
 
 
 @pytest.mark.parametrize("height, width, p", [(56, 56, 2), (7, 9, 2), (5, 6, 4)])
