@@ -171,7 +171,7 @@ paddle.jit.ignore_module([kernels])  # their loader is plain Python, not for gra
 @contextlib.contextmanager
 def traced_kernels():
     """Within this block, graphs traced from a CoaT (``paddle.jit.to_static`` / ``save``) use the
-    compiled attention, cpe, LayerNorm, Linear, MLP and patch embedding ops; loading such a graph
+    compiled attention, cpe, LayerNorm, Linear, MLP, patch embedding and resampling ops; loading such a graph
     needs them built and registered (:func:`paddle_model.export.create_predictor` does both)."""
     global _trace_kernels
     saved, _trace_kernels = _trace_kernels, True
@@ -353,16 +353,22 @@ def _bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=256)
-def _bilinear_taps(n_in: int, n_out: int) -> tuple[paddle.Tensor, paddle.Tensor]:
-    """:func:`_bilinear_matrix` as (source indices, weights), each [n_out, 2]: its two taps,
-    as the tensors the compiled resampling takes (made once per size pair)."""
+def _bilinear_tap_arrays(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_bilinear_matrix` as (source indices, weights), each [n_out, 2]: its two taps."""
     m = _bilinear_matrix(n_in, n_out)
     idx = np.zeros((n_out, 2), np.int64)
     w = np.zeros((n_out, 2), np.float32)
     for row in range(n_out):
         taps = np.flatnonzero(m[row])
         idx[row, :len(taps)], w[row, :len(taps)] = taps, m[row, taps]
-    return paddle.to_tensor(idx, place=paddle.CPUPlace()), paddle.to_tensor(w, place=paddle.CPUPlace())
+    return idx, w
+
+
+@lru_cache(maxsize=256)
+def _bilinear_taps(n_in: int, n_out: int) -> tuple[paddle.Tensor, paddle.Tensor]:
+    """:func:`_bilinear_tap_arrays` as the tensors the compiled resampling takes, made once per
+    size pair (eager runs only: a traced graph holds its own constants)."""
+    return tuple(paddle.to_tensor(a, place=paddle.CPUPlace()) for a in _bilinear_tap_arrays(n_in, n_out))
 
 
 def _bilinear_matrix_ops(n_in, n_out) -> paddle.Tensor:
@@ -389,9 +395,13 @@ def resample_tokens(x: paddle.Tensor, size: tuple[int, int], target: tuple[int, 
     """
     (H, W), (Ho, Wo) = size, target
     B, C = x.shape[0], x.shape[2]
-    op = kernels.resample() if _compiled(x) else None
+    op = kernels.resample() if _compiled(x, traceable=True, size=(H, W, Ho, Wo)) else None
     if op is not None:
-        return op(_dense(x), *_bilinear_taps(H, Ho), *_bilinear_taps(W, Wo), H, W)
+        if paddle.in_dynamic_mode():
+            taps = _bilinear_taps(H, Ho) + _bilinear_taps(W, Wo)
+        else:  # a graph traced at a fixed size: the taps become its constants
+            taps = [paddle.to_tensor(a) for a in _bilinear_tap_arrays(H, Ho) + _bilinear_tap_arrays(W, Wo)]
+        return op(_dense(x), *taps, H, W)
     if paddle.in_dynamic_mode():
         ry = paddle.to_tensor(_bilinear_matrix(H, Ho), dtype=x.dtype)  # [Ho, H]
         rx = paddle.to_tensor(_bilinear_matrix(W, Wo), dtype=x.dtype)  # [Wo, W]

@@ -4,8 +4,8 @@
 
 writes ``out/coat_lite_small.json`` and ``.pdiparams`` (Paddle Inference, ``paddle.jit.load``),
 with dynamic batch, height and width and Paddle's own ops only. ``--kernels`` puts the compiled
-attention, cpe, LayerNorm, Linear, MLP and patch embedding ops of :mod:`paddle_model.kernels`
-into the graph instead, for a fixed input size (``--size``, default the variant's); such a
+attention, cpe, LayerNorm, Linear, MLP, patch embedding and resampling ops of
+:mod:`paddle_model.kernels` into the graph instead, for a fixed input size (``--size``, default the variant's); such a
 model runs only where those ops are built and registered, which :func:`create_predictor` does.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from .variants import VARIANTS, get_variant
 # the op names a graph exported with kernels=True refers to
 _KERNEL_OPS = ("coat_factor_attn", "coat_conv_pos_enc", "coat_layer_norm", "coat_linear",
                "coat_linear_add", "coat_mlp", "coat_patches", "coat_token_patches",
-               "coat_patch_linear")
+               "coat_patch_linear", "coat_resample")
 
 
 def export(variant: str, weights: str | Path | None, prefix: str | Path, kernels: bool = False,

@@ -17,6 +17,7 @@ from PIL import Image
 import paddle_model
 from converter import release as release_module
 from paddle_model import export as export_module
+from paddle_model.variants import get_variant
 from reference.checkpoints import seeded_model
 from reference.parity import verify_conversion
 
@@ -159,9 +160,12 @@ def test_export_with_kernels_runs_them_in_paddle_inference(name, converted, tmp_
     assert "[N, 3, 96, 96]" in result.stdout
     assert export_module.uses_kernels(tmp_path / "model")
     graph = (tmp_path / "model.json").read_text()
-    assert all(op in graph for op in ("coat_factor_attn", "coat_conv_pos_enc", "coat_layer_norm",
-                                      "coat_linear", "coat_linear_add", "coat_mlp", "coat_patches",
-                                      "coat_token_patches", "coat_patch_linear"))
+    expected_ops = ["coat_factor_attn", "coat_conv_pos_enc", "coat_layer_norm", "coat_linear",
+                    "coat_linear_add", "coat_mlp", "coat_patches", "coat_token_patches", "coat_patch_linear"]
+    if get_variant(name).parallel_depth:  # the parallel blocks' exchange between scales
+        expected_ops.append("coat_resample")
+    assert all(f'.{op}"' in graph for op in expected_ops), expected_ops
+    assert sorted(export_module.kernel_ops(tmp_path / "model")) == sorted(expected_ops)
     predictor = export_module.create_predictor(tmp_path / "model", threads=2)
     eager = paddle_model.create_model(name, pretrained=weights)
     eager.eval()
