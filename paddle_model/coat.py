@@ -171,8 +171,9 @@ paddle.jit.ignore_module([kernels])  # their loader is plain Python, not for gra
 @contextlib.contextmanager
 def traced_kernels():
     """Within this block, graphs traced from a CoaT (``paddle.jit.to_static`` / ``save``) use the
-    compiled attention, cpe, LayerNorm, Linear, MLP, patch embedding and resampling ops; loading such a graph
-    needs them built and registered (:func:`paddle_model.export.create_predictor` does both)."""
+    compiled attention, cpe, LayerNorm, Linear, MLP, patch embedding and resampling ops; loading
+    such a graph needs them built and registered (:func:`paddle_model.export.create_predictor`
+    does both)."""
     global _trace_kernels
     saved, _trace_kernels = _trace_kernels, True
     try:

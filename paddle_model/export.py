@@ -5,8 +5,9 @@
 writes ``out/coat_lite_small.json`` and ``.pdiparams`` (Paddle Inference, ``paddle.jit.load``),
 with dynamic batch, height and width and Paddle's own ops only. ``--kernels`` puts the compiled
 attention, cpe, LayerNorm, Linear, MLP, patch embedding and resampling ops of
-:mod:`paddle_model.kernels` into the graph instead, for a fixed input size (``--size``, default the variant's); such a
-model runs only where those ops are built and registered, which :func:`create_predictor` does.
+:mod:`paddle_model.kernels` into the graph instead, for a fixed input size (``--size``, default
+the variant's); such a model runs only where those ops are built and registered, which
+:func:`create_predictor` does.
 """
 from __future__ import annotations
 

@@ -99,17 +99,19 @@ inline float exp_nonpositive(float x) {
 }
 
 // Exact (erf) GELU, x/2 (1 + erf(x / sqrt 2)), with erf(z) = z P(z^2) / Q(z^2) on |z| <= 4, a
-// rational fit made for this file (relative error below 1e-7 in double; beyond 4, erf rounds to
-// +-1 in float). In float its error is within 2.5e-7 |x| of the exact value on [-12, 12], as
-// torch's float GELU (2.7e-7 |x|): both round 1 + erf near -1 in the negative tail. No exp and
-// one division: 0.63 ns per element against 1.5 for the erfc-and-exp form this replaced.
+// rational fit made for this file (least squares on the relative error of erf(z) / z, reweighted
+// by 1 / Q until it settles, on Chebyshev and uniform points of [0, 4]; relative error below
+// 1e-7 in double; beyond 4, erf rounds to +-1 in float). In float its error is within
+// 2.5e-7 |x| of the exact value on [-12, 12], as torch's float GELU (2.7e-7 |x|): both round
+// 1 + erf near -1 in the negative tail. No exp and one division: 0.63 ns per element against
+// 1.5 for the erfc-and-exp form this replaced.
 inline float gelu(float x) {
   const float z = std::min(std::max(x * 0.70710678118654752f, -4.0f), 4.0f), s = z * z;
-  const float p = 1.1283791352866557f + s * (2.0241230061058935e-01f + s * (5.0886643107065033e-02f +
-                  s * (3.7909866574562584e-03f + s * (1.4265217717898313e-04f + s * (-1.9292223905030548e-06f +
-                  s * 1.9298529913003293e-08f)))));
-  const float q = 1.0f + s * (5.1271517590625015e-01f + s * (1.1601030090240269e-01f + s * (1.4550020575149676e-02f +
-                  s * 9.7331457601811512e-04f)));
+  const float p = 1.1283791352866557f +
+                  s * (2.0241230061058935e-01f + s * (5.0886643107065033e-02f + s * (3.7909866574562584e-03f +
+                  s * (1.4265217717898313e-04f + s * (-1.9292223905030548e-06f + s * 1.9298529913003293e-08f)))));
+  const float q = 1.0f + s * (5.1271517590625015e-01f + s * (1.1601030090240269e-01f +
+                  s * (1.4550020575149676e-02f + s * 9.7331457601811512e-04f)));
   const float half = 0.5f * x;
   return half + half * (z * p / q);
 }
