@@ -159,13 +159,11 @@ def test_export_with_kernels_runs_them_in_paddle_inference(name, converted, tmp_
     assert result.returncode == 0, result.stderr
     assert "[N, 3, 96, 96]" in result.stdout
     assert export_module.uses_kernels(tmp_path / "model")
-    graph = (tmp_path / "model.json").read_text()
     expected_ops = ["coat_factor_attn", "coat_conv_pos_enc", "coat_layer_norm", "coat_linear",
                     "coat_linear_add", "coat_mlp", "coat_patches", "coat_token_patches", "coat_patch_linear"]
     if get_variant(name).parallel_depth:  # the parallel blocks' exchange between scales
         expected_ops.append("coat_resample")
-    assert all(f'.{op}"' in graph for op in expected_ops), expected_ops
-    assert sorted(export_module.kernel_ops(tmp_path / "model")) == sorted(expected_ops)
+    assert sorted(export_module.kernel_ops(tmp_path / "model")) == sorted(expected_ops)  # no more, no fewer
     predictor = export_module.create_predictor(tmp_path / "model", threads=2)
     eager = paddle_model.create_model(name, pretrained=weights)
     eager.eval()
