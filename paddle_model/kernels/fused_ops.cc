@@ -117,6 +117,15 @@ inline float gelu(float x) {
   return half + half * (z * p / q);
 }
 
+// Eight floats in one AVX register (GCC/Clang vector extension; two SSE ones elsewhere).
+typedef float f8 __attribute__((vector_size(32)));
+inline f8 load8(const float* p) {
+  f8 x;
+  std::memcpy(&x, p, sizeof x);
+  return x;
+}
+inline void store8(float* p, f8 x) { std::memcpy(p, &x, sizeof x); }
+
 // CoaT's position encodings (cpe 3x3, crpe 3x3/5x5/7x7) are depthwise convolutions: stride 1,
 // "same" zero padding, odd square kernels. Paddle's CPU kernel runs them 10-36x slower than
 // torch's. Here they run on the token rows as they lie (depthwise_pixel below); each sum
@@ -144,22 +153,36 @@ void scatter_planes(const float* planes, int64_t n, int64_t channels, float* row
 }
 
 // Channels [c0, c0 + L) of the depthwise convolution at one pixel; L fixed, so the sums stay
-// in registers. Taps outside the image are left out (zero padding).
+// in registers (as vectors where L is a multiple of 8: GCC keeps a float array's sums in
+// memory between taps). Taps outside the image are left out (zero padding).
 template <int64_t L>
 inline void depthwise_chunk(const float* __restrict__ img, int64_t stride, int64_t i, int64_t j,
                             int64_t width, int64_t k, int64_t di0, int64_t di1, int64_t dj0,
                             int64_t dj1, const float* __restrict__ wt, int64_t n,
                             const float* __restrict__ bias, int64_t c0, float* __restrict__ out) {
   const int64_t pad = k / 2;
-  float acc[L];
-  for (int64_t l = 0; l < L; ++l) acc[l] = bias[c0 + l];
-  for (int64_t di = di0; di < di1; ++di)
-    for (int64_t dj = dj0; dj < dj1; ++dj) {
-      const float* src = img + ((i + di - pad) * width + (j + dj - pad)) * stride + c0;
-      const float* w = wt + (di * k + dj) * n + c0;
-      for (int64_t l = 0; l < L; ++l) acc[l] += w[l] * src[l];
-    }
-  for (int64_t l = 0; l < L; ++l) out[c0 + l] = acc[l];
+  if constexpr (L % 8 == 0) {
+    constexpr int64_t V = L / 8;
+    f8 acc[V];
+    for (int64_t l = 0; l < V; ++l) acc[l] = load8(bias + c0 + 8 * l);
+    for (int64_t di = di0; di < di1; ++di)
+      for (int64_t dj = dj0; dj < dj1; ++dj) {
+        const float* src = img + ((i + di - pad) * width + (j + dj - pad)) * stride + c0;
+        const float* w = wt + (di * k + dj) * n + c0;
+        for (int64_t l = 0; l < V; ++l) acc[l] += load8(w + 8 * l) * load8(src + 8 * l);
+      }
+    for (int64_t l = 0; l < V; ++l) store8(out + c0 + 8 * l, acc[l]);
+  } else {
+    float acc[L];
+    for (int64_t l = 0; l < L; ++l) acc[l] = bias[c0 + l];
+    for (int64_t di = di0; di < di1; ++di)
+      for (int64_t dj = dj0; dj < dj1; ++dj) {
+        const float* src = img + ((i + di - pad) * width + (j + dj - pad)) * stride + c0;
+        const float* w = wt + (di * k + dj) * n + c0;
+        for (int64_t l = 0; l < L; ++l) acc[l] += w[l] * src[l];
+      }
+    for (int64_t l = 0; l < L; ++l) out[c0 + l] = acc[l];
+  }
 }
 
 // depthwise_pixel: the convolution at one pixel (i, j) of an image kept as token rows
@@ -182,26 +205,45 @@ inline void depthwise_pixel(const float* img, int64_t stride, int64_t i, int64_t
 
 // Channels [c0, c0 + L) at P neighbouring pixels (i, j..j+P) of one row, all of whose column
 // taps lie inside the image: each tap's weights are loaded once for the P pixels. The sums
-// are those of depthwise_chunk (bias, then the taps in order).
+// are those of depthwise_chunk (bias, then the taps in order), in vector registers where L
+// is a multiple of 8.
 template <int64_t L, int64_t P>
 inline void depthwise_run(const float* __restrict__ img, int64_t stride, int64_t i, int64_t j,
                           int64_t width, int64_t k, int64_t di0, int64_t di1,
                           const float* __restrict__ wt, int64_t n, const float* __restrict__ bias,
                           int64_t c0, float* __restrict__ out, int64_t out_stride) {
   const int64_t pad = k / 2;
-  float acc[P][L];
-  for (int64_t p = 0; p < P; ++p)
-    for (int64_t l = 0; l < L; ++l) acc[p][l] = bias[c0 + l];
-  for (int64_t di = di0; di < di1; ++di) {
-    const float* row = img + ((i + di - pad) * width + (j - pad)) * stride + c0;
-    for (int64_t dj = 0; dj < k; ++dj) {
-      const float* w = wt + (di * k + dj) * n + c0;
-      for (int64_t p = 0; p < P; ++p)
-        for (int64_t l = 0; l < L; ++l) acc[p][l] += w[l] * row[(dj + p) * stride + l];
+  if constexpr (L % 8 == 0) {
+    constexpr int64_t V = L / 8;
+    f8 acc[P][V];
+    for (int64_t p = 0; p < P; ++p)
+      for (int64_t l = 0; l < V; ++l) acc[p][l] = load8(bias + c0 + 8 * l);
+    for (int64_t di = di0; di < di1; ++di) {
+      const float* row = img + ((i + di - pad) * width + (j - pad)) * stride + c0;
+      for (int64_t dj = 0; dj < k; ++dj) {
+        f8 w[V];
+        for (int64_t l = 0; l < V; ++l) w[l] = load8(wt + (di * k + dj) * n + c0 + 8 * l);
+        for (int64_t p = 0; p < P; ++p)
+          for (int64_t l = 0; l < V; ++l) acc[p][l] += w[l] * load8(row + (dj + p) * stride + 8 * l);
+      }
     }
+    for (int64_t p = 0; p < P; ++p)
+      for (int64_t l = 0; l < V; ++l) store8(out + p * out_stride + c0 + 8 * l, acc[p][l]);
+  } else {
+    float acc[P][L];
+    for (int64_t p = 0; p < P; ++p)
+      for (int64_t l = 0; l < L; ++l) acc[p][l] = bias[c0 + l];
+    for (int64_t di = di0; di < di1; ++di) {
+      const float* row = img + ((i + di - pad) * width + (j - pad)) * stride + c0;
+      for (int64_t dj = 0; dj < k; ++dj) {
+        const float* w = wt + (di * k + dj) * n + c0;
+        for (int64_t p = 0; p < P; ++p)
+          for (int64_t l = 0; l < L; ++l) acc[p][l] += w[l] * row[(dj + p) * stride + l];
+      }
+    }
+    for (int64_t p = 0; p < P; ++p)
+      for (int64_t l = 0; l < L; ++l) out[p * out_stride + c0 + l] = acc[p][l];
   }
-  for (int64_t p = 0; p < P; ++p)
-    for (int64_t l = 0; l < L; ++l) out[p * out_stride + c0 + l] = acc[p][l];
 }
 
 // The convolution along image row i for channels [0, n): pixel j's n sums go to
@@ -622,17 +664,32 @@ void add_crpe_row(const float* qkv, int64_t C, int64_t i, int64_t height, int64_
 // takes 122 instead of 201 ms of coat_lite_medium batch 8, 27 instead of 60 of coat_lite_tiny.
 constexpr int64_t kChunk = 128;  // tokens per partial sum: sums of 3137 terms keep their digits
 
-// Eight floats in one AVX register (GCC/Clang vector extension; two SSE ones elsewhere).
-typedef float f8 __attribute__((vector_size(32)));
-inline f8 load8(const float* p) {
-  f8 x;
-  std::memcpy(&x, p, sizeof x);
-  return x;
+
+// kv += e^T v over ``count`` tokens (one chunk); e: [count, Ch], v: rows ``stride`` apart;
+// R rows of kv at a time in registers, one partial sum per row and channel for the chunk. The
+// chunk's rows of e and v stay in cache for the Ch / R passes.
+template <int V>
+void chunk_kv(const float* __restrict__ e, const float* __restrict__ v, int64_t stride, int64_t count,
+              float* __restrict__ kv) {
+  constexpr int64_t Ch = 8 * V, R = V == 1 ? 8 : V == 2 ? 4 : V <= 4 ? 2 : 1;
+  for (int64_t r0 = 0; r0 < Ch; r0 += R) {
+    f8 part[R][V] = {};
+    for (int64_t n = 0; n < count; ++n) {
+      f8 row[V];
+      for (int64_t l = 0; l < V; ++l) row[l] = load8(v + n * stride + 8 * l);
+      for (int64_t r = 0; r < R; ++r) {
+        const f8 a = f8{} + e[n * Ch + r0 + r];
+        for (int64_t l = 0; l < V; ++l) part[r][l] += a * row[l];
+      }
+    }
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t c = 0; c < Ch; ++c) kv[(r0 + r) * Ch + c] += part[r][c / 8][c % 8];
+  }
 }
-inline void store8(float* p, f8 x) { std::memcpy(p, &x, sizeof x); }
 
 // kv = diag(scale / sum_n e) e^T v for one head, e = exp(k - max_n k) per channel; k, v: the
 // head's channels of token 0, rows ``stride`` apart. e: scratch [tokens, Ch]; kv: [Ch, Ch].
+// Sums run over chunks of kChunk tokens, each chunk's sums added in order.
 template <int V>
 void head_kv(const float* __restrict__ k, const float* __restrict__ v, int64_t stride, int64_t tokens,
              float scale, float* __restrict__ e, float* __restrict__ kv) {
@@ -645,46 +702,32 @@ void head_kv(const float* __restrict__ k, const float* __restrict__ v, int64_t s
       most[l] = x > most[l] ? x : most[l];
     }
   }
+  // by MKL on this thread from 40 channels, over all tokens at once: the loops win at 32
+  // (9.5 against 11.5 ms at [8, 785, 768]) and lose at 40 (0.30 against 0.23 ms at [1, 197, 960])
+#ifdef COAT_MKL
+  constexpr bool by_mkl = Ch >= 40;
+#else
+  constexpr bool by_mkl = false;
+#endif
   float top[Ch], total[Ch] = {};
   for (int64_t c = 0; c < Ch; ++c) top[c] = most[c / 8][c % 8];
+  std::fill(kv, kv + Ch * Ch, 0.0f);
   for (int64_t n0 = 0; n0 < tokens; n0 += kChunk) {
+    const int64_t n1 = std::min(tokens, n0 + kChunk);
     float part[Ch] = {};
-    for (int64_t n = n0; n < std::min(tokens, n0 + kChunk); ++n)
+    for (int64_t n = n0; n < n1; ++n)
       for (int64_t c = 0; c < Ch; ++c) {
         const float x = exp_nonpositive(k[n * stride + c] - top[c]);
         e[n * Ch + c] = x;
         part[c] += x;
       }
     for (int64_t c = 0; c < Ch; ++c) total[c] += part[c];
+    // the chunk's share of kv while its rows of e and v are in cache
+    if (!by_mkl) chunk_kv<V>(e + n0 * Ch, v + n0 * stride, stride, n1 - n0, kv);
   }
 #ifdef COAT_MKL
-  // by MKL on this thread from 40 channels: the loops below win at 32 (9.5 against 11.5 ms at
-  // [8, 785, 768]) and lose at 40 (0.30 against 0.23 ms at [1, 197, 960])
-  if (Ch >= 40) {
-    cblas_sgemm(kRowMajor, kTrans, kNoTrans, Ch, Ch, tokens, 1.0f, e, Ch, v, stride, 0.0f, kv, Ch);
-  } else
+  if (by_mkl) cblas_sgemm(kRowMajor, kTrans, kNoTrans, Ch, Ch, tokens, 1.0f, e, Ch, v, stride, 0.0f, kv, Ch);
 #endif
-  {
-    // R rows of kv at a time in registers, one partial sum per chunk of tokens
-    constexpr int64_t R = V == 1 ? 8 : V == 2 ? 4 : V <= 4 ? 2 : 1;
-    for (int64_t r0 = 0; r0 < Ch; r0 += R) {
-      float sum[R][Ch] = {};
-      for (int64_t n0 = 0; n0 < tokens; n0 += kChunk) {
-        f8 part[R][V] = {};
-        for (int64_t n = n0; n < std::min(tokens, n0 + kChunk); ++n) {
-          f8 row[V];
-          for (int64_t l = 0; l < V; ++l) row[l] = load8(v + n * stride + 8 * l);
-          for (int64_t r = 0; r < R; ++r) {
-            const f8 a = f8{} + e[n * Ch + r0 + r];
-            for (int64_t l = 0; l < V; ++l) part[r][l] += a * row[l];
-          }
-        }
-        for (int64_t r = 0; r < R; ++r)
-          for (int64_t c = 0; c < Ch; ++c) sum[r][c] += part[r][c / 8][c % 8];
-      }
-      for (int64_t r = 0; r < R; ++r) std::copy(sum[r], sum[r] + Ch, kv + (r0 + r) * Ch);
-    }
-  }
   for (int64_t c1 = 0; c1 < Ch; ++c1)
     for (int64_t c2 = 0; c2 < Ch; ++c2) kv[c1 * Ch + c2] *= scale / total[c1];
 }
