@@ -10,6 +10,9 @@ import time
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MKL_DEBUG_CPU_TYPE", "MALLOC_MMAP_THRESHOLD_",
                "MALLOC_TRIM_THRESHOLD_", "FLAGS_use_mkldnn")
+# the 2-core settings of the inference benchmarks (bench_inference.py's docstring says why)
+TUNED_ENV = {"MKL_NUM_THREADS": "2", "OMP_NUM_THREADS": "1", "MKL_DEBUG_CPU_TYPE": "5",
+             "MALLOC_MMAP_THRESHOLD_": "1073741824", "MALLOC_TRIM_THRESHOLD_": "1073741824"}
 
 
 def run_child(code: str, *args: str, env: dict | None = None) -> tuple[float, int, str]:

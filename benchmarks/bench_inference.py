@@ -29,11 +29,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, median, run_child  # noqa: E402
+from _common import TUNED_ENV, machine, median, run_child  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-TUNED_ENV = {"MKL_NUM_THREADS": "2", "OMP_NUM_THREADS": "1", "MKL_DEBUG_CPU_TYPE": "5",
-             "MALLOC_MMAP_THRESHOLD_": "1073741824", "MALLOC_TRIM_THRESHOLD_": "1073741824"}
 
 PRELUDE = f"""
 import json, sys, time, warnings
