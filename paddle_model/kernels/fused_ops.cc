@@ -28,6 +28,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #include <omp.h>
@@ -126,6 +127,19 @@ inline f8 load8(const float* p) {
 }
 inline void store8(float* p, f8 x) { std::memcpy(p, &x, sizeof x); }
 
+// The sums of L channels: in vectors of 8 where L allows (GCC keeps a float array's sums in
+// memory between the steps of a loop), else in floats; load_lanes / store_lanes move either.
+template <int64_t L>
+using Lanes = std::conditional_t<L % 8 == 0, f8, float>;
+template <typename T>
+inline T load_lanes(const float* p);
+template <>
+inline f8 load_lanes<f8>(const float* p) { return load8(p); }
+template <>
+inline float load_lanes<float>(const float* p) { return *p; }
+inline void store_lanes(float* p, f8 x) { store8(p, x); }
+inline void store_lanes(float* p, float x) { *p = x; }
+
 // CoaT's position encodings (cpe 3x3, crpe 3x3/5x5/7x7) are depthwise convolutions: stride 1,
 // "same" zero padding, odd square kernels. Paddle's CPU kernel runs them 10-36x slower than
 // torch's. Here they run on the token rows as they lie (depthwise_pixel below); each sum
@@ -153,36 +167,24 @@ void scatter_planes(const float* planes, int64_t n, int64_t channels, float* row
 }
 
 // Channels [c0, c0 + L) of the depthwise convolution at one pixel; L fixed, so the sums stay
-// in registers (as vectors where L is a multiple of 8: GCC keeps a float array's sums in
-// memory between taps). Taps outside the image are left out (zero padding).
+// in registers. Taps outside the image are left out (zero padding).
 template <int64_t L>
 inline void depthwise_chunk(const float* __restrict__ img, int64_t stride, int64_t i, int64_t j,
                             int64_t width, int64_t k, int64_t di0, int64_t di1, int64_t dj0,
                             int64_t dj1, const float* __restrict__ wt, int64_t n,
                             const float* __restrict__ bias, int64_t c0, float* __restrict__ out) {
+  using T = Lanes<L>;
+  constexpr int64_t W = sizeof(T) / sizeof(float), V = L / W;
   const int64_t pad = k / 2;
-  if constexpr (L % 8 == 0) {
-    constexpr int64_t V = L / 8;
-    f8 acc[V];
-    for (int64_t l = 0; l < V; ++l) acc[l] = load8(bias + c0 + 8 * l);
-    for (int64_t di = di0; di < di1; ++di)
-      for (int64_t dj = dj0; dj < dj1; ++dj) {
-        const float* src = img + ((i + di - pad) * width + (j + dj - pad)) * stride + c0;
-        const float* w = wt + (di * k + dj) * n + c0;
-        for (int64_t l = 0; l < V; ++l) acc[l] += load8(w + 8 * l) * load8(src + 8 * l);
-      }
-    for (int64_t l = 0; l < V; ++l) store8(out + c0 + 8 * l, acc[l]);
-  } else {
-    float acc[L];
-    for (int64_t l = 0; l < L; ++l) acc[l] = bias[c0 + l];
-    for (int64_t di = di0; di < di1; ++di)
-      for (int64_t dj = dj0; dj < dj1; ++dj) {
-        const float* src = img + ((i + di - pad) * width + (j + dj - pad)) * stride + c0;
-        const float* w = wt + (di * k + dj) * n + c0;
-        for (int64_t l = 0; l < L; ++l) acc[l] += w[l] * src[l];
-      }
-    for (int64_t l = 0; l < L; ++l) out[c0 + l] = acc[l];
-  }
+  T acc[V];
+  for (int64_t l = 0; l < V; ++l) acc[l] = load_lanes<T>(bias + c0 + W * l);
+  for (int64_t di = di0; di < di1; ++di)
+    for (int64_t dj = dj0; dj < dj1; ++dj) {
+      const float* src = img + ((i + di - pad) * width + (j + dj - pad)) * stride + c0;
+      const float* w = wt + (di * k + dj) * n + c0;
+      for (int64_t l = 0; l < V; ++l) acc[l] += load_lanes<T>(w + W * l) * load_lanes<T>(src + W * l);
+    }
+  for (int64_t l = 0; l < V; ++l) store_lanes(out + c0 + W * l, acc[l]);
 }
 
 // depthwise_pixel: the convolution at one pixel (i, j) of an image kept as token rows
@@ -205,45 +207,29 @@ inline void depthwise_pixel(const float* img, int64_t stride, int64_t i, int64_t
 
 // Channels [c0, c0 + L) at P neighbouring pixels (i, j..j+P) of one row, all of whose column
 // taps lie inside the image: each tap's weights are loaded once for the P pixels. The sums
-// are those of depthwise_chunk (bias, then the taps in order), in vector registers where L
-// is a multiple of 8.
+// are those of depthwise_chunk (bias, then the taps in order).
 template <int64_t L, int64_t P>
 inline void depthwise_run(const float* __restrict__ img, int64_t stride, int64_t i, int64_t j,
                           int64_t width, int64_t k, int64_t di0, int64_t di1,
                           const float* __restrict__ wt, int64_t n, const float* __restrict__ bias,
                           int64_t c0, float* __restrict__ out, int64_t out_stride) {
+  using T = Lanes<L>;
+  constexpr int64_t W = sizeof(T) / sizeof(float), V = L / W;
   const int64_t pad = k / 2;
-  if constexpr (L % 8 == 0) {
-    constexpr int64_t V = L / 8;
-    f8 acc[P][V];
-    for (int64_t p = 0; p < P; ++p)
-      for (int64_t l = 0; l < V; ++l) acc[p][l] = load8(bias + c0 + 8 * l);
-    for (int64_t di = di0; di < di1; ++di) {
-      const float* row = img + ((i + di - pad) * width + (j - pad)) * stride + c0;
-      for (int64_t dj = 0; dj < k; ++dj) {
-        f8 w[V];
-        for (int64_t l = 0; l < V; ++l) w[l] = load8(wt + (di * k + dj) * n + c0 + 8 * l);
-        for (int64_t p = 0; p < P; ++p)
-          for (int64_t l = 0; l < V; ++l) acc[p][l] += w[l] * load8(row + (dj + p) * stride + 8 * l);
-      }
+  T acc[P][V];
+  for (int64_t p = 0; p < P; ++p)
+    for (int64_t l = 0; l < V; ++l) acc[p][l] = load_lanes<T>(bias + c0 + W * l);
+  for (int64_t di = di0; di < di1; ++di) {
+    const float* row = img + ((i + di - pad) * width + (j - pad)) * stride + c0;
+    for (int64_t dj = 0; dj < k; ++dj) {
+      T w[V];
+      for (int64_t l = 0; l < V; ++l) w[l] = load_lanes<T>(wt + (di * k + dj) * n + c0 + W * l);
+      for (int64_t p = 0; p < P; ++p)
+        for (int64_t l = 0; l < V; ++l) acc[p][l] += w[l] * load_lanes<T>(row + (dj + p) * stride + W * l);
     }
-    for (int64_t p = 0; p < P; ++p)
-      for (int64_t l = 0; l < V; ++l) store8(out + p * out_stride + c0 + 8 * l, acc[p][l]);
-  } else {
-    float acc[P][L];
-    for (int64_t p = 0; p < P; ++p)
-      for (int64_t l = 0; l < L; ++l) acc[p][l] = bias[c0 + l];
-    for (int64_t di = di0; di < di1; ++di) {
-      const float* row = img + ((i + di - pad) * width + (j - pad)) * stride + c0;
-      for (int64_t dj = 0; dj < k; ++dj) {
-        const float* w = wt + (di * k + dj) * n + c0;
-        for (int64_t p = 0; p < P; ++p)
-          for (int64_t l = 0; l < L; ++l) acc[p][l] += w[l] * row[(dj + p) * stride + l];
-      }
-    }
-    for (int64_t p = 0; p < P; ++p)
-      for (int64_t l = 0; l < L; ++l) out[p * out_stride + c0 + l] = acc[p][l];
   }
+  for (int64_t p = 0; p < P; ++p)
+    for (int64_t l = 0; l < V; ++l) store_lanes(out + p * out_stride + c0 + W * l, acc[p][l]);
 }
 
 // The convolution along image row i for channels [0, n): pixel j's n sums go to
@@ -663,7 +649,6 @@ void add_crpe_row(const float* qkv, int64_t C, int64_t i, int64_t height, int64_
 // scatter and the second pass over the output through memory are gone: in the model, the op
 // takes 122 instead of 201 ms of coat_lite_medium batch 8, 27 instead of 60 of coat_lite_tiny.
 constexpr int64_t kChunk = 128;  // tokens per partial sum: sums of 3137 terms keep their digits
-
 
 // kv += e^T v over ``count`` tokens (one chunk); e: [count, Ch], v: rows ``stride`` apart;
 // R rows of kv at a time in registers, one partial sum per row and channel for the chunk. The
