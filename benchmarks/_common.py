@@ -14,6 +14,19 @@ THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MKL_DEBUG_CPU_TYPE", "MALL
 TUNED_ENV = {"MKL_NUM_THREADS": "2", "OMP_NUM_THREADS": "1", "MKL_DEBUG_CPU_TYPE": "5",
              "MALLOC_MMAP_THRESHOLD_": "1073741824", "MALLOC_TRIM_THRESHOLD_": "1073741824"}
 
+# source for the benchmarks' child processes: one warm-up call, then ``repeats`` timed ones
+CHILD_TIMINGS = """
+import time
+def timings(run, repeats):
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return times
+"""
+
 
 def run_child(code: str, *args: str, env: dict | None = None) -> tuple[float, int, str]:
     """Run ``python -c code args`` to completion: (wall seconds, peak RSS in bytes, stdout)."""

@@ -29,12 +29,12 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import TUNED_ENV, machine, median, run_child  # noqa: E402
+from _common import CHILD_TIMINGS, TUNED_ENV, machine, median, run_child  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
-PRELUDE = f"""
-import json, sys, time, warnings
+PRELUDE = CHILD_TIMINGS + f"""
+import json, sys, warnings
 warnings.filterwarnings("ignore")
 sys.path.insert(0, {str(ROOT)!r})
 import numpy as np
@@ -43,13 +43,7 @@ name, batch, repeats = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 size = get_variant(name).img_size
 x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
 def timed(run):
-    run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    print(json.dumps(times))
+    print(json.dumps(timings(run, repeats)))
 """
 
 TORCH = PRELUDE + """

@@ -24,12 +24,12 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import TUNED_ENV, machine, median, run_child  # noqa: E402
+from _common import CHILD_TIMINGS, TUNED_ENV, machine, median, run_child  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
-CHILD = f"""
-import json, sys, time, warnings
+CHILD = CHILD_TIMINGS + f"""
+import json, sys, warnings
 warnings.filterwarnings("ignore")
 sys.path.insert(0, {str(ROOT)!r})
 shapes, repeats = json.loads(sys.argv[1]), int(sys.argv[2])
@@ -48,17 +48,7 @@ else:
     def product(m, k, n):
         x, w, b = paddle.randn([m, k]), paddle.randn([k, n]), paddle.randn([n])
         return lambda: linear(x, w, b, False)
-times = []
-for m, k, n in shapes:
-    run = product(m, k, n)
-    run()
-    runs = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        runs.append(time.perf_counter() - start)
-    times.append(runs)
-print(json.dumps(times))
+print(json.dumps([timings(product(m, k, n), repeats) for m, k, n in shapes]))
 """
 
 

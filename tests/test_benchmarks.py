@@ -39,7 +39,7 @@ def test_bench_products_lists_every_product_of_a_forward_pass(name):
             seen[(x.numel().item() // x.shape[-1], x.shape[-1], output.shape[-1])] += 1
 
     for layer_name, layer in model.named_sublayers():
-        patch_conv = isinstance(layer, paddle.nn.Conv2D) and layer._groups == 1
+        patch_conv = isinstance(layer, paddle.nn.Conv2D) and layer_name.startswith("patch_embed")
         if (isinstance(layer, paddle.nn.Linear) and layer_name != "head") or patch_conv:
             layer.register_forward_post_hook(record)
     size = model.variant.img_size

@@ -101,13 +101,10 @@ def test_bias_act_equals_torch_in_place(gelu):
     out = kernels.bias_act_()(t, paddle.to_tensor(b), gelu)
     assert np.array_equal(t.numpy(), out.numpy()) and not np.array_equal(t.numpy(), x)  # in place
     err = np.abs(out.numpy() - expected.numpy())
-    assert float(err.max()) <= 2e-6 * float(np.abs(expected.numpy()).max())
-    # within float rounding of the input's scale, as torch's own float GELU (2.7e-7 |x| here)
+    # within float rounding of the input's scale: torch's own float GELU is within 2.7e-7 |x| here
     bound = 3e-7 * np.abs(sums.numpy())
     assert bool((err <= bound).all()), float((err - bound).max())
     if gelu:
-        torch_err = np.abs(F.gelu(sums.float()).double().numpy() - expected.numpy())
-        assert bool((torch_err <= bound).all())  # the bound is one torch's float GELU meets too
         # Relative to the value, the far negative tail loses digits: 1 + erf(x / sqrt 2) cancels.
         # On [-12, 12] this GELU's worst is 8.9e-4 where |gelu| >= 1e-3, torch's float GELU's
         # 2.2e-4 (the kernel's rational erf rounds a few times where torch's rounds once).

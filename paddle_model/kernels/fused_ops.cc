@@ -650,13 +650,16 @@ void add_crpe_row(const float* qkv, int64_t C, int64_t i, int64_t height, int64_
 // takes 122 instead of 201 ms of coat_lite_medium batch 8, 27 instead of 60 of coat_lite_tiny.
 constexpr int64_t kChunk = 128;  // tokens per partial sum: sums of 3137 terms keep their digits
 
+// Rows (of kv, or tokens of q) whose V vectors of sums fit in eight registers: 8, 4, 2, 2, 1...
+constexpr int64_t register_rows(int V) { return V == 1 ? 8 : V == 2 ? 4 : V <= 4 ? 2 : 1; }
+
 // kv += e^T v over ``count`` tokens (one chunk); e: [count, Ch], v: rows ``stride`` apart;
 // R rows of kv at a time in registers, one partial sum per row and channel for the chunk. The
 // chunk's rows of e and v stay in cache for the Ch / R passes.
 template <int V>
 void chunk_kv(const float* __restrict__ e, const float* __restrict__ v, int64_t stride, int64_t count,
               float* __restrict__ kv) {
-  constexpr int64_t Ch = 8 * V, R = V == 1 ? 8 : V == 2 ? 4 : V <= 4 ? 2 : 1;
+  constexpr int64_t Ch = 8 * V, R = register_rows(V);
   for (int64_t r0 = 0; r0 < Ch; r0 += R) {
     f8 part[R][V] = {};
     for (int64_t n = 0; n < count; ++n) {
@@ -736,7 +739,7 @@ inline void head_q_kv(const float* __restrict__ q, int64_t stride, const float* 
 template <int V>
 void tokens_q_kv(const float* q, int64_t stride, const float* kv, int64_t heads, int64_t count,
                  float* out, int64_t out_stride) {
-  constexpr int64_t Ch = 8 * V, P = V == 1 ? 8 : V == 2 ? 4 : V <= 4 ? 2 : 1;
+  constexpr int64_t Ch = 8 * V, P = register_rows(V);
   int64_t t = 0;
   for (; t + P <= count; t += P)
     for (int64_t h = 0; h < heads; ++h)
