@@ -69,10 +69,11 @@ with paddle.no_grad():
 DEPLOYED = PRELUDE + """
 import os, tempfile
 from paddle_model.export import create_predictor, export
-prefix = os.path.join(tempfile.mkdtemp(), "model")
 kernels = sys.argv[4] == "kernels"
-export(name, None, prefix, kernels=kernels, size=size if kernels else None)
-predictor = create_predictor(prefix, threads=2)
+with tempfile.TemporaryDirectory() as tmp:  # the predictor holds the model once created
+    prefix = os.path.join(tmp, "model")
+    export(name, None, prefix, kernels=kernels, size=size if kernels else None)
+    predictor = create_predictor(prefix, threads=2)
 handle = predictor.get_input_handle(predictor.get_input_names()[0])
 output = predictor.get_output_handle(predictor.get_output_names()[0])
 def run():
