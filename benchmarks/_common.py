@@ -1,6 +1,7 @@
 """Helpers shared by the benchmark scripts: child processes timed with their peak memory."""
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
@@ -41,6 +42,11 @@ def run_child(code: str, *args: str, env: dict | None = None) -> tuple[float, in
     if proc.returncode != 0:
         raise RuntimeError(f"benchmark child failed ({proc.returncode}):\n{err.decode()[-2000:]}")
     return wall, usage.ru_maxrss * 1024, out.decode()
+
+
+def child_timings(out: str) -> list:
+    """What a child built on ``CHILD_TIMINGS`` printed last: its timings, as JSON."""
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def median(values) -> float:

@@ -23,13 +23,12 @@ torch runs with ``torch.set_num_threads(2)``. ``--env default`` leaves the envir
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import CHILD_TIMINGS, TUNED_ENV, machine, median, run_child  # noqa: E402
+from _common import CHILD_TIMINGS, TUNED_ENV, child_timings, machine, median, run_child  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -122,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                 for side, code, extra in sides:
                     try:
                         _, rss, out = run_child(code, name, str(batch), str(args.repeats), *extra)
-                        times[side] += json.loads(out.strip().splitlines()[-1])
+                        times[side] += child_timings(out)
                         peak[side] = max(peak[side], rss / 1e6)
                     except RuntimeError as e:
                         print(f"  ({side} failed: {str(e).splitlines()[-1]})", file=sys.stderr)

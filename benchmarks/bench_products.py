@@ -24,7 +24,7 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import CHILD_TIMINGS, TUNED_ENV, machine, median, run_child  # noqa: E402
+from _common import CHILD_TIMINGS, TUNED_ENV, child_timings, machine, median, run_child  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,7 +54,6 @@ print(json.dumps([timings(product(m, k, n), repeats) for m, k, n in shapes]))
 
 def pass_products(name: str, batch: int) -> Counter:
     """(rows, in, out) of every Linear product in one forward pass, with its count."""
-    sys.path.insert(0, str(ROOT))
     from paddle_model.variants import get_variant
 
     v = get_variant(name)
@@ -94,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.rounds):  # the sides alternate, round after round
         for side in times:
             _, _, out = run_child(CHILD, json.dumps(shapes), str(args.repeats), side)
-            for runs, new in zip(times[side], json.loads(out.strip().splitlines()[-1])):
+            for runs, new in zip(times[side], child_timings(out)):
                 runs += new
     print(f"{'rows':>6} {'in':>5} {'out':>5} {'count':>5} {'torch ms':>9} {'GF/s':>6} "
           f"{'coat ms':>9} {'GF/s':>6} {'ratio':>6}")
