@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from paddle_model.variants import VARIANTS, CoatVariant
+from .variants import VARIANTS, CoatVariant
 
 from .errors import ConversionError, preview
 from .mapping import Plan, plan_mapping

@@ -3,7 +3,7 @@
 ``RULES`` says what happens to each source key: drop it (with the reason), tie it to the
 canonical tensor it aliases (the values must agree), or rename it. The first rule whose
 anchored pattern matches a key decides. Whether a tensor is transposed is not a rule: it
-follows from the target layer's type in :mod:`paddle_model.layout` (Linear weights are
+follows from the target layer's type in :mod:`converter.layout` (Linear weights are
 ``[out, in]`` in torch and ``[in, out]`` in Paddle).
 
 Mapping runs in two steps: :func:`plan_mapping` looks at names and shapes only (variant
@@ -18,9 +18,9 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from paddle_model.layout import Layout, coat_layout
-from paddle_model.weights import FLOAT_DTYPES
-from paddle_model.variants import CoatVariant
+from .layout import Layout, coat_layout
+from .paddle_weights import FLOAT_DTYPES
+from .variants import CoatVariant
 
 from .errors import ConversionError, preview
 from .lazy import Lazy

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from paddle_model.errors import WeightsError
-from paddle_model.variants import CoatVariant, get_variant
-from paddle_model.weights import BFLOAT16, read_weights
+from .errors import WeightsError
+from .variants import CoatVariant, get_variant
+from .paddle_weights import BFLOAT16, read_weights
 
 from .detect import plan_for
 from .errors import ConversionError, preview
@@ -86,7 +86,7 @@ def convert_checkpoint(
     ``dtype`` ("float32", "float16" or "bfloat16") casts them. ``to="torch"`` (the default
     for a ``.pth``/``.pt`` destination) goes the other way: Paddle weights to timm's layout.
     ``hash_source`` computes the source's sha256 for the report (alongside the conversion).
-    Raises a :class:`~paddle_model.errors.CoatError` (nothing written) when anything does not fit.
+    Raises a :class:`~converter.errors.CoatError` (nothing written) when anything does not fit.
     """
     src, dst = Path(src), Path(dst)
     if isinstance(variant, str):

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from paddle_model import safetensors_io
-from paddle_model.weights import safetensors_aliases
+from . import safetensors_io
+from .paddle_weights import safetensors_aliases
 
 from .errors import ConversionError, preview
 from .lazy import Lazy

@@ -11,8 +11,8 @@ from typing import Mapping
 
 import numpy as np
 
-from paddle_model.layout import Layout, coat_layout
-from paddle_model.variants import VARIANTS, CoatVariant
+from .layout import Layout, coat_layout
+from .variants import VARIANTS, CoatVariant
 
 from .detect import choose_variant
 from .errors import ConversionError, preview

@@ -18,8 +18,8 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from paddle_model.errors import CoatError
-from paddle_model.safe_pickle import NUMPY_ALLOWED, RestrictedUnpickler, inert_class
+from .errors import CoatError
+from .safe_pickle import NUMPY_ALLOWED, RestrictedUnpickler, inert_class
 
 from .errors import ConversionError
 from .lazy import Lazy

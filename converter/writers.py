@@ -15,8 +15,8 @@ from typing import Callable, Iterator, Mapping
 
 import numpy as np
 
-from paddle_model import safetensors_io
-from paddle_model.weights import BFLOAT16
+from . import safetensors_io
+from .paddle_weights import BFLOAT16
 
 from .errors import ConversionError
 from .lazy import prefetch

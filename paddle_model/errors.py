@@ -1,25 +1,6 @@
-"""The one exception family for mistakes a user can fix: bad files, bad keys, bad options.
-
-Messages are sentences that name the file or key and say what to do; command-line tools print
-them as one line and exit with code 2.
-"""
+"""The project's typed user errors, as :mod:`converter.errors` defines them."""
 from __future__ import annotations
 
+from converter.errors import CoatError, ConversionError, UnsafePickleError, WeightsError, preview
 
-class CoatError(Exception):
-    """Base of every error caused by the user's input rather than by a bug."""
-
-
-class WeightsError(CoatError):
-    """A weights file is missing, unreadable, unsafe, or does not fit the model."""
-
-
-class UnsafePickleError(WeightsError):
-    """A pickle asks for a global outside the allowlist; nothing of it was executed."""
-
-
-def preview(keys, limit: int = 6) -> str:
-    """``a, b, c and 4 more``: a short, sorted listing of keys for an error message."""
-    keys = sorted(keys)
-    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
+__all__ = ["CoatError", "ConversionError", "UnsafePickleError", "WeightsError", "preview"]

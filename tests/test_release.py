@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 import paddle_model
-from converter import release as release_module
+from reference import release as release_module
 from paddle_model import export as export_module
 from paddle_model.variants import get_variant
 from reference.checkpoints import seeded_model
@@ -41,7 +41,7 @@ def released(checkpoints, tmp_path_factory):
         (src / f"{name}_seeded.pth").write_bytes(checkpoints(name).read_bytes())
     runs = []
     for out in (root / "out1", root / "out2"):
-        result = run_module("converter.release", src, out, "--allow-unofficial")
+        result = run_module("reference.release", src, out, "--allow-unofficial")
         assert result.returncode == 0, result.stderr
         runs.append((out, result.stdout))
     return src, runs
@@ -105,7 +105,7 @@ def test_unofficial_source_is_refused_without_the_flag(checkpoints, tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     (src / "coat_lite_tiny.pth").write_bytes(checkpoints("coat_lite_tiny").read_bytes())
-    result = run_module("converter.release", src, tmp_path / "out")
+    result = run_module("reference.release", src, tmp_path / "out")
     assert result.returncode == 2
     assert "matches no official release; pass --allow-unofficial" in result.stdout
     assert list((tmp_path / "out").iterdir()) == []

@@ -1,6 +1,6 @@
 """Convert, verify and package CoaT checkpoints for publishing.
 
-    python -m converter.release SRC_DIR OUT_DIR [--allow-unofficial] [--force]
+    python -m reference.release SRC_DIR OUT_DIR [--allow-unofficial] [--force]
 
 For every checkpoint in SRC_DIR (official file names or any name; the variant comes from the
 tensors) it writes ``OUT_DIR/<variant>/`` with ``<variant>.pdparams``, ``<variant>.safetensors``,
@@ -23,12 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from paddle_model.errors import CoatError
+from converter.errors import CoatError, ConversionError
+from converter.pipeline import convert_checkpoint, sha256_file
+from converter.variants import VARIANTS, CoatVariant
 from paddle_model.transforms import eval_transform
-from paddle_model.variants import VARIANTS, CoatVariant
-
-from .errors import ConversionError
-from .pipeline import convert_checkpoint, sha256_file
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".tar", ".bin", ".safetensors")
 
@@ -141,7 +139,7 @@ https://github.com/mlpc-ucsd/CoaT.
 
 
 def release_one(source: Path, out_dir: Path, allow_unofficial: bool, force: bool) -> Entry:
-    from reference.parity import verify_conversion
+    from .parity import verify_conversion
 
     entry = Entry(source)
     sha256 = sha256_file(source)
@@ -168,7 +166,7 @@ def release_one(source: Path, out_dir: Path, allow_unofficial: bool, force: bool
             entry.status = "parity failed"
             entry.detail = f"first divergence at {report.first_divergence}"
             return entry
-        from paddle_model.weights import read_weights
+        from converter.paddle_weights import read_weights
 
         a, b = read_weights(staging / f"{v.name}.pdparams"), read_weights(staging / f"{v.name}.safetensors")
         if a.keys() != b.keys() or not all(np.array_equal(a[k], b[k]) for k in a):
@@ -215,7 +213,7 @@ def summary(entries: list[Entry]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m converter.release", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m reference.release", description=__doc__.split("\n")[0])
     p.add_argument("src_dir", type=Path)
     p.add_argument("out_dir", type=Path)
     p.add_argument("--allow-unofficial", action="store_true",

@@ -1,0 +1,95 @@
+"""Reading Paddle-layout CoaT weights files safely, without paddle.
+
+``.pdparams`` files are pickles: they are read with an allowlisting unpickler, never with
+``paddle.load``, which would run any code a file carries. As ``paddle.save`` does, they hold
+bfloat16 tensors as uint16 arrays of the same bits (CoaT has no integer tensors, so uint16
+always means bfloat16 here). ``.safetensors`` files may omit aliased tensors and record them
+in their metadata (``alias -> kept name``), as ``safetensors.torch.save_model`` does; reading
+fills them back in.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping
+
+import ml_dtypes
+import numpy as np
+
+from . import safetensors_io
+from .errors import WeightsError
+from .safe_pickle import NUMPY_ALLOWED, RestrictedUnpickler
+
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+
+# ``paddle.save`` adds this bookkeeping entry to state dicts; it holds no tensor
+_PADDLE_NAME_TABLE = "StructuredToParameterName@@"
+# keys that belong to the classification head rather than the backbone
+HEAD_PREFIXES = ("norm2.", "norm3.", "norm4.", "aggregate.", "head.")
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise WeightsError(f"{path}: no such file; check the path")
+    if path.is_dir():
+        raise WeightsError(f"{path}: is a directory, expected a .pdparams or .safetensors file")
+
+
+def read_pdparams(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The arrays of a ``.pdparams`` state dict, read without executing pickle code."""
+    path = Path(path)
+    _check_file(path)
+    try:
+        with open(path, "rb") as f:
+            obj = RestrictedUnpickler(f, NUMPY_ALLOWED).load()
+    except WeightsError as e:
+        raise WeightsError(f"{path}: {e}") from None
+    except Exception as e:  # truncated or corrupt pickles fail in many ways
+        raise WeightsError(
+            f"{path}: not a readable .pdparams file ({type(e).__name__}: {e}); "
+            "it may be truncated or corrupt"
+        ) from None
+    if not isinstance(obj, dict):
+        raise WeightsError(f"{path}: holds a {type(obj).__name__}, expected a state dict")
+    state = {}
+    for key, value in obj.items():
+        if key == _PADDLE_NAME_TABLE:
+            continue
+        if not isinstance(key, str) or not isinstance(value, np.ndarray):
+            raise WeightsError(
+                f"{path}: entry {key!r} is a {type(value).__name__}, expected an array")
+        state[key] = value.view(BFLOAT16) if value.dtype == np.uint16 else value
+    return state
+
+
+def safetensors_aliases(metadata: Mapping[str, str] | None, names) -> dict[str, str]:
+    """``alias -> kept name`` entries of a safetensors header, as ``save_model`` writes them."""
+    names = set(names)
+    return {
+        k: v for k, v in (metadata or {}).items()
+        if v in names and k not in names
+    }
+
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The arrays of a ``.safetensors`` file, aliases recorded in its metadata filled in."""
+    path = Path(path)
+    _check_file(path)
+    state, metadata = safetensors_io.read_file(path)
+    for alias, kept in safetensors_aliases(metadata, state).items():
+        state[alias] = state[kept]
+    return state
+
+
+def read_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read a ``.pdparams`` or ``.safetensors`` weights file into numpy arrays."""
+    suffix = Path(path).suffix
+    if suffix == ".safetensors":
+        return read_safetensors(path)
+    if suffix == ".pdparams":
+        return read_pdparams(path)
+    raise WeightsError(
+        f"{path}: unknown weights format {suffix!r}; expected .pdparams or .safetensors "
+        "(convert PyTorch checkpoints with convert.py first)"
+    )
