@@ -11,17 +11,12 @@ import json
 import sys
 import warnings
 
-from paddle_model.errors import CoatError
-from paddle_model.variants import VARIANTS
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, like every other refusal
-        self.exit(2, f"error: {message} (see --help)\n")
+from converter.cli import ArgumentParser, command, fail
+from converter.variants import VARIANTS
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = _Parser(
+    p = ArgumentParser(
         prog="convert.py",
         description="Convert a PyTorch CoaT checkpoint (official mlpc-ucsd or timm, .pth or "
                     ".safetensors) into Paddle weights (.pdparams or .safetensors).")
@@ -44,6 +39,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     warnings.filterwarnings("ignore", message="No ccache found")  # printed by paddle's import
@@ -54,16 +50,11 @@ def main(argv: list[str] | None = None) -> int:
             from reference.parity import verify_conversion
             import timm  # noqa: F401
         except ImportError as e:
-            print(f"error: --verify needs torch and timm ({e}); install them with "
-                  "pip install -e '.[reference]'", file=sys.stderr)
-            return 2
-    try:
-        result = convert_checkpoint(args.src, args.dst, variant=args.variant, force=args.force,
-                                    ema=args.ema, allow_nonfinite=args.allow_nonfinite,
-                                    dtype=args.dtype, to=args.to, hash_source=args.json)
-    except CoatError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+            return fail(f"--verify needs torch and timm ({e}); install them with "
+                        "pip install -e '.[reference]'")
+    result = convert_checkpoint(args.src, args.dst, variant=args.variant, force=args.force,
+                                ema=args.ema, allow_nonfinite=args.allow_nonfinite,
+                                dtype=args.dtype, to=args.to, hash_source=args.json)
     report = result.to_dict()
     if not args.json:
         print(result.summary())

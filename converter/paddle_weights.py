@@ -16,9 +16,9 @@ from typing import Mapping
 import ml_dtypes
 import numpy as np
 
-from . import safetensors_io
+from . import safe_pickle, safetensors_io
 from .errors import WeightsError
-from .safe_pickle import NUMPY_ALLOWED, RestrictedUnpickler
+from .files import check_input_file
 
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
@@ -29,20 +29,17 @@ _PADDLE_NAME_TABLE = "StructuredToParameterName@@"
 HEAD_PREFIXES = ("norm2.", "norm3.", "norm4.", "aggregate.", "head.")
 
 
-def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise WeightsError(f"{path}: no such file; check the path")
-    if path.is_dir():
-        raise WeightsError(f"{path}: is a directory, expected a .pdparams or .safetensors file")
+_WEIGHTS_FILE = "a .pdparams or .safetensors file"
 
 
 def read_pdparams(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """The arrays of a ``.pdparams`` state dict, read without executing pickle code."""
+    """The arrays of a ``.pdparams`` state dict, read without executing pickle code, within
+    :mod:`converter.safe_pickle`'s limits (arrays are read-only views of the file's bytes)."""
     path = Path(path)
-    _check_file(path)
+    size = check_input_file(path, WeightsError, _WEIGHTS_FILE)
     try:
         with open(path, "rb") as f:
-            obj = RestrictedUnpickler(f, NUMPY_ALLOWED).load()
+            obj = safe_pickle.load(f, safe_pickle.NUMPY_ALLOWED, end=size)
     except WeightsError as e:
         raise WeightsError(f"{path}: {e}") from None
     except Exception as e:  # truncated or corrupt pickles fail in many ways
@@ -75,7 +72,7 @@ def safetensors_aliases(metadata: Mapping[str, str] | None, names) -> dict[str, 
 def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """The arrays of a ``.safetensors`` file, aliases recorded in its metadata filled in."""
     path = Path(path)
-    _check_file(path)
+    check_input_file(path, WeightsError, _WEIGHTS_FILE)
     state, metadata = safetensors_io.read_file(path)
     for alias, kept in safetensors_aliases(metadata, state).items():
         state[alias] = state[kept]

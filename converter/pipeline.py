@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -9,12 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import WeightsError
-from .variants import CoatVariant, get_variant
-from .paddle_weights import BFLOAT16, read_weights
-
 from .detect import plan_for
-from .errors import ConversionError, preview
+from .errors import ConversionError, WeightsError, preview
+from .paddle_weights import BFLOAT16, read_weights
+from .variants import CoatVariant, get_variant
 from .mapping import MappingReport, apply_plan, check_declared_ties
 from .readers import read_checkpoint
 from .reverse import paddle_layout_for, to_torch_layout, write_torch
@@ -61,10 +60,17 @@ def _cast_dtype(name: str | None) -> np.dtype | None:
     return BFLOAT16 if name == "bfloat16" else np.dtype(name)
 
 
-def sha256_file(path: Path) -> str:
+class _Cancelled(Exception):
+    pass
+
+
+def sha256_file(path: Path, stop: threading.Event | None = None) -> str:
+    """The sha256 of the file at ``path``; gives up (raises) as soon as ``stop`` is set."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
+            if stop is not None and stop.is_set():
+                raise _Cancelled
             h.update(block)
     return h.hexdigest()
 
@@ -85,7 +91,8 @@ def convert_checkpoint(
     The variant is detected from the tensors unless given; tensors keep their dtype unless
     ``dtype`` ("float32", "float16" or "bfloat16") casts them. ``to="torch"`` (the default
     for a ``.pth``/``.pt`` destination) goes the other way: Paddle weights to timm's layout.
-    ``hash_source`` computes the source's sha256 for the report (alongside the conversion).
+    ``hash_source`` computes the source's sha256 for the report, alongside the conversion; a
+    refusal stops the hashing at once, so it never waits for a large invalid file to be read.
     Raises a :class:`~converter.errors.CoatError` (nothing written) when anything does not fit.
     """
     src, dst = Path(src), Path(dst)
@@ -100,10 +107,15 @@ def convert_checkpoint(
     check_destination(dst, force, TORCH_FORMATS if to == "torch" else PADDLE_FORMATS)
     step = _to_torch if to == "torch" else _to_paddle
     timings: dict[str, float] = {}
+    stop = threading.Event()
     with ThreadPoolExecutor(max_workers=1) as pool:  # hash the source while converting it
-        sha256 = pool.submit(sha256_file, src) if hash_source and src.is_file() else None
-        name, container, state, report, num_classes = step(
-            src, dst, variant, ema, allow_nonfinite, _cast_dtype(dtype), timings)
+        sha256 = pool.submit(sha256_file, src, stop) if hash_source and src.is_file() else None
+        try:
+            name, container, state, report, num_classes = step(
+                src, dst, variant, ema, allow_nonfinite, _cast_dtype(dtype), timings, force)
+        except BaseException:
+            stop.set()
+            raise
     return ConversionResult(
         variant=name,
         source=str(src),
@@ -117,7 +129,7 @@ def convert_checkpoint(
     )
 
 
-def _to_paddle(src, dst, variant, ema, allow_nonfinite, dtype, timings):
+def _to_paddle(src, dst, variant, ema, allow_nonfinite, dtype, timings, force):
     t0 = time.perf_counter()
     checkpoint = read_checkpoint(src, ema=ema)
     t1 = time.perf_counter()
@@ -128,14 +140,14 @@ def _to_paddle(src, dst, variant, ema, allow_nonfinite, dtype, timings):
                                allow_nonfinite=allow_nonfinite, dtype=dtype)
     t2 = time.perf_counter()
     metadata = {"format": "paddle", "variant": plan.variant.name}
-    write_state_dict(state, dst, plan.layout.aliases, metadata)
+    write_state_dict(state, dst, plan.layout.aliases, metadata, force)
     timings.update(read_s=t1 - t0, map_s=t2 - t1, write_s=time.perf_counter() - t2)
     head = state.get("head.weight")
     num_classes = 0 if head is None else int(head.shape[1])
     return plan.variant.name, checkpoint.container, state, report, num_classes
 
 
-def _to_torch(src, dst, variant, ema, allow_nonfinite, dtype, timings):
+def _to_torch(src, dst, variant, ema, allow_nonfinite, dtype, timings, force):
     if ema:
         raise ConversionError("--ema applies to PyTorch training checkpoints, not to Paddle weights")
     t0 = time.perf_counter()
@@ -156,9 +168,9 @@ def _to_torch(src, dst, variant, ema, allow_nonfinite, dtype, timings):
     state = to_torch_layout(source, layout, str(src))
     t2 = time.perf_counter()
     if dst.suffix == ".safetensors":  # timm's hub layout: aliases named in the metadata
-        write_safetensors(state, dst, layout.aliases, {"format": "pt"})
+        write_safetensors(state, dst, layout.aliases, {"format": "pt"}, force)
     else:
-        write_torch(state, dst)
+        write_torch(state, dst, force)
     timings.update(read_s=t1 - t0, map_s=t2 - t1, write_s=time.perf_counter() - t2)
     report = MappingReport(
         tensors=len(layout.tensors), written=len(state),

@@ -1,7 +1,7 @@
 """Reading source checkpoints into a flat state dict of numpy arrays, without torch.
 
-Handles ``torch.save`` zip archives (``.pth``/``.pt``/``.bin``/``.tar``, any name) and
-``.safetensors`` files, and unwraps what the state dict comes inside: the official
+Handles ``torch.save`` files (zip archives and the legacy format of torch < 1.6; ``.pth``/
+``.pt``/``.bin``/``.tar``, any name) and ``.safetensors`` files, and unwraps what the state dict comes inside: the official
 ``{"model": ...}`` release files and training checkpoints, ``state_dict`` wrappers, EMA copies,
 and the ``module.`` / ``_orig_mod.`` prefixes of DDP and ``torch.compile``.
 """
@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 
 from . import safetensors_io
-from .paddle_weights import safetensors_aliases
-
 from .errors import ConversionError, preview
+from .files import check_input_file
 from .lazy import Lazy
-from .torch_pickle import is_torch_zip, load_torch_file
+from .paddle_weights import safetensors_aliases
+from .torch_pickle import is_legacy_torch, is_torch_zip, load_legacy_torch_file, load_torch_file
 
 _WRAPPERS = ("state_dict", "model")
 _EMA_WRAPPERS = ("model_ema", "state_dict_ema")
@@ -38,35 +38,9 @@ class Checkpoint:
         return {k: v.load() for k, v in self.state.items()}
 
 
-def _check_source(path: Path) -> None:
-    if not path.exists():
-        raise ConversionError(f"{path}: no such file; check the path")
-    if path.is_dir():
-        raise ConversionError(f"{path}: is a directory; give the checkpoint file itself")
-    if path.stat().st_size == 0:
-        raise ConversionError(f"{path}: is empty")
-
-
 def _is_state_dict(obj: Any) -> bool:
     return isinstance(obj, dict) and bool(obj) and all(
         isinstance(k, str) and isinstance(v, Lazy) for k, v in obj.items())
-
-
-def _lazy_safetensors(path: Path) -> tuple[dict[str, Lazy], dict[str, str]]:
-    """The tensors of a safetensors file, each read from its offset when loaded."""
-    with open(path, "rb") as f:
-        header, metadata, start = safetensors_io.read_header(f, path.stat().st_size, path)
-
-    def reader(entry: dict):
-        def load() -> np.ndarray:
-            with open(path, "rb") as f:
-                return safetensors_io.read_tensor(f, start, entry, path)
-        return load
-
-    state = {name: Lazy(entry["shape"], safetensors_io.DTYPES[entry["dtype"]], reader(entry),
-                        identity=tuple(entry["data_offsets"]))
-             for name, entry in header.items()}
-    return state, metadata
 
 
 def _unwrap(obj: Any, path: Path, ema: bool) -> tuple[dict[str, np.ndarray], str]:
@@ -107,19 +81,27 @@ def _strip_prefixes(state: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
 def read_checkpoint(path: str | Path, ema: bool = False) -> Checkpoint:
     """The state dict inside the checkpoint at ``path``, as numpy arrays."""
     path = Path(path)
-    _check_source(path)
+    check_input_file(path, ConversionError, "the checkpoint file")
     if safetensors_io.is_safetensors(path):
         if ema:
             raise ConversionError(f"{path}: --ema needs a training checkpoint; a .safetensors file has one state dict")
-        state, metadata = _lazy_safetensors(path)
+        state, metadata = safetensors_io.open_file(path)
+        if metadata.get("format") == "paddle":
+            raise ConversionError(f"{path}: holds Paddle weights (written by this converter); to "
+                                  "turn them back into timm's layout pass --to torch")
         container, declared = "safetensors", safetensors_aliases(metadata, state)
     elif is_torch_zip(path):
         state, entry = _unwrap(load_torch_file(path), path, ema)
         container, declared = f"torch zip, {entry}", {}
+    elif is_legacy_torch(path):
+        state, entry = _unwrap(load_legacy_torch_file(path), path, ema)
+        container, declared = f"legacy torch file, {entry}", {}
+    elif path.suffix == ".pdparams":
+        raise ConversionError(f"{path}: is Paddle weights (.pdparams), not a PyTorch checkpoint; to "
+                              "turn them into timm's layout pass --to torch")
     else:
         raise ConversionError(
-            f"{path}: neither a PyTorch zip checkpoint nor a .safetensors file "
-            "(legacy pre-1.6 torch files: re-save them with a current torch.save)")
+            f"{path}: neither a PyTorch checkpoint (zip or legacy format) nor a .safetensors file")
     state, stripped = _strip_prefixes(state)
     if stripped:
         container += f", prefix {' '.join(stripped)} removed"

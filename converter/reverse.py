@@ -54,7 +54,7 @@ def to_torch_layout(state: Mapping[str, np.ndarray], layout: Layout, origin: str
     return {k: canonical[layout.aliases.get(k, k)] for k in layout.order}
 
 
-def write_torch(state: Mapping[str, np.ndarray], path: Path) -> None:
+def write_torch(state: Mapping[str, np.ndarray], path: Path, force: bool = False) -> None:
     """``torch.save`` of the state dict, aliases stored once; needs torch."""
     try:
         import torch
@@ -73,4 +73,4 @@ def write_torch(state: Mapping[str, np.ndarray], path: Path) -> None:
             else:
                 tensors[id(array)] = torch.from_numpy(array.copy())
         out[key] = tensors[id(array)]
-    atomic_write(path, lambda f: torch.save(out, f))
+    atomic_write(path, lambda f: torch.save(out, f), force)

@@ -1,22 +1,24 @@
-"""The safetensors format on numpy alone, bfloat16 included (through ``ml_dtypes``).
+"""The safetensors format on numpy, bfloat16 included (through ``ml_dtypes``).
 
 A file is an 8-byte little-endian header length, a JSON header (``name -> dtype, shape,
 data_offsets`` plus an optional ``__metadata__`` of strings), then the raw little-endian
-tensor bytes. Reading validates all of it, so a damaged file is refused, never misread.
-Files written here are read by the ``safetensors`` package and the other way round.
+tensor bytes. Reading is the ``safetensors`` package's (validated by its fuzzed Rust core);
+writing is :func:`serialize` here, which streams tensor by tensor (the package's writers take
+every tensor in memory at once), and is tested against the package's reader.
 """
 from __future__ import annotations
 
 import json
 import os
 import struct
-from pathlib import Path
-from typing import BinaryIO, Mapping
+from typing import Mapping
 
-import ml_dtypes
+import ml_dtypes  # also makes safetensors' numpy side know bfloat16
 import numpy as np
+from safetensors import safe_open
 
 from .errors import WeightsError
+from .lazy import Lazy
 
 DTYPES = {
     "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
@@ -25,72 +27,56 @@ DTYPES = {
     "U8": np.dtype("u1"), "BOOL": np.dtype("?"),
 }
 _NAMES = {dtype: name for name, dtype in DTYPES.items()}
-_MAX_HEADER = 100 << 20
 
 
 def _fail(path, why: str) -> WeightsError:
     return WeightsError(f"{path}: not a valid .safetensors file ({why})")
 
 
-def read_header(f: BinaryIO, size: int, path="file") -> tuple[dict, dict[str, str], int]:
-    """(tensor entries, metadata, offset of the data) of an open safetensors file."""
-    raw = f.read(8)
-    if len(raw) < 8:
-        raise _fail(path, "shorter than its 8-byte header length")
-    (n,) = struct.unpack("<Q", raw)
-    if n > min(_MAX_HEADER, size - 8):
-        raise _fail(path, f"header length {n} does not fit a file of {size} bytes")
+def open_file(path: str | os.PathLike) -> tuple[dict[str, Lazy], dict[str, str]]:
+    """(tensors, metadata) of the safetensors file at ``path``, each tensor read when loaded.
+
+    The file is parsed by the ``safetensors`` package (``safe_open``, numpy framework): its
+    Rust core validates the header (types, ranges, overflow, offsets covering the data
+    exactly) and maps the file, so nothing is read before it is asked for. Only the dtypes
+    of :data:`DTYPES` are accepted.
+    """
     try:
-        header = json.loads(f.read(n))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise _fail(path, f"header is not JSON: {e}") from None
-    if not isinstance(header, dict):
-        raise _fail(path, "header is not a JSON object")
-    metadata = header.pop("__metadata__", None) or {}
-    if not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
-        raise _fail(path, "__metadata__ must map strings to strings")
-    data_size = size - 8 - n
-    spans = []
-    for name, entry in header.items():
+        handle = safe_open(str(path), framework="numpy")
+        metadata = handle.metadata() or {}
+        state = {}
+        for name in handle.keys():
+            view = handle.get_slice(name)
+            dtype = DTYPES.get(view.get_dtype())
+            if dtype is None:
+                raise _fail(path, f"tensor {name!r} has dtype {view.get_dtype()}, which CoaT weights "
+                                  f"never use (expected one of {', '.join(DTYPES)})")
+            state[name] = Lazy(tuple(view.get_shape()), dtype, _loader(handle, name, dtype, path))
+    except WeightsError:
+        raise
+    except Exception as e:  # SafetensorError, and OSError for unreadable files
+        raise _fail(path, one_line(str(e))) from None
+    return state, metadata
+
+
+def _loader(handle, name: str, dtype: np.dtype, path):
+    def load() -> np.ndarray:
         try:
-            dtype = DTYPES[entry["dtype"]]
-            shape = [int(d) for d in entry["shape"]]
-            begin, end = (int(o) for o in entry["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise _fail(path, f"bad entry for {name!r}") from None
-        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
-        if min(shape, default=0) < 0 or not 0 <= begin <= end <= data_size \
-                or end - begin != count * dtype.itemsize:
-            raise _fail(path, f"entry {name!r} does not fit the data")
-        spans.append((begin, end))
-    position = 0
-    for begin, end in sorted(spans):
-        if begin != position:
-            raise _fail(path, "tensor data overlaps or leaves gaps")
-        position = end
-    if position != data_size:
-        raise _fail(path, "data does not end where the tensors do")
-    return header, metadata, 8 + n
-
-
-def read_tensor(f: BinaryIO, start: int, entry: dict, path="file") -> np.ndarray:
-    """The tensor a checked header ``entry`` describes, read from the open file ``f``
-    (``start``: where the data begins, as :func:`read_header` returns it)."""
-    begin, end = entry["data_offsets"]
-    f.seek(start + begin)
-    buf = f.read(end - begin)
-    if len(buf) != end - begin:
-        raise _fail(path, "the file ended early or changed while being read")
-    return np.frombuffer(buf, dtype=DTYPES[entry["dtype"]]).reshape(entry["shape"])
+            array = handle.get_tensor(name)
+        except Exception as e:
+            raise _fail(path, f"tensor {name!r} is unreadable: {one_line(str(e))}") from None
+        return array.view(dtype) if array.dtype != dtype else array
+    return load
 
 
 def read_file(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """(tensors, metadata) of the safetensors file at ``path``."""
-    path = Path(path)
-    with open(path, "rb") as f:
-        header, metadata, start = read_header(f, path.stat().st_size, path)
-        tensors = {name: read_tensor(f, start, entry, path) for name, entry in header.items()}
-    return tensors, metadata
+    """(tensors, metadata) of the safetensors file at ``path``, every tensor read."""
+    state, metadata = open_file(path)
+    return {name: tensor.load() for name, tensor in state.items()}, metadata
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def _little_endian(dtype) -> np.dtype:

@@ -1,4 +1,5 @@
-"""Writing Paddle-layout state dicts: ``.pdparams`` and ``.safetensors``, atomically.
+"""Writing Paddle-layout state dicts: ``.pdparams`` and ``.safetensors``, atomically, and
+:func:`atomic_write`, the one way this project writes a file.
 
 A ``.pdparams`` file is the pickle ``paddle.save`` writes for a state dict (key -> numpy
 array), so ``paddle.load`` reads it too; aliased keys share one array, which pickle stores
@@ -7,11 +8,12 @@ metadata (``alias -> kept name``), as ``safetensors.torch.save_model`` does.
 """
 from __future__ import annotations
 
+import errno
 import os
 import pickle
-import tempfile
+import secrets
 from pathlib import Path
-from typing import Callable, Iterator, Mapping
+from typing import BinaryIO, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -38,19 +40,101 @@ def check_destination(path: Path, force: bool, formats=PADDLE_FORMATS) -> None:
         raise ConversionError(f"{path}: already exists; pass --force to overwrite it")
 
 
-def atomic_write(path: Path, write: Callable[[object], None]) -> None:
-    """Write through a temporary file in the same folder, renamed into place when complete."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def _no_clobber(path: Path) -> ConversionError:
+    return ConversionError(f"{path}: already exists; pass --force to overwrite it")
+
+
+def _unique_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+
+
+def _publish(fd: int, path: Path, force: bool) -> None:
+    """Give the unnamed file ``fd`` (``O_TMPFILE``) the name ``path``: ``link(2)`` fails if
+    ``path`` exists, so no other writer is clobbered; with ``force``, link to a unique name
+    and rename over ``path``, which replaces it atomically."""
+    if not force:
+        try:
+            _link(fd, path)
+        except FileExistsError:
+            raise _no_clobber(path) from None
+        return
+    tmp = _unique_name(path)
+    _link(fd, tmp)
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # as open() would create it, not mkstemp's 0600
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def _link(fd: int, path: Path) -> None:
+    """``linkat(AT_SYMLINK_FOLLOW)`` of ``/proc/self/fd/FD`` to ``path``. A directory fd is
+    given because ``os.link`` calls plain ``link(2)`` otherwise, which does not follow the
+    magic link (and fails with EXDEV)."""
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        os.link(f"/proc/self/fd/{fd}", path.name, dst_dir_fd=folder, follow_symlinks=True)
+    finally:
+        os.close(folder)
+
+
+def _open_unnamed(folder: Path) -> int | None:
+    """A file in ``folder`` that has no name yet (``O_TMPFILE``), or None where the system
+    or file system has none (then a named temporary file is used)."""
+    flag = getattr(os, "O_TMPFILE", None)
+    if flag is None or not os.path.isdir("/proc/self/fd"):
+        return None
+    try:
+        return os.open(folder, flag | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except OSError as e:
+        if e.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
+            return None
+        raise
+
+
+def _named_temp(path: Path, write: Callable[[BinaryIO], None], force: bool) -> None:
+    """The fallback: a hidden temporary file beside ``path``, removed on any failure and on
+    SIGINT/SIGTERM (:func:`converter.cli.command` turns both into exceptions); a SIGKILL can
+    leave it behind."""
+    tmp = _unique_name(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        if force:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise _no_clobber(path) from None
+            os.unlink(tmp)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], None], force: bool = False) -> None:
+    """Write ``path`` through ``write(file)``, all or nothing: the data goes to a file without a
+    name in the same folder (nothing is left behind by a failure, a signal, or a SIGKILL), which
+    is named ``path`` only when complete. An existing ``path`` is never overwritten unless
+    ``force``, even by a writer that finished first in another process. ``OSError`` (disk
+    full, read-only or unwritable folder) is raised with ``path`` as its file name."""
+    path = Path(path)
+    try:
+        fd = _open_unnamed(path.parent)
+        if fd is None:
+            _named_temp(path, write, force)
+            return
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            _publish(f.fileno(), path, force)
+    except OSError as e:
+        if e.filename is not None and Path(e.filename) == path:
+            raise
+        raise OSError(e.errno, e.strerror, str(path)) from None
 
 
 class _Pickled:
@@ -87,19 +171,20 @@ class _StreamingPickler(pickle._Pickler):
         return isinstance(obj, tuple) and any(isinstance(x, bytes) and len(x) > 256 for x in obj)
 
 
-def write_pdparams(state: Mapping[str, np.ndarray], path: Path) -> None:
+def write_pdparams(state: Mapping[str, np.ndarray], path: Path, force: bool = False) -> None:
     unique = list({id(t): t for t in state.values()}.values())  # in the order pickle meets them
     arrays = prefetch(unique)
     wrapped = {id(t): _Pickled(arrays) for t in unique}  # one object per shared tensor: stored once
     out = {key: wrapped[id(tensor)] for key, tensor in state.items()}
     try:
-        atomic_write(path, lambda f: _StreamingPickler(f, protocol=4).dump(out))
+        atomic_write(path, lambda f: _StreamingPickler(f, protocol=4).dump(out), force)
     finally:
         arrays.close()
 
 
 def write_safetensors(state: Mapping[str, np.ndarray], path: Path,
-                      aliases: Mapping[str, str], metadata: Mapping[str, str]) -> None:
+                      aliases: Mapping[str, str], metadata: Mapping[str, str],
+                      force: bool = False) -> None:
     kept = {k: v for k, v in state.items() if k not in aliases}
     header = {**metadata, **aliases}
 
@@ -107,13 +192,13 @@ def write_safetensors(state: Mapping[str, np.ndarray], path: Path,
         for chunk in safetensors_io.serialize(kept, header, load=prefetch):
             f.write(chunk)
 
-    atomic_write(path, write)
+    atomic_write(path, write, force)
 
 
 def write_state_dict(state: Mapping[str, np.ndarray], path: Path, aliases: Mapping[str, str],
-                     metadata: Mapping[str, str]) -> None:
-    """Write ``state`` in the format ``path``'s suffix names."""
+                     metadata: Mapping[str, str], force: bool = False) -> None:
+    """Write ``state`` in the format ``path``'s suffix names (replacing it only if ``force``)."""
     if path.suffix == ".safetensors":
-        write_safetensors(state, path, aliases, metadata)
+        write_safetensors(state, path, aliases, metadata, force)
     else:
-        write_pdparams(state, path)
+        write_pdparams(state, path, force)

@@ -406,7 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.result is not None:
         try:
             check_destination(args.result, args.force, (".json",))
-            atomic_write(args.result, lambda f: f.write(json.dumps(result, indent=2).encode() + b"\n"))
+            atomic_write(args.result, lambda f: f.write(json.dumps(result, indent=2).encode() + b"\n"),
+                         args.force)
         except (CoatError, OSError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

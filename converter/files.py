@@ -1,0 +1,29 @@
+"""The checks every input file gets before it is opened: one place, for sources and weights."""
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from .errors import CoatError
+
+
+def check_input_file(path: Path, error: type[CoatError], expected: str) -> int:
+    """The size of the regular file at ``path``; ``error`` with one clear line otherwise.
+
+    A FIFO or device would block or never end, so only regular files are read (symlinks to
+    them are fine). ``expected`` names what the file should be, for the messages.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise error(f"{path}: no such file; check the path") from None
+    except OSError as e:
+        raise error(f"{path}: cannot be read ({e.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise error(f"{path}: is a directory; give {expected} itself")
+    if not stat.S_ISREG(st.st_mode):
+        raise error(f"{path}: is not a regular file (a pipe or a device); give {expected}")
+    if st.st_size == 0:
+        raise error(f"{path}: is empty")
+    return st.st_size
