@@ -33,7 +33,7 @@ class Limits:
     """What a pickle may ask for. Real checkpoints use a small fraction of each."""
 
     depth: int = 100  # nesting of containers (a checkpoint nests fewer than 10)
-    opcodes: int = 2_000_000  # a training checkpoint of the largest CoaT has about 30,000
+    opcodes: int = 500_000  # a training checkpoint of coat_lite_medium has 58,325
     line: int = 1 << 16  # text arguments of protocol 0 opcodes
     ndim: int = 32  # numpy's own maximum is 64
 
@@ -58,7 +58,7 @@ def brief(x: Any, room: int = 60) -> str:
         return f"an integer of {x.bit_length()} bits"
     if isinstance(x, (tuple, list)) and len(x) <= 8:
         inner = ", ".join(brief(v, room // 4) for v in x)
-        return f"({inner})" if isinstance(x, tuple) else f"[{inner}]"
+        return (f"({inner},)" if len(x) == 1 else f"({inner})") if isinstance(x, tuple) else f"[{inner}]"
     if isinstance(x, (tuple, list, dict, set, frozenset)):
         return f"a {type(x).__name__} of {len(x)} items"
     if isinstance(x, np.dtype):

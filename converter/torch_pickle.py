@@ -38,7 +38,7 @@ _STORAGE_DTYPES = {
     "BoolStorage": np.dtype("?"),
     "BFloat16Storage": np.dtype(ml_dtypes.bfloat16),
 }
-MAX_MEMBERS = 100_000  # a training checkpoint of the largest CoaT has about 1,500
+MAX_MEMBERS = 100_000  # a training checkpoint of coat_lite_medium has 1,526
 MAX_PICKLE_BYTES = 64 << 20  # its data.pkl has about 200 KB
 _MAX_NUMEL = 1 << 50
 

@@ -204,8 +204,8 @@ def test_pickle_code_in_a_pth_never_runs(tmp_path):
 
 @pytest.mark.parametrize("content, phrase", [
     (b"", "is empty"),
-    (b"\x00" * 64, "neither a PyTorch zip checkpoint nor a .safetensors file"),
-    (bytes(range(256)) * 8, "neither a PyTorch zip checkpoint"),
+    (b"\x00" * 64, "neither a PyTorch checkpoint (zip or legacy format) nor a .safetensors file"),
+    (bytes(range(256)) * 8, "neither a PyTorch checkpoint"),
 ])
 def test_empty_or_random_bytes(tmp_path, content, phrase):
     src = tmp_path / "bad.pth"
