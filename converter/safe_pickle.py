@@ -290,6 +290,7 @@ class _Machine:
         self.memo: dict[Any, Any] = {}
         self.depth: dict[int, int] = {}  # id -> nesting depth, for containers
         self.placed: set[int] = set()  # ids of mutable objects already inside another
+        self.built: set[int] = set()  # ids of OrderedDicts given their (dropped) state
         self.keep: list[Any] = []  # every container stays alive, so its id stays its own
 
     # stack helpers
@@ -465,6 +466,14 @@ class _Machine:
         elif name == "BUILD":
             state = self.pop()
             obj = self.top()
+            if type(obj) is OrderedDict and id(obj) not in self.placed and id(obj) not in self.built:
+                # torch's state dicts carry ``_metadata`` (module versions) as attributes: the
+                # state of a fresh OrderedDict is checked to be plain data and then dropped
+                if not isinstance(state, (dict, tuple)):
+                    raise _refuse(f"BUILD of an OrderedDict with {brief(state)}")
+                self.place([state])
+                self.built.add(id(obj))
+                return
             if not isinstance(obj, Buildable) or obj.built or id(obj) in self.placed:
                 raise _refuse(f"BUILD on {brief(obj)}, which is not a fresh plain-data object")
             self.place([state])
