@@ -138,47 +138,49 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None], force: bool = Fa
 
 
 class _Pickled:
-    """Pickles exactly as the array it stands for, taken from ``arrays`` (read ahead, in
-    order) only when pickle reaches it: the file is written while the next tensors load."""
+    """Pickles exactly as the array it stands for (numpy's own ``_reconstruct`` and state
+    tuple), taken from ``arrays`` (read ahead, in order) only when pickle reaches it: the file
+    is written while the next tensors load.
 
-    def __init__(self, arrays: Iterator[np.ndarray]) -> None:
-        self.arrays = arrays
-
-    def __reduce_ex__(self, protocol):
-        array = next(self.arrays)
-        if array.dtype == BFLOAT16:
-            array = array.view(np.uint16)  # Paddle's own encoding of bfloat16
-        return array.__reduce_ex__(protocol)
-
-
-class _StreamingPickler(pickle._Pickler):
-    """A pickler that does not keep tensor bytes in its memo, so each is freed once written.
-
-    Only identical bytes objects could refer back to them, and tensors share by the object
-    that wraps them, which stays memoized: aliases are still written once.
+    The tensor bytes go in as a read-only :class:`pickle.PickleBuffer`, which protocol 5
+    writes in-band as ``BINBYTES`` straight from the array. The pickler's memo keeps every
+    object it wrote until the end, so each buffer is released once written (when the next
+    tensor is reached, or at the end): memory holds a few tensors, not the model, with the
+    standard C pickler.
     """
 
-    def memoize(self, obj) -> None:
-        if self._holds_data(obj):
-            return
-        super().memoize(obj)
+    _RECONSTRUCT = np.empty(0).__reduce_ex__(4)[:2]  # (numpy's _reconstruct, its args)
 
-    @staticmethod
-    def _holds_data(obj) -> bool:
-        """Tensor bytes, or the state tuple around them (``ndarray.__reduce__``'s)."""
-        if isinstance(obj, bytes):
-            return len(obj) > 256
-        return isinstance(obj, tuple) and any(isinstance(x, bytes) and len(x) > 256 for x in obj)
+    def __init__(self, arrays: Iterator[np.ndarray], written: list[pickle.PickleBuffer]) -> None:
+        self.arrays, self.written = arrays, written
+
+    def __reduce_ex__(self, protocol):
+        release(self.written)  # everything handed out before was written by now
+        array = np.ascontiguousarray(next(self.arrays))
+        if array.dtype == BFLOAT16:
+            array = array.view(np.uint16)  # Paddle's own encoding of bfloat16
+        view = array.view()
+        view.flags.writeable = False  # read-only: written as BINBYTES, read back as bytes
+        buffer = pickle.PickleBuffer(view)
+        self.written.append(buffer)
+        return (*self._RECONSTRUCT, (1, array.shape, array.dtype, False, buffer))
+
+
+def release(buffers: list[pickle.PickleBuffer]) -> None:
+    while buffers:
+        buffers.pop().release()
 
 
 def write_pdparams(state: Mapping[str, np.ndarray], path: Path, force: bool = False) -> None:
     unique = list({id(t): t for t in state.values()}.values())  # in the order pickle meets them
     arrays = prefetch(unique)
-    wrapped = {id(t): _Pickled(arrays) for t in unique}  # one object per shared tensor: stored once
+    written: list[pickle.PickleBuffer] = []
+    wrapped = {id(t): _Pickled(arrays, written) for t in unique}  # one per shared tensor: stored once
     out = {key: wrapped[id(tensor)] for key, tensor in state.items()}
     try:
-        atomic_write(path, lambda f: _StreamingPickler(f, protocol=4).dump(out), force)
+        atomic_write(path, lambda f: pickle.Pickler(f, protocol=5).dump(out), force)
     finally:
+        release(written)
         arrays.close()
 
 
