@@ -47,8 +47,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.verify:
         try:
-            from reference.parity import verify_conversion
             import timm  # noqa: F401
+
+            from reference.parity import verify_conversion
         except ImportError as e:
             return fail(f"--verify needs torch and timm ({e}); install them with "
                         "pip install -e '.[reference]'")

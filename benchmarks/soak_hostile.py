@@ -113,8 +113,8 @@ def _sources(folder: Path) -> dict[str, Path]:
     import torch
     from safetensors.torch import save_model
 
-    from reference.checkpoints import official_state_dict, seeded_model
     from converter.pipeline import convert_checkpoint
+    from reference.checkpoints import official_state_dict, seeded_model
 
     model = seeded_model("coat_lite_tiny", seed=0)
     paths = {f: folder / f / name for f, name in zip(FORMATS, (
@@ -156,7 +156,12 @@ def soak(count: int, seed: int) -> int:
 def classes() -> int:
     """Each class of test_hostile.py, as ``convert.py`` meets it in a fresh bounded process."""
     from tests import hostile as h
-    from tests.test_hostile import SAFETENSORS_CASES, _pdparams_cases, _safetensors, _state_attacks
+    from tests.test_hostile import (
+        SAFETENSORS_CASES,
+        _pdparams_cases,
+        _safetensors,
+        _state_attacks,
+    )
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -12,12 +12,18 @@ import numpy as np
 
 from .detect import plan_for
 from .errors import ConversionError, WeightsError, preview
-from .paddle_weights import BFLOAT16, read_weights
-from .variants import CoatVariant, get_variant
 from .mapping import MappingReport, apply_plan, check_declared_ties
+from .paddle_weights import BFLOAT16, read_weights
 from .readers import read_checkpoint
 from .reverse import paddle_layout_for, to_torch_layout, write_torch
-from .writers import PADDLE_FORMATS, TORCH_FORMATS, check_destination, write_safetensors, write_state_dict
+from .variants import CoatVariant, get_variant
+from .writers import (
+    PADDLE_FORMATS,
+    TORCH_FORMATS,
+    check_destination,
+    write_safetensors,
+    write_state_dict,
+)
 
 
 @dataclass

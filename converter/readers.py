@@ -18,7 +18,12 @@ from .errors import ConversionError, preview
 from .files import check_input_file
 from .lazy import Lazy
 from .paddle_weights import safetensors_aliases
-from .torch_pickle import is_legacy_torch, is_torch_zip, load_legacy_torch_file, load_torch_file
+from .torch_pickle import (
+    is_legacy_torch,
+    is_torch_zip,
+    load_legacy_torch_file,
+    load_torch_file,
+)
 
 _WRAPPERS = ("state_dict", "model")
 _EMA_WRAPPERS = ("model_ema", "state_dict_ema")

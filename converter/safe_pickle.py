@@ -371,7 +371,7 @@ class _Machine:
             raise CorruptPickle(f"{type(e).__name__}: {e}") from None
         raise CorruptPickle("the pickle ends without STOP")
 
-    def step(self, name: str, arg: Any) -> None:  # noqa: C901 - one branch per opcode family
+    def step(self, name: str, arg: Any) -> None:
         stack = self.stack
         if name in ("INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4", "FLOAT",
                     "BINFLOAT", "STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE",
@@ -452,10 +452,7 @@ class _Machine:
             if type(module) is not str or type(attr) is not str:
                 raise CorruptPickle("STACK_GLOBAL of non-strings")
             stack.append(self.find_global(module, attr))
-        elif name == "REDUCE":
-            args = self.pop()
-            stack.append(self.call(self.pop(), args, name))
-        elif name == "NEWOBJ":
+        elif name == "REDUCE" or name == "NEWOBJ":
             args = self.pop()
             stack.append(self.call(self.pop(), args, name))
         elif name == "NEWOBJ_EX":

@@ -18,10 +18,9 @@ from typing import BinaryIO, Callable, Iterator, Mapping
 import numpy as np
 
 from . import safetensors_io
-from .paddle_weights import BFLOAT16
-
 from .errors import ConversionError
 from .lazy import prefetch
+from .paddle_weights import BFLOAT16
 
 PADDLE_FORMATS = (".pdparams", ".safetensors")
 TORCH_FORMATS = (".pth", ".pt", ".safetensors")

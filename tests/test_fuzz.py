@@ -12,7 +12,6 @@ import io
 import pickletools
 
 import numpy as np
-import pytest
 
 from converter.errors import CoatError, WeightsError
 from converter.pipeline import convert_checkpoint

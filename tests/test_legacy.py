@@ -14,8 +14,8 @@ from converter.torch_pickle import is_legacy_torch
 from reference.checkpoints import official_state_dict, seeded_model
 
 from . import hostile as h
-from .test_cli import assert_refused
 from .conftest import run_cli
+from .test_cli import assert_refused
 from .test_sources import assert_parity, convert_ok
 
 LITE, FULL = "coat_lite_tiny", "coat_tiny"
