@@ -33,7 +33,8 @@ class Limits:
     """What a pickle may ask for. Real checkpoints use a small fraction of each."""
 
     depth: int = 100  # nesting of containers (a checkpoint nests fewer than 10)
-    opcodes: int = 500_000  # a training checkpoint of coat_lite_medium has 58,325
+    opcodes: int = 250_000  # a training checkpoint of coat_lite_medium (the largest) has 58,325
+    stack: int = 100_000  # items waiting on the stack (pickle batches containers by 1,000)
     line: int = 1 << 16  # text arguments of protocol 0 opcodes
     ndim: int = 32  # numpy's own maximum is 64
 
@@ -364,6 +365,8 @@ class _Machine:
                 if name == "STOP":
                     return self.resolve(self.pop())
                 self.step(name, arg)
+                if len(self.stack) > self.limits.stack:
+                    raise _refuse(f"the pickle holds more than {self.limits.stack} items on its stack")
         except (ValueError, EOFError, IndexError, KeyError, TypeError, OverflowError,
                 UnicodeDecodeError) as e:
             if isinstance(e, CorruptPickle):
@@ -386,6 +389,8 @@ class _Machine:
         elif name in ("PROTO", "FRAME"):
             pass
         elif name == "MARK":
+            if len(self.marks) >= self.limits.depth:
+                raise _refuse(f"the pickle nests deeper than {self.limits.depth} levels")
             self.marks.append(len(stack))
         elif name == "EMPTY_LIST":
             stack.append(self.made([], 1))

@@ -75,8 +75,8 @@ def deep_lists(depth: int) -> bytes:
 
 
 def many_opcodes(n: int) -> bytes:
-    """A list of ``n`` Nones: every opcode is one element, so memory follows the count."""
-    return pickle_of(EMPTY_LIST + MARK + NONE * n + APPENDS)
+    """A list of ``n // 2`` Nones, one ``APPEND`` each: memory follows the opcode count."""
+    return pickle_of(EMPTY_LIST + (NONE + APPEND) * (n // 2))
 
 
 def numpy_array(shape: tuple[int, ...], dtype: str, raw: bytes, reconstruct_shape=(0,)) -> bytes:
