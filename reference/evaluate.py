@@ -23,7 +23,7 @@ import torch
 from converter.cli import command
 from converter.reverse import paddle_layout_for, to_torch_layout
 from paddle_model.evaluate.cli import build_parser, check_args, evaluate, report
-from paddle_model.variants import get_variant
+from converter.variants import get_variant
 
 from .timm_model import build_timm, load_timm_state, timm_from_checkpoint
 
