@@ -6,7 +6,7 @@ shapes, every key already named as the layout names it).
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from .errors import ConversionError, preview
 from .mapping import Plan, plan_mapping

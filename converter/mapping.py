@@ -14,18 +14,17 @@ fits Paddle-layout weights (the way back to torch, :mod:`converter.reverse`): wi
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
-from typing import Callable, Mapping
 
 import numpy as np
 
+from .errors import ConversionError, preview
 from .layout import Layout, coat_layout
+from .lazy import Lazy
 from .paddle_weights import FLOAT_DTYPES
 from .variants import CoatVariant
-
-from .errors import ConversionError, preview
-from .lazy import Lazy
 
 DROP, TIE, RENAME = "drop", "tie", "rename"
 

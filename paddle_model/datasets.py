@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -102,7 +102,7 @@ class EvalData:
     classes: list[str] = field(default_factory=list)  # folder names, for trees
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, folder or line; reason)
 
-    def limit(self, n: int | None) -> "EvalData":
+    def limit(self, n: int | None) -> EvalData:
         """``n`` samples spread evenly over the data (every k-th), for a quick check of all classes."""
         if n is None or n >= len(self.samples):
             return self
@@ -128,7 +128,7 @@ def _images_under(folder: Path, seen: set, skipped: list, skip_bad: bool) -> lis
     (a FIFO, a socket, a device, a dangling link) is a problem.
     """
     found = []
-    for root, dirs, names in _walk_once(folder, seen):
+    for root, _, names in _walk_once(folder, seen):
         for name in sorted(names):
             if not name.lower().endswith(IMAGE_SUFFIXES):
                 continue
@@ -214,7 +214,8 @@ def read_list(list_file: str | os.PathLike, root: str | os.PathLike, num_classes
         where = f"{list_file}:{number}"
         parts = line.rsplit(None, 1)
         if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-            _problem(skipped, skip_bad, where, f"cannot parse {line.strip()!r}; expected '<relative path> <label>'")
+            _problem(skipped, skip_bad, where,
+                     f"cannot parse {line.strip()!r}; expected '<relative path> <label>'")
             continue
         label = int(parts[1])
         if not 0 <= label < num_classes:

@@ -34,7 +34,7 @@ class EvalTransform:
     std: tuple[float, float, float] = IMAGENET_STD
 
     @classmethod
-    def for_variant(cls, variant: str | CoatVariant) -> "EvalTransform":
+    def for_variant(cls, variant: str | CoatVariant) -> EvalTransform:
         v = get_variant(variant) if isinstance(variant, str) else variant
         return cls(size=v.img_size, resize=math.floor(v.img_size / v.crop_pct),
                    crop_mode=v.crop_mode, interpolation=v.interpolation)

@@ -22,8 +22,8 @@ import torch
 
 from converter.cli import command
 from converter.reverse import paddle_layout_for, to_torch_layout
-from paddle_model.evaluate.cli import build_parser, check_args, evaluate, report
 from converter.variants import get_variant
+from paddle_model.evaluate.cli import build_parser, check_args, evaluate, report
 
 from .timm_model import build_timm, load_timm_state, timm_from_checkpoint
 

@@ -10,9 +10,9 @@ where a port goes wrong.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -97,7 +97,8 @@ class ParityReport:
     def table(self) -> str:
         h, w = self.input_size
         rows = [f"{self.variant} at {h}x{w}, batch {self.batch}:",
-                f"  {'tensor':14} {'max|d|':>10} {'max|d|/max|ref|':>16} {'cosine':>12} {'top-1':>6}  verdict"]
+                f"  {'tensor':14} {'max|d|':>10} {'max|d|/max|ref|':>16} {'cosine':>12} {'top-1':>6}"
+                "  verdict"]
         for c in self.outputs:
             top1 = "" if c.top1_agree is None else f"{c.top1_agree:.0%}"
             rows.append(f"  {c.name:14} {c.max_abs:>10.3e} {c.max_rel:>16.3e} {c.cosine:>12.9f} "

@@ -1,8 +1,8 @@
 """timm's CoaT, built from this project's variant table and loaded from any checkpoint."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import timm

@@ -195,7 +195,8 @@ def limited(n: int) -> list[int]:
 
 
 def test_rigged_head_gives_the_designed_accuracy(tree, rigged, capsys):
-    result = evaluate_json(capsys, tree, "--variant", VARIANT, "--weights", rigged.weights, "--batch-size", "8")
+    result = evaluate_json(capsys, tree, "--variant", VARIANT, "--weights", rigged.weights,
+                           "--batch-size", "8")
     assert (result["images"], result["evaluated"], result["skipped"]["count"]) == (N, N, 0)
     assert (result["correct_top1"], result["correct_top5"]) == (rigged.top1, rigged.top5) == (12, 24)
     assert result["top1"] == pytest.approx(100 * 12 / 35)
@@ -458,7 +459,8 @@ def test_a_thin_png_is_refused_before_it_takes_gigabytes(small_tree, rigged):
             "import paddle, PIL.Image, tqdm\n"
             "from paddle_model.evaluate import main\n"
             "import paddle_model.factory\n"
-            "vm = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmSize')) * 1024\n"
+            "status = open('/proc/self/status').read().splitlines()\n"
+            "vm = next(int(l.split()[1]) for l in status if l.startswith('VmSize')) * 1024\n"
             "resource.setrlimit(resource.RLIMIT_AS, (vm + 2**30, vm + 2**30))\n"
             "sys.exit(main(sys.argv[1:]))\n")
     done = subprocess.run([sys.executable, "-c", code, str(small_tree), "--variant", VARIANT, "--weights",

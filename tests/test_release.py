@@ -15,9 +15,9 @@ import torch
 from PIL import Image
 
 import paddle_model
-from reference import release as release_module
 from paddle_model import export as export_module
 from paddle_model.variants import get_variant
+from reference import release as release_module
 from reference.checkpoints import seeded_model
 from reference.parity import verify_conversion
 
@@ -171,7 +171,8 @@ def test_exported_model_matches_eager_at_two_sizes_and_batches(name, converted, 
     eager.eval()
     for batch, size in [(1, 224), (3, 160), (2, (230, 200))]:
         h, w = (size, size) if isinstance(size, int) else size
-        x = paddle.to_tensor(np.random.default_rng(batch).standard_normal((batch, 3, h, w)).astype(np.float32))
+        x = np.random.default_rng(batch).standard_normal((batch, 3, h, w)).astype(np.float32)
+        x = paddle.to_tensor(x)
         with paddle.no_grad():
             a, b = eager(x).numpy(), exported(x).numpy()
         assert a.shape == b.shape == (batch, 1000)

@@ -9,8 +9,8 @@ import argparse
 import json
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from converter.cli import ArgumentParser, command, fail
 from converter.writers import atomic_write, check_destination

@@ -1,14 +1,26 @@
 """The result of an evaluation: a JSON-able dict, and the same for people as a few lines."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
 from ..datasets import EvalData
 from ..variants import get_variant
-from .runner import ABS_DIFF, BAD, PRED, REF_MARGIN, REF_MAX, REF_PRED, REF_TOP1, REF_TOP5, SEEN, TOP1, TOP5
-from .runner import Outcomes
+from .runner import (
+    ABS_DIFF,
+    BAD,
+    PRED,
+    REF_MARGIN,
+    REF_MAX,
+    REF_PRED,
+    REF_TOP1,
+    REF_TOP5,
+    SEEN,
+    TOP1,
+    TOP5,
+    Outcomes,
+)
 
 
 def _percent(count: int, n: int) -> float:
