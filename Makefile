@@ -7,7 +7,7 @@ NOTORCH_VENV ?= .venv-notorch
 PY := $(VENV)/bin/python
 NOTORCH_DIR := build/notorch
 
-.PHONY: demo test test-main test-notorch clean
+.PHONY: demo test lint test-main test-notorch clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,12 @@ demo: $(VENV)/.installed
 	$(PY) -m reference.make_checkpoint coat_lite_tiny demo/coat_lite_tiny.pth --force
 	$(PY) convert.py demo/coat_lite_tiny.pth demo/coat_lite_tiny.pdparams --force --verify
 
-test: test-main test-notorch
+test: lint test-main test-notorch
+
+# the layers of pyproject.toml's [tool.importlinter], and ruff's rules
+lint: $(VENV)/.installed
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check .
 
 test-main: $(VENV)/.installed
 	$(PY) -m pytest -q -m "not notorch"

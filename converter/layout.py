@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from .variants import CoatVariant
 
 LINEAR, CONV, NORM, TOKEN = "linear", "conv", "norm", "token"
+FEATURE_NAMES = ("x1_nocls", "x2_nocls", "x3_nocls", "x4_nocls")
 
 
 @dataclass(frozen=True)

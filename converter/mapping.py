@@ -7,23 +7,24 @@ follows from the target layer's type in :mod:`converter.layout` (Linear weights 
 ``[out, in]`` in torch and ``[in, out]`` in Paddle).
 
 Mapping runs in two steps: :func:`plan_mapping` looks at names and shapes only (variant
-detection runs it for every variant), :func:`apply_plan` moves the data.
+detection runs it for every variant), :func:`apply_plan` moves the data. The same engine
+fits Paddle-layout weights (the way back to torch, :mod:`converter.reverse`): with
+``PADDLE_RULES`` every key already has its name, and shapes are compared in Paddle's layout.
 """
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
-from typing import Callable, Mapping
 
 import numpy as np
 
+from .errors import ConversionError, preview
 from .layout import Layout, coat_layout
+from .lazy import Lazy
 from .paddle_weights import FLOAT_DTYPES
 from .variants import CoatVariant
-
-from .errors import ConversionError, preview
-from .lazy import Lazy
 
 DROP, TIE, RENAME = "drop", "tie", "rename"
 
@@ -54,24 +55,29 @@ RULES: tuple[Rule, ...] = (
 )
 
 
-_PATTERNS = tuple(re.compile(rule.pattern) for rule in RULES)
+# a source already in the Paddle layout (a .pdparams file): every key keeps its name, an
+# alias is tied to its canonical key by the layout itself, and nothing is dropped
+PADDLE_RULES: tuple[Rule, ...] = (Rule(r".*", RENAME),)
 
 
 @lru_cache(maxsize=16384)
-def _resolve(key: str, active: tuple[int, ...]) -> tuple[Rule, str]:
-    """The first active rule matching ``key`` and the name it gives (cached: detection asks
-    the same of every variant)."""
-    for i in active:
-        match = _PATTERNS[i].fullmatch(key)
+def _resolve(key: str, rules: tuple[Rule, ...]) -> tuple[Rule, str]:
+    """The first rule matching ``key`` and the name it gives (cached: detection asks the same
+    of every variant)."""
+    for rule in rules:
+        match = re.fullmatch(rule.pattern, key)
         if match:
-            return RULES[i], match.expand(RULES[i].target)
-    raise AssertionError("the last rule matches every key")
+            return rule, match.expand(rule.target)
+    raise ConversionError(f"{key}: no mapping rule matches it; a rule table must end with a catch-all")
 
 
-def layout_for(shapes: Mapping[str, tuple[int, ...]], variant: CoatVariant) -> Layout:
-    """The target layout that fits a source: its classifier size, or no head at all."""
+def layout_for(shapes: Mapping[str, tuple[int, ...]], variant: CoatVariant, paddle: bool = False) -> Layout:
+    """The target layout that fits a source: its classifier size, or no head at all.
+
+    ``paddle``: the shapes are in Paddle's layout (a Linear weight is ``[in, out]``).
+    """
     head = any(k.startswith("norm4.") for k in shapes)
-    num_classes = int(shapes["head.weight"][0]) if "head.weight" in shapes else 0
+    num_classes = int(shapes["head.weight"][1 if paddle else 0]) if "head.weight" in shapes else 0
     return coat_layout(variant, num_classes=num_classes, head=head)
 
 
@@ -103,22 +109,30 @@ def check_declared_ties(plan: Plan, declared: Mapping[str, str], origin: str) ->
                 f"{plan.variant.name} they are different tensors")
 
 
-def plan_mapping(shapes: Mapping[str, tuple[int, ...]], variant: CoatVariant) -> Plan:
-    """Decide each source key's fate from names and torch shapes alone."""
-    layout = layout_for(shapes, variant)
+def plan_mapping(shapes: Mapping[str, tuple[int, ...]], variant: CoatVariant, paddle: bool = False,
+                 rules: tuple[Rule, ...] | None = None) -> Plan:
+    """Decide each source key's fate from names and shapes alone.
+
+    The shapes are torch's (a PyTorch checkpoint, mapped by ``RULES``), or with ``paddle``
+    Paddle's (Paddle weights, mapped by ``PADDLE_RULES``); ``rules`` overrides the table.
+    A renamed key that is an alias in the layout is a tie to its canonical key.
+    """
+    layout = layout_for(shapes, variant, paddle)
     plan = Plan(variant, layout)
-    active = tuple(i for i, rule in enumerate(RULES) if rule.applies(variant))
+    active = tuple(r for r in (rules or (PADDLE_RULES if paddle else RULES)) if r.applies(variant))
     unexpected, mismatched, duplicated = [], [], []
     for key, shape in shapes.items():
         rule, target = _resolve(key, active)
         if rule.action == DROP:
             plan.dropped[key] = rule.reason
             continue
-        if rule.action == TIE:
-            if layout.aliases.get(key) != target:
+        if rule.action == TIE or target in layout.aliases:
+            canonical = target if rule.action == TIE else layout.aliases[target]
+            if layout.aliases.get(key) != canonical:
                 unexpected.append(key)
                 continue
-            plan.tied[key] = target
+            plan.tied[key] = canonical
+            target = canonical
         else:
             if target not in layout.tensors:
                 unexpected.append(key)
@@ -126,7 +140,8 @@ def plan_mapping(shapes: Mapping[str, tuple[int, ...]], variant: CoatVariant) ->
             if target in plan.renamed.values():
                 duplicated.append(target)
             plan.renamed[key] = target
-        expected = layout.spec(target).torch_shape
+        spec = layout.spec(target)
+        expected = spec.shape if paddle else spec.torch_shape
         if tuple(shape) != expected:
             mismatched.append(f"{key} is {list(shape)}, expected {list(expected)}")
     missing = layout.tensors.keys() - plan.renamed.values()

@@ -2,19 +2,88 @@
 
 No paddle here: listing and checking the data is plain Python, so it is the same on every rank
 of a distributed run and testable on its own. Problems found while listing (a class folder
-without images, a list line that does not parse, a label out of range) raise :class:`CoatError`
-naming the folder or line, or, with ``skip_bad``, are recorded in :attr:`EvalData.skipped`.
+without images, a list line that does not parse, a label out of range, an image name that is
+not a regular file) raise :class:`CoatError` naming the folder or line, or, with ``skip_bad``,
+are recorded in :attr:`EvalData.skipped`.
+
+Only regular files are read (a FIFO named ``x.JPEG`` would block the reader forever) and no
+directory is visited twice (a symlink ``class/loop -> .`` would count the class again and
+again). :class:`EvalImages` is the dataset the DataLoader's workers receive, so it is defined
+here at module level: workers started with *spawn* (macOS, Windows) get it by pickling.
 """
 from __future__ import annotations
 
 import os
+import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
+
+import numpy as np
 
 from .errors import CoatError
 
 # the file types torchvision's ImageFolder takes (compared lower-case), so both list the same files
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+@lru_cache(maxsize=1)
+def _imagenet_table() -> list[tuple[str, str]]:
+    table = Path(__file__).with_name("imagenet_classes.tsv").read_text().splitlines()
+    return [tuple(line.split("\t", 1)) for line in table]
+
+
+def imagenet_classes() -> list[str]:
+    """The 1000 ImageNet-1k class names in label order (WordNet lemmas)."""
+    return [name for _, name in _imagenet_table()]
+
+
+def imagenet_wnids() -> list[str]:
+    """The 1000 ImageNet-1k WordNet ids (``n01440764``, ...) in label order: sorted."""
+    return [wnid for wnid, _ in _imagenet_table()]
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"),
+                       (stat.S_ISBLK, "a device"), (stat.S_ISDIR, "a directory")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def load_image(path: str | os.PathLike, transform=None):
+    """The image at ``path`` as an RGB PIL image, or :class:`CoatError` saying why it is not one.
+
+    Only a regular file is opened (opened without blocking and checked on the open descriptor,
+    so a FIFO or device cannot stall the reader). PIL refuses sources beyond its decompression
+    limit; with ``transform`` (an :class:`~paddle_model.transforms.EvalTransform`) the size the
+    image would be resized to is checked against the same limit before anything is decoded.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except (FileNotFoundError, NotADirectoryError):
+        raise CoatError(f"{path}: no such image file") from None
+    except IsADirectoryError:
+        raise CoatError(f"{path}: is a directory, not an image file") from None
+    except OSError as e:
+        raise CoatError(f"{path}: cannot be opened ({e.strerror or e})") from None
+    with os.fdopen(fd, "rb") as f:
+        mode = os.fstat(f.fileno()).st_mode
+        if not stat.S_ISREG(mode):
+            raise CoatError(f"{path}: {_kind(mode)}, not an image file; only regular files are read")
+        try:
+            with Image.open(f) as image:
+                if transform is not None:
+                    transform.check_size(*image.size)
+                return image.convert("RGB")
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError,
+                Image.DecompressionBombError) as e:  # PIL reports damage in all of these
+            raise CoatError(f"{path}: not a readable image ({e})") from None
+        except CoatError as e:
+            raise CoatError(f"{path}: {e}") from None
 
 
 @dataclass(frozen=True)
@@ -33,7 +102,7 @@ class EvalData:
     classes: list[str] = field(default_factory=list)  # folder names, for trees
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, folder or line; reason)
 
-    def limit(self, n: int | None) -> "EvalData":
+    def limit(self, n: int | None) -> EvalData:
         """``n`` samples spread evenly over the data (every k-th), for a quick check of all classes."""
         if n is None or n >= len(self.samples):
             return self
@@ -50,12 +119,50 @@ def _problem(skipped: list, skip_bad: bool, item: str, reason: str) -> None:
     skipped.append((item, reason))
 
 
-def _images_under(folder: Path) -> list[Path]:
-    """Image files anywhere below ``folder``, in ImageFolder's order (walk sorted, names sorted)."""
+def _images_under(folder: Path, seen: set, skipped: list, skip_bad: bool) -> list[Path]:
+    """Image files anywhere below ``folder``, in ImageFolder's order (walk sorted, names sorted).
+
+    Symbolic links are followed, as ImageFolder does, but no directory in ``seen`` (device and
+    inode: the data root, the class folders, everything walked so far) is entered again, so a
+    link back up the tree adds nothing. A name with an image suffix that is not a regular file
+    (a FIFO, a socket, a device, a dangling link) is a problem.
+    """
     found = []
-    for root, _, names in sorted(os.walk(folder, followlinks=True)):
-        found += [Path(root, n) for n in sorted(names) if n.lower().endswith(IMAGE_SUFFIXES)]
+    for root, _, names in _walk_once(folder, seen):
+        for name in sorted(names):
+            if not name.lower().endswith(IMAGE_SUFFIXES):
+                continue
+            path = Path(root, name)
+            try:
+                mode = os.stat(path).st_mode
+            except OSError as e:
+                _problem(skipped, skip_bad, str(path), f"cannot be read ({e.strerror or e})")
+                continue
+            if stat.S_ISREG(mode):
+                found.append(path)
+            else:
+                _problem(skipped, skip_bad, str(path), f"{_kind(mode)}, not an image file")
     return found
+
+
+def _walk_once(folder: Path, seen: set) -> list[tuple[str, list[str], list[str]]]:
+    """``os.walk(folder, followlinks=True)`` sorted by folder, entering no directory of ``seen``
+    (but ``folder`` itself) and adding each one it enters."""
+    walked = []
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        identity = _identity(root)
+        if root != str(folder) and identity in seen:
+            dirs[:] = []
+            continue
+        seen.add(identity)
+        dirs.sort()
+        walked.append((root, dirs, names))
+    return sorted(walked)
+
+
+def _identity(path: str | os.PathLike) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
 
 
 def scan_folder(root: str | os.PathLike, num_classes: int, skip_bad: bool = False,
@@ -83,8 +190,9 @@ def scan_folder(root: str | os.PathLike, num_classes: int, skip_bad: bool = Fals
         raise CoatError(f"{root}: {len(classes)} class folders but the model has {num_classes} classes; "
                         "point DATA at the folder whose subfolders are the classes")
     samples, skipped = [], []
+    seen = {_identity(root), *(_identity(root / name) for name in classes)}
     for name, label in zip(classes, labels):
-        images = _images_under(root / name)
+        images = _images_under(root / name, seen, skipped, skip_bad)
         if not images:
             _problem(skipped, skip_bad, str(root / name), "class folder with no images")
         samples += [Sample(str(path), label) for path in images]
@@ -106,7 +214,8 @@ def read_list(list_file: str | os.PathLike, root: str | os.PathLike, num_classes
         where = f"{list_file}:{number}"
         parts = line.rsplit(None, 1)
         if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-            _problem(skipped, skip_bad, where, f"cannot parse {line.strip()!r}; expected '<relative path> <label>'")
+            _problem(skipped, skip_bad, where,
+                     f"cannot parse {line.strip()!r}; expected '<relative path> <label>'")
             continue
         label = int(parts[1])
         if not 0 <= label < num_classes:
@@ -116,3 +225,44 @@ def read_list(list_file: str | os.PathLike, root: str | os.PathLike, num_classes
     if not samples and not skipped:
         raise CoatError(f"{list_file}: the file list is empty")
     return EvalData(root, samples, "list file", [], skipped)
+
+
+def read_image(path: str, transform) -> np.ndarray:
+    """``transform(load_image(path))``: the model input of one image file, sizes checked first."""
+    try:
+        return transform(load_image(path, transform))
+    except MemoryError:
+        raise CoatError(f"{path}: out of memory while decoding and resizing it") from None
+
+
+class EvalImages:
+    """The samples as a map-style dataset for ``paddle.io.DataLoader``.
+
+    Item ``i`` is (image [3, H, W] float32, label, i, readable); an unreadable image comes back
+    as zeros with readable 0, so one bad file does not kill a worker. Plain data and a
+    dataclass transform: it pickles, as workers started with *spawn* need.
+    """
+
+    def __init__(self, samples: list[Sample], transform: Callable) -> None:
+        self.samples = samples
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        sample = self.samples[index]
+        try:
+            x, ok = read_image(sample.path, self.transform), 1
+        except CoatError:
+            x, ok = np.zeros((3, self.transform.size, self.transform.size), np.float32), 0
+        return x, np.int64(sample.label), np.int64(index), np.int64(ok)
+
+    def failure(self, index: int) -> str:
+        """Why item ``index`` could not be read, asked again here (workers pass no strings)."""
+        path = self.samples[index].path
+        try:
+            read_image(path, self.transform)
+        except CoatError as e:
+            return str(e).removeprefix(f"{path}: ")
+        return "could not be read during the run"

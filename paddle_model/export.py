@@ -11,11 +11,12 @@ the variant's); such a model runs only where those ops are built and registered,
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import sys
 import warnings
 from pathlib import Path
+
+from converter.cli import ArgumentParser, command
 
 from .errors import CoatError
 from .variants import VARIANTS, get_variant
@@ -98,8 +99,9 @@ def create_predictor(prefix: str | Path, threads: int = 1):
     return inference.create_predictor(config)
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m paddle_model.export", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m paddle_model.export", description=__doc__.split("\n")[0])
     p.add_argument("variant", choices=list(VARIANTS))
     p.add_argument("prefix", type=Path, help="output path prefix (without suffix)")
     p.add_argument("--weights", type=Path, help=".pdparams or .safetensors (default: random init)")
@@ -111,13 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore", message="No ccache found")
     if not args.prefix.parent.is_dir():
-        print(f"error: {args.prefix.parent}: no such directory; create it first", file=sys.stderr)
-        return 2
-    try:
-        export(args.variant, args.weights, args.prefix, kernels=args.kernels, size=args.size)
-    except CoatError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise CoatError(f"{args.prefix.parent}: no such directory; create it first")
+    export(args.variant, args.weights, args.prefix, kernels=args.kernels, size=args.size)
     if args.kernels:
         side = args.size or get_variant(args.variant).img_size
         shape = f"float32 [N, 3, {side}, {side}], any N; load with paddle_model.export.create_predictor"

@@ -6,45 +6,18 @@ Preprocessing is the variant's evaluation transform (the one its accuracy was me
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import warnings
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from .errors import CoatError
+from converter.cli import ArgumentParser, command
+
+from .datasets import imagenet_classes, imagenet_wnids, load_image
 from .variants import VARIANTS
 
-
-@lru_cache(maxsize=1)
-def _imagenet_table() -> list[tuple[str, str]]:
-    table = Path(__file__).with_name("imagenet_classes.tsv").read_text().splitlines()
-    return [tuple(line.split("\t", 1)) for line in table]
-
-
-def imagenet_classes() -> list[str]:
-    """The 1000 ImageNet-1k class names in label order (WordNet lemmas)."""
-    return [name for _, name in _imagenet_table()]
-
-
-def imagenet_wnids() -> list[str]:
-    """The 1000 ImageNet-1k WordNet ids (``n01440764``, ...) in label order: sorted."""
-    return [wnid for wnid, _ in _imagenet_table()]
-
-
-def load_image(path: str | Path):
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (FileNotFoundError, IsADirectoryError):
-        raise CoatError(f"{path}: no such image file") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError,
-            Image.DecompressionBombError) as e:  # PIL reports damage in all of these
-        raise CoatError(f"{path}: not a readable image ({e})") from None
+__all__ = ["predict", "main", "imagenet_classes", "imagenet_wnids", "load_image"]
 
 
 def predict(model, images, variant: str, top: int = 5) -> list[list[tuple[int, str, float]]]:
@@ -66,23 +39,22 @@ def predict(model, images, variant: str, top: int = 5) -> list[list[tuple[int, s
     return results
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m paddle_model.predict", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m paddle_model.predict", description=__doc__.split("\n")[0])
     p.add_argument("images", nargs="+", type=Path)
     p.add_argument("--variant", required=True, choices=list(VARIANTS))
     p.add_argument("--weights", required=True, type=Path, help=".pdparams or .safetensors")
     p.add_argument("--top", type=int, default=5)
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore", message="No ccache found")
-    try:
-        images = [load_image(path) for path in args.images]
-        from .factory import create_model
+    from .factory import create_model
+    from .transforms import eval_transform
 
-        model = create_model(args.variant, pretrained=args.weights)
-        results = predict(model, images, args.variant, args.top)
-    except CoatError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    transform = eval_transform(args.variant)  # sizes are checked before an image is decoded
+    images = [load_image(path, transform) for path in args.images]
+    model = create_model(args.variant, pretrained=args.weights)
+    results = predict(model, images, args.variant, args.top)
     for path, result in zip(args.images, results):
         print(path)
         for rank, (index, name, prob) in enumerate(result, 1):

@@ -3,7 +3,8 @@
 It reproduces timm's eval transform step for step (so the inputs are identical, not close):
 224 models resize the shorter side to floor(224 / 0.9) = 248 with bicubic filtering and take
 the centre 224x224; the 384 model squashes the image to 384x384. Then /255 and ImageNet
-mean/std normalisation, in float32.
+mean/std normalisation, in float32. Sizes whose resize would exceed PIL's pixel limit are
+refused (:meth:`EvalTransform.check_size`).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image
 
+from .errors import CoatError
 from .variants import CoatVariant, get_variant
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -32,7 +34,7 @@ class EvalTransform:
     std: tuple[float, float, float] = IMAGENET_STD
 
     @classmethod
-    def for_variant(cls, variant: str | CoatVariant) -> "EvalTransform":
+    def for_variant(cls, variant: str | CoatVariant) -> EvalTransform:
         v = get_variant(variant) if isinstance(variant, str) else variant
         return cls(size=v.img_size, resize=math.floor(v.img_size / v.crop_pct),
                    crop_mode=v.crop_mode, interpolation=v.interpolation)
@@ -41,17 +43,35 @@ class EvalTransform:
         """The settings, for manifests and model cards."""
         return {**asdict(self), "crop_pct": self.size / self.resize}
 
-    def __call__(self, image: Image.Image) -> np.ndarray:
-        image = image.convert("RGB")
-        resample = _FILTERS[self.interpolation]
+    def resized_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) of an image of this size after the resize, before the centre crop."""
         if self.crop_mode == "squash":
-            image = image.resize((self.resize, self.resize), resample)
-        else:
-            w, h = image.size
-            short, long = (w, h) if w <= h else (h, w)
-            new_long = int(self.resize * long / short)
-            new_w, new_h = (self.resize, new_long) if w <= h else (new_long, self.resize)
-            image = image.resize((new_w, new_h), resample)
+            return self.resize, self.resize
+        short, long = (width, height) if width <= height else (height, width)
+        new_long = int(self.resize * long / short)
+        return (self.resize, new_long) if width <= height else (new_long, self.resize)
+
+    def check_size(self, width: int, height: int) -> None:
+        """Refuse an image whose resize would exceed PIL's decompression limit.
+
+        A thin image is small on disk and when decoded, but resizing its shorter side to 248
+        multiplies the longer one: a 1x10000 PNG would become 248x2480000 pixels (GBs).
+        PIL bounds only the source, so the resize target is bounded here, by the same limit.
+        """
+        limit = Image.MAX_IMAGE_PIXELS
+        if width < 1 or height < 1:
+            raise CoatError(f"the image is {width}x{height} pixels: empty")
+        new_w, new_h = self.resized_size(width, height)
+        if limit is not None and new_w * new_h > limit:
+            raise CoatError(
+                f"the image is {width}x{height} pixels, so resizing its shorter side to {self.resize} "
+                f"would make {new_w}x{new_h} = {new_w * new_h:,} pixels, more than PIL's limit of "
+                f"{limit:,}; crop or pad it to a less extreme aspect ratio")
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        self.check_size(*image.size)
+        image = image.convert("RGB")
+        image = image.resize(self.resized_size(*image.size), _FILTERS[self.interpolation])
         w, h = image.size
         top = int(round((h - self.size) / 2.0))
         left = int(round((w - self.size) / 2.0))

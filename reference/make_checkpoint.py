@@ -8,18 +8,20 @@
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from paddle_model.variants import VARIANTS
+from converter.cli import ArgumentParser, command
+from converter.errors import CoatError
+from converter.variants import VARIANTS
 
 from .checkpoints import seeded_model, write_official_checkpoint, write_timm_checkpoint
 from .parity import run_torch, seeded_input
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m reference.make_checkpoint", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m reference.make_checkpoint", description=__doc__.split("\n")[0])
     p.add_argument("variant", choices=list(VARIANTS))
     p.add_argument("path", type=Path)
     p.add_argument("--layout", choices=["official", "timm"], default="official",
@@ -29,8 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--logits", type=Path, help="also save timm's logits on the seeded batch here (.npy)")
     args = p.parse_args(argv)
     if args.path.exists() and not args.force:
-        print(f"error: {args.path}: already exists; pass --force to overwrite it", file=sys.stderr)
-        return 2
+        raise CoatError(f"{args.path}: already exists; pass --force to overwrite it")
     if args.path.suffix == ".safetensors":
         from safetensors.torch import save_model
 

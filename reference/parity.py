@@ -10,16 +10,16 @@ where a port goes wrong.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from paddle_model.variants import CoatVariant, get_variant
+from converter.layout import FEATURE_NAMES
+from converter.variants import CoatVariant, get_variant
 
 DEFAULT_RTOL = 1e-5  # max |delta| / max |reference| allowed, fp32
-FEATURES = ("x1_nocls", "x2_nocls", "x3_nocls", "x4_nocls")
 
 
 @dataclass
@@ -97,7 +97,8 @@ class ParityReport:
     def table(self) -> str:
         h, w = self.input_size
         rows = [f"{self.variant} at {h}x{w}, batch {self.batch}:",
-                f"  {'tensor':14} {'max|d|':>10} {'max|d|/max|ref|':>16} {'cosine':>12} {'top-1':>6}  verdict"]
+                f"  {'tensor':14} {'max|d|':>10} {'max|d|/max|ref|':>16} {'cosine':>12} {'top-1':>6}"
+                "  verdict"]
         for c in self.outputs:
             top1 = "" if c.top1_agree is None else f"{c.top1_agree:.0%}"
             rows.append(f"  {c.name:14} {c.max_abs:>10.3e} {c.max_rel:>16.3e} {c.cosine:>12.9f} "
@@ -218,7 +219,7 @@ def compare_models(reference, candidate, x: np.ndarray, variant: str,
         candidate_backbone.eval()
         with paddle.no_grad():
             cand_maps = candidate_backbone(paddle.to_tensor(x))
-        outputs += [compare(k, ref_maps[k].numpy(), cand_maps[k].numpy(), tolerance) for k in FEATURES]
+        outputs += [compare(k, ref_maps[k].numpy(), cand_maps[k].numpy(), tolerance) for k in FEATURE_NAMES]
     outputs.append(compare("cls_features", ref_head, cand_head, tolerance))
     outputs.append(compare("logits", ref_logits, cand_logits, tolerance, top1=True))
     return ParityReport(variant, tuple(x.shape[2:]), len(x), tolerance, outputs, blocks)
@@ -245,7 +246,7 @@ def reference_models(src: str | Path, variant: CoatVariant, size: tuple[int, int
     official = any(s % 32 for s in size)
     models = []
     for kwargs in ({"num_classes": 0 if head is None else head.shape[0]},
-                   {"return_interm_layers": True, "out_features": list(FEATURES)}):
+                   {"return_interm_layers": True, "out_features": list(FEATURE_NAMES)}):
         model = build_timm(variant, img_size=size, **kwargs)
         load_timm_state(model, state)
         models.append(resample_to_target_size(model) if official else model)

@@ -6,11 +6,16 @@ For every checkpoint in SRC_DIR (official file names or any name; the variant co
 tensors) it writes ``OUT_DIR/<variant>/`` with ``<variant>.pdparams``, ``<variant>.safetensors``,
 ``manifest.json`` (hashes, parity, preprocessing, published accuracy, versions) and a model card
 ``README.md``. A variant that fails parity leaves nothing behind; the exit code is then 1.
-Needs torch and timm for the parity check.
+Two checkpoints of the same variant are refused before anything is written. Needs torch and
+timm for the parity check.
+
+"Official" means that the sha256 of the file starts with the 8 hex digits the official
+release publishes in its file name (``coat_tiny_c6efc33c.pth``): the full hash is not
+published, so that prefix is all there is to compare, and the manifest says so. The full
+sha256 of what was converted is recorded beside it.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import platform
@@ -23,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from converter.cli import ArgumentParser, command
 from converter.errors import CoatError, ConversionError
 from converter.pipeline import convert_checkpoint, sha256_file
 from converter.variants import VARIANTS, CoatVariant
@@ -54,7 +60,8 @@ def find_checkpoints(src_dir: Path) -> list[Path]:
 
 
 def official_variant(sha256: str) -> CoatVariant | None:
-    """The variant whose official release file has this sha256, if any."""
+    """The variant whose official release file name publishes the first 8 hex digits of this
+    sha256, if any (the full hash is not published)."""
     return next((v for v in VARIANTS.values() if sha256.startswith(v.release_sha256)), None)
 
 
@@ -68,6 +75,44 @@ def _versions() -> dict[str, str]:
     return versions
 
 
+def official_match(sha256: str, known: CoatVariant | None) -> str | None:
+    """What "official" rests on, in words for the manifest (None for other files)."""
+    if known is None:
+        return None
+    return (f"the first 8 hex digits of its sha256 equal those published in the official "
+            f"{known.name} release's file name ({known.release_sha256}); the full hash is not published")
+
+
+def _planned_variant(source: Path, sha256: str, allow_unofficial: bool) -> str | None:
+    """The variant ``source`` would be released as, from its hash and tensor shapes alone;
+    None when it will be refused anyway."""
+    from converter.detect import plan_for
+    from converter.readers import read_checkpoint
+
+    known = official_variant(sha256)
+    if known is None and not allow_unofficial:
+        return None
+    try:
+        shapes = {k: tuple(v.shape) for k, v in read_checkpoint(source).state.items()}
+        return plan_for(shapes, known, origin=str(source), name_hint=source.name).variant.name
+    except CoatError:
+        return None
+
+
+def _refuse_duplicates(src_dir: Path, planned: dict[Path, str | None]) -> None:
+    """Two checkpoints of one variant would release into the same folder: refuse both, first."""
+    by_variant: dict[str, list[str]] = {}
+    for source, variant in planned.items():
+        if variant is not None:
+            by_variant.setdefault(variant, []).append(source.name)
+    twice = {v: names for v, names in by_variant.items() if len(names) > 1}
+    if twice:
+        variant, names = next(iter(twice.items()))
+        raise ConversionError(
+            f"{src_dir}: {' and '.join(names)} are all {variant}; a release holds one checkpoint per "
+            "variant, so move the others out of the folder (nothing was written)")
+
+
 def _file_hashes(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
 
@@ -76,7 +121,8 @@ def _manifest(v: CoatVariant, source: Path, sha256: str, official: bool, files: 
               params: int, parity: dict) -> dict:
     return {
         "variant": v.name,
-        "source": {"file": source.name, "sha256": sha256, "official": official},
+        "source": {"file": source.name, "sha256": sha256, "official": official,
+                   "official_match": official_match(sha256, v if official else None)},
         "files": files,
         "params": params,
         "parity": parity,
@@ -98,6 +144,7 @@ def _model_card(m: dict) -> str:
                f"centre crop {pre['size']}x{pre['size']}")
     logits = next(o for o in m["parity"]["outputs"] if o["name"] == "logits")
     source = m["source"]
+    official = f"yes: {source['official_match']}" if source["official"] else "no"
     return f"""# {v} for PaddlePaddle
 
 CoaT (Co-Scale Conv-Attentional Image Transformers, Xu et al., ICCV 2021), variant `{v}`,
@@ -126,7 +173,7 @@ top-5 {m['accuracy']['top5']}%.
 
 ## Provenance
 
-- source: `{source['file']}`, sha256 `{source['sha256']}`, official release: {'yes' if source['official'] else 'no'}
+- source: `{source['file']}`, sha256 `{source['sha256']}`, official release: {official}
 - parity against timm on a seeded batch at {m['input_size'][1]}x{m['input_size'][2]}: logits max|d|/max|ref|
   {logits['max_rel']:.2e}, every scale and block within {m['parity']['tolerance']:.0e}
 - file hashes: see `manifest.json`
@@ -138,11 +185,13 @@ https://github.com/mlpc-ucsd/CoaT.
 """
 
 
-def release_one(source: Path, out_dir: Path, allow_unofficial: bool, force: bool) -> Entry:
+def release_one(source: Path, out_dir: Path, allow_unofficial: bool, force: bool,
+                sha256: str | None = None) -> Entry:
+    """Convert, verify and package one checkpoint (``sha256``: its hash, if already known)."""
     from .parity import verify_conversion
 
     entry = Entry(source)
-    sha256 = sha256_file(source)
+    sha256 = sha256 or sha256_file(source)
     known = official_variant(sha256)
     if known is None and not allow_unofficial:
         entry.status, entry.detail = "refused", (
@@ -190,17 +239,19 @@ def release_one(source: Path, out_dir: Path, allow_unofficial: bool, force: bool
 
 def release(src_dir: Path, out_dir: Path, allow_unofficial: bool = False,
             force: bool = False, progress: bool = True) -> list[Entry]:
-    """Release every checkpoint in ``src_dir`` into ``out_dir``."""
+    """Release every checkpoint in ``src_dir`` into ``out_dir``.
+
+    Each source's variant is decided first (hash and shapes, no conversion), so that two
+    checkpoints of one variant are refused before anything is written or replaced.
+    """
     from tqdm import tqdm
 
-    sources = find_checkpoints(src_dir)
+    hashes = {source: sha256_file(source) for source in find_checkpoints(src_dir)}
+    _refuse_duplicates(src_dir, {s: _planned_variant(s, h, allow_unofficial) for s, h in hashes.items()})
     out_dir.mkdir(parents=True, exist_ok=True)
     entries = []
-    for source in tqdm(sources, desc="releasing", unit="checkpoint", disable=not progress, file=sys.stderr):
-        entries.append(release_one(source, out_dir, allow_unofficial, force))
-    seen = [e.variant for e in entries if e.status == "released"]
-    if len(seen) != len(set(seen)):
-        raise ConversionError(f"{src_dir}: holds more than one checkpoint of the same variant")
+    for source in tqdm(hashes, desc="releasing", unit="checkpoint", disable=not progress, file=sys.stderr):
+        entries.append(release_one(source, out_dir, allow_unofficial, force, hashes[source]))
     return entries
 
 
@@ -212,8 +263,9 @@ def summary(entries: list[Entry]) -> str:
     return "\n".join(rows)
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m reference.release", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m reference.release", description=__doc__.split("\n")[0])
     p.add_argument("src_dir", type=Path)
     p.add_argument("out_dir", type=Path)
     p.add_argument("--allow-unofficial", action="store_true",
@@ -221,11 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", help="replace variants already in OUT_DIR")
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore", message="No ccache found")
-    try:
-        entries = release(args.src_dir, args.out_dir, args.allow_unofficial, args.force)
-    except CoatError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    entries = release(args.src_dir, args.out_dir, args.allow_unofficial, args.force)
     print(summary(entries))
     if any(e.status == "parity failed" for e in entries):
         return 1

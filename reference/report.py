@@ -7,21 +7,22 @@ the default input size.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from converter.cli import ArgumentParser, command
 from converter.pipeline import convert_checkpoint
-from paddle_model.variants import VARIANTS
+from converter.variants import VARIANTS
 
 from .checkpoints import write_official_checkpoint
 from .parity import verify_conversion
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m reference.report", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m reference.report", description=__doc__.split("\n")[0])
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     p.add_argument("--batch", type=int, default=2)
     args = p.parse_args(argv)

@@ -1,8 +1,8 @@
 """timm's CoaT, built from this project's variant table and loaded from any checkpoint."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import timm
@@ -10,7 +10,8 @@ import torch
 from timm.models.coat import checkpoint_filter_fn
 
 from converter.readers import read_checkpoint
-from paddle_model.variants import CoatVariant, get_variant
+from converter.reverse import torch_tensor
+from converter.variants import CoatVariant, get_variant
 
 
 def build_timm(variant: str | CoatVariant, img_size: int | None = None,
@@ -29,7 +30,7 @@ def load_timm_state(model: torch.nn.Module, state: Mapping[str, np.ndarray]) -> 
     because they alias another (``safetensors.torch.save_model``) are the only ones allowed
     missing, and only when the tensor they share was loaded.
     """
-    tensors = {k: _to_torch(v) for k, v in state.items()}
+    tensors = {k: torch_tensor(v) for k, v in state.items()}
     filtered = checkpoint_filter_fn(tensors, model)
     result = model.load_state_dict(filtered, strict=False)
     if result.unexpected_keys:
@@ -39,12 +40,6 @@ def load_timm_state(model: torch.nn.Module, state: Mapping[str, np.ndarray]) -> 
     really_missing = [k for k in result.missing_keys if id(own[k]) not in loaded]
     if really_missing:
         raise ValueError(f"missing keys for timm's model: {really_missing[:5]}")
-
-
-def _to_torch(array: np.ndarray) -> torch.Tensor:
-    if array.dtype.name == "bfloat16":  # numpy's bfloat16 (ml_dtypes) is unknown to torch
-        return torch.from_numpy(array.view(np.int16).copy()).view(torch.bfloat16)
-    return torch.from_numpy(np.array(array))
 
 
 def timm_from_checkpoint(path: str | Path, variant: str | CoatVariant, img_size: int | None = None,

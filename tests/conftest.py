@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,3 +67,27 @@ def sample_image_paths() -> list[Path]:
     assert spec is not None, "scikit-image is missing: install the dev extra (pip install -e '.[dev]')"
     data = Path(spec.submodule_search_locations[0]) / "data"
     return [data / name for name in SAMPLE_IMAGES]
+
+
+def timm_eval_batch(name: str, paths) -> np.ndarray:
+    """timm's own eval preprocessing of the images at ``paths``, as one NCHW batch."""
+    import timm
+    import torch
+    from PIL import Image
+
+    model = timm.create_model(name, pretrained=False, num_classes=0)
+    config = timm.data.resolve_data_config({}, model=model)
+    transform = timm.data.create_transform(**config)
+    return torch.stack([transform(Image.open(p).convert("RGB")) for p in paths]).numpy()
+
+
+def assert_refused(result: subprocess.CompletedProcess, *phrases: str) -> None:
+    """A command refused its input as the project promises: exit 2, one ``error:`` line on
+    stderr holding every phrase, no traceback."""
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in result.stderr
+    for phrase in phrases:
+        assert phrase in lines[0]

@@ -3,17 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import run_cli
-
-
-def assert_refused(result, *phrases):
-    assert result.returncode == 2, result.stdout + result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
-    assert "Traceback" not in result.stderr
-    for phrase in phrases:
-        assert phrase in lines[0]
+from .conftest import assert_refused, run_cli
 
 
 def test_summary_names_variant_counts_and_drops(checkpoints, tmp_path):

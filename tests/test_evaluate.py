@@ -1,4 +1,5 @@
-"""`python -m paddle_model.evaluate`: counts, known accuracies, timm beside it, two ranks, bad data.
+"""`python -m paddle_model.evaluate` and `python -m reference.evaluate` (timm beside it): counts,
+known accuracies, two ranks, spawned workers, bad data.
 
 The data is a tiny ImageNet-style tree of real photographs (scikit-image's, cropped and shrunk;
 JPEG and PNG, colour, grey and with alpha). The accuracy is made known by rigging the
@@ -9,6 +10,7 @@ wrong.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -20,12 +22,12 @@ import paddle
 import pytest
 from PIL import Image
 
-from paddle_model.datasets import scan_folder
+from paddle_model.datasets import EvalImages, imagenet_wnids, scan_folder
 from paddle_model.evaluate import main
-from paddle_model.predict import imagenet_wnids
 from paddle_model.transforms import eval_transform
+from reference.evaluate import main as reference_main
 
-from .conftest import ROOT, run_cli, sample_image_paths
+from .conftest import ROOT, assert_refused, run_cli, sample_image_paths, timm_eval_batch
 
 VARIANT = "coat_lite_tiny"
 # tabby cat, coffee mug, space shuttle, motor scooter: ImageNet indices 281, 504, 812, 670
@@ -109,8 +111,6 @@ def rigged(tree, tmp_path_factory):
 
     from reference.timm_model import build_timm
 
-    from .test_real_images import timm_eval_batch
-
     data = scan_folder(tree, 1000, wnids=imagenet_wnids())
     folder = tmp_path_factory.mktemp("rigged")
     torch.manual_seed(0)
@@ -143,14 +143,14 @@ def _save_and_convert(model, source: Path) -> tuple[Path, Path]:
     return source, weights
 
 
-def evaluate(capsys, *args) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
+def evaluate(capsys, *args, command=main) -> tuple[int, str, str]:
+    code = command([str(a) for a in args])
     out, err = capsys.readouterr()
     return code, out, err
 
 
-def evaluate_json(capsys, *args) -> dict:
-    code, out, err = evaluate(capsys, *args, "--json", "--quiet", "--workers", "0")
+def evaluate_json(capsys, *args, command=main) -> dict:
+    code, out, err = evaluate(capsys, *args, "--json", "--quiet", "--workers", "0", command=command)
     assert code == 0, err
     return json.loads(out)
 
@@ -175,12 +175,8 @@ def test_wnid_folders_get_their_imagenet_index(tree):
 
 
 def test_loaded_batches_equal_timms_preprocessing(tree):
-    from paddle_model.evaluate import _dataset
-
-    from .test_real_images import timm_eval_batch
-
     data = scan_folder(tree, 1000, wnids=imagenet_wnids())
-    dataset = _dataset(data, eval_transform(VARIANT))
+    dataset = EvalImages(data.samples, eval_transform(VARIANT))
     ours = np.stack([dataset[i][0] for i in range(len(dataset))])
     theirs = timm_eval_batch(VARIANT, [s.path for s in data.samples])
     assert ours.shape == (N, 3, 224, 224)
@@ -198,7 +194,8 @@ def limited(n: int) -> list[int]:
 
 
 def test_rigged_head_gives_the_designed_accuracy(tree, rigged, capsys):
-    result = evaluate_json(capsys, tree, "--variant", VARIANT, "--weights", rigged.weights, "--batch-size", "8")
+    result = evaluate_json(capsys, tree, "--variant", VARIANT, "--weights", rigged.weights,
+                           "--batch-size", "8")
     assert (result["images"], result["evaluated"], result["skipped"]["count"]) == (N, N, 0)
     assert (result["correct_top1"], result["correct_top5"]) == (rigged.top1, rigged.top5) == (12, 24)
     assert result["top1"] == pytest.approx(100 * 12 / 35)
@@ -236,7 +233,7 @@ def test_expect_top1_sets_the_exit_code(tree, rigged, capsys):
 
 def test_reference_runs_timm_on_the_same_batches(tree, rigged, capsys):
     result = evaluate_json(capsys, tree, "--variant", VARIANT, "--weights", rigged.weights,
-                           "--reference", "--limit", "12")
+                           "--limit", "12", command=reference_main)
     ref = result["reference"]
     assert "reverse-converted" in ref["weights"]
     assert (ref["correct_top1"], ref["correct_top5"]) == designed(limited(12))
@@ -249,12 +246,23 @@ def test_reference_runs_timm_on_the_same_batches(tree, rigged, capsys):
 def test_reference_from_the_original_checkpoint(tree, rigged, capsys):
     source, weights = rigged.natural
     result = evaluate_json(capsys, tree, "--variant", VARIANT, "--weights", weights,
-                           "--reference-weights", source, "--limit", "12")
+                           "--reference-weights", source, "--limit", "12", command=reference_main)
     ref = result["reference"]
     assert ref["weights"] == str(source)
     assert ref["top1_agreement"] == 100.0 and ref["disagreements"] == []
     assert 0 < ref["max_rel_logit_diff"] <= 1e-5
     assert (ref["correct_top1"], ref["correct_top5"]) == (result["correct_top1"], result["correct_top5"])
+
+
+def test_paddle_side_points_to_the_reference_command(tree, rigged, capsys):
+    for extra in (["--reference"], ["--reference-weights", str(rigged.source)]):
+        with pytest.raises(SystemExit) as exit:
+            main([str(tree), "--variant", VARIANT, "--weights", str(rigged.weights), *extra])
+        out, err = capsys.readouterr()
+        assert exit.value.code == 2 and out == ""
+        assert len(err.strip().splitlines()) == 1
+        assert err.startswith("error: --reference runs timm beside the Paddle model")
+        assert "python -m reference.evaluate" in err
 
 
 def test_command_line_with_workers_and_result_file(tree, rigged, tmp_path):
@@ -278,8 +286,10 @@ def test_two_ranks_under_paddle_launch_equal_one_process(tree, rigged, tmp_path,
     common = ["--variant", VARIANT, "--weights", str(rigged.weights), "--batch-size", "4", "--limit", "13"]
     single = evaluate_json(capsys, tree, *common)
     out = tmp_path / "result.json"
+    script = shutil.which("coat-evaluate", path=str(Path(sys.executable).parent))
+    assert script is not None, "no coat-evaluate console script: install the project (pip install -e .)"
     cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2",
-           "--log_dir", str(tmp_path / "log"), str(ROOT / "paddle_model" / "evaluate.py"), str(tree),
+           "--log_dir", str(tmp_path / "log"), script, str(tree),
            *common, "--workers", "1", "--quiet", "--result", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -393,3 +403,78 @@ def test_unusable_data_or_weights(tmp_path, rigged, problem, capsys):
                "too many classes": ["1001 class folders but the model has 1000 classes"],
                "backbone": ["no classifier"]}[problem]
     _check_refused(capsys, [data, "--variant", VARIANT, "--weights", weights], *needles)
+
+
+# ---- data that is not what it looks like: bounded time, bounded memory, each file once ----
+
+def _run_evaluate(*args) -> subprocess.CompletedProcess:
+    """``python -m paddle_model.evaluate ARGS`` in a child, so that a hang is a timeout here
+    (the DataLoader reads in a thread, which an alarm in the test process cannot stop)."""
+    return subprocess.run([sys.executable, "-m", "paddle_model.evaluate", *map(str, args), "--quiet",
+                           "--workers", "0"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+
+def test_a_fifo_named_like_an_image_is_refused_not_waited_on(small_tree, rigged, tmp_path, capsys):
+    fifo = small_tree / "n03063599" / "x.JPEG"
+    os.mkfifo(fifo)
+    args = ["--variant", VARIANT, "--weights", rigged.weights]
+    assert_refused(_run_evaluate(small_tree, *args), str(fifo), "a FIFO, not an image file", "--skip-bad")
+    listed = tmp_path / "list.txt"  # named by a file list, it is opened: without blocking, and refused
+    listed.write_text("n03063599/x.JPEG 504\n")
+    assert_refused(_run_evaluate(small_tree, "--list", listed, *args),
+                   str(fifo), "a FIFO, not an image file; only regular files are read")
+    result = evaluate_json(capsys, small_tree, *args, "--skip-bad")
+    assert (result["images"], result["evaluated"]) == (6, 6)
+    assert result["skipped"]["items"] == [{"item": str(fifo), "reason": "a FIFO, not an image file"}]
+
+
+def test_a_symlink_loop_counts_each_image_once(small_tree, rigged, capsys):
+    (small_tree / "n03063599" / "loop").symlink_to(".")
+    assert len(scan_folder(small_tree, 1000, wnids=imagenet_wnids()).samples) == 6
+    (small_tree / "n03063599" / "up").symlink_to("..")  # to the root: would take the other class in
+    data = scan_folder(small_tree, 1000, wnids=imagenet_wnids())
+    assert len(data.samples) == 6
+    assert len({os.path.realpath(s.path) for s in data.samples}) == 6
+    assert [s.label for s in data.samples] == [281] * 3 + [504] * 3
+    result = evaluate_json(capsys, small_tree, "--variant", VARIANT, "--weights", rigged.weights)
+    assert (result["images"], result["evaluated"], result["skipped"]["count"]) == (6, 6, 0)
+
+
+def test_a_thin_png_is_refused_before_it_takes_gigabytes(small_tree, rigged):
+    """A 1x10000 PNG is 10,000 pixels, but resizing its shorter side to 248 would make 620
+    million (1.8 GB as RGB). Run with 1 GB of address space beyond what the process holds
+    once everything is imported: the refusal must come, as one line, within it."""
+    thin = small_tree / "n03063599" / "thin.png"
+    Image.new("RGB", (1, 10000), (200, 100, 50)).save(thin)
+    assert thin.stat().st_size < 1000
+    code = ("import resource, sys, warnings\n"
+            "warnings.filterwarnings('ignore', message='No ccache found')\n"
+            "import paddle, PIL.Image, tqdm\n"
+            "from paddle_model.evaluate import main\n"
+            "import paddle_model.factory\n"
+            "status = open('/proc/self/status').read().splitlines()\n"
+            "vm = next(int(l.split()[1]) for l in status if l.startswith('VmSize')) * 1024\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (vm + 2**30, vm + 2**30))\n"
+            "sys.exit(main(sys.argv[1:]))\n")
+    done = subprocess.run([sys.executable, "-c", code, str(small_tree), "--variant", VARIANT, "--weights",
+                           str(rigged.weights), "--workers", "0", "--quiet", "--batch-size", "2"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 2, done.stderr[-3000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {thin}: the image is 1x10000 pixels"), done.stderr
+    assert "248x2480000" in lines[0] and "--skip-bad" in lines[0]
+
+
+def test_workers_started_with_spawn_get_the_dataset(tree, rigged):
+    """macOS and Windows start DataLoader workers with spawn, which pickles the dataset."""
+    code = ("import multiprocessing, sys\n"
+            "multiprocessing.set_start_method('spawn')\n"
+            "from paddle_model.evaluate import main\n"
+            "sys.exit(main(sys.argv[1:]))\n")
+    done = subprocess.run([sys.executable, "-c", code, str(tree), "--variant", VARIANT, "--weights",
+                           str(rigged.weights), "--workers", "2", "--batch-size", "3", "--limit", "6",
+                           "--json", "--quiet"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert result["evaluated"] == 6
+    assert (result["correct_top1"], result["correct_top5"]) == designed(limited(6))

@@ -77,4 +77,5 @@ def test_evaluate_runs_without_torch(fixtures, tmp_path):
     assert '"evaluated": 4' in done.stdout
     refused = subprocess.run([*cmd, "--reference"], capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert refused.returncode == 2
-    assert refused.stderr.startswith("error: --reference needs torch and timm")
+    assert refused.stderr.startswith("error: --reference runs timm beside the Paddle model")
+    assert "python -m reference.evaluate" in refused.stderr

@@ -3,22 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import timm
-import torch
 from PIL import Image
 
 from paddle_model.transforms import eval_transform
 from paddle_model.variants import VARIANTS
 from reference.parity import candidate_models, compare_models, reference_models
 
-from .conftest import sample_image_paths
-
-
-def timm_eval_batch(name: str, paths) -> np.ndarray:
-    model = timm.create_model(name, pretrained=False, num_classes=0)
-    config = timm.data.resolve_data_config({}, model=model)
-    transform = timm.data.create_transform(**config)
-    return torch.stack([transform(Image.open(p).convert("RGB")) for p in paths]).numpy()
+from .conftest import sample_image_paths, timm_eval_batch
 
 
 @pytest.mark.parametrize("name", ["coat_lite_tiny", "coat_lite_medium_384"])

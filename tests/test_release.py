@@ -15,13 +15,13 @@ import torch
 from PIL import Image
 
 import paddle_model
-from reference import release as release_module
 from paddle_model import export as export_module
 from paddle_model.variants import get_variant
+from reference import release as release_module
 from reference.checkpoints import seeded_model
 from reference.parity import verify_conversion
 
-from .conftest import ROOT, run_cli, sample_image_paths
+from .conftest import ROOT, assert_refused, run_cli, sample_image_paths
 
 VARIANTS_UNDER_TEST = ("coat_tiny", "coat_lite_tiny")
 
@@ -68,7 +68,7 @@ def test_manifest_hashes_and_contents(released):
             assert hashlib.sha256((out / name / file).read_bytes()).hexdigest() == digest
         source = src / manifest["source"]["file"]
         assert manifest["source"]["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
-        assert manifest["source"]["official"] is False
+        assert manifest["source"]["official"] is False and manifest["source"]["official_match"] is None
         v = paddle_model.get_variant(name)
         assert (manifest["accuracy"]["top1"], manifest["accuracy"]["top5"]) == (v.top1, v.top5)
         assert manifest["params"] == sum(p.numel() for p in timm.create_model(name).parameters())
@@ -117,6 +117,36 @@ def test_official_release_files_are_recognised_by_hash():
     assert release_module.official_variant("0" * 64) is None
 
 
+@pytest.mark.parametrize("force", [False, True])
+def test_two_checkpoints_of_one_variant_are_refused_before_anything_is_written(checkpoints, tmp_path, force):
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    for name in ("a_coat_lite_tiny.pth", "b_copy.pth"):
+        (src / name).write_bytes(checkpoints("coat_lite_tiny").read_bytes())
+    result = run_module("reference.release", src, out, "--allow-unofficial", *(["--force"] if force else []))
+    assert_refused(result, "a_coat_lite_tiny.pth and b_copy.pth are all coat_lite_tiny",
+                   "one checkpoint per variant", "nothing was written")
+    assert result.stdout == ""
+    assert not out.exists()
+
+
+def test_official_provenance_says_it_rests_on_the_published_hash_prefix(checkpoints, tmp_path, monkeypatch):
+    source = checkpoints("coat_lite_tiny")
+    sha256 = hashlib.sha256(source.read_bytes()).hexdigest()
+    v = paddle_model.VARIANTS["coat_lite_tiny"]
+    monkeypatch.setattr(release_module, "official_variant",  # as if it were the official file
+                        lambda digest: v if digest == sha256 else None)
+    entry = release_module.release_one(source, tmp_path, allow_unofficial=False, force=False)
+    assert entry.status == "released", entry.detail
+    manifest = json.loads((tmp_path / "coat_lite_tiny" / "manifest.json").read_text())
+    assert manifest["source"]["sha256"] == sha256  # the full hash of what was converted
+    assert manifest["source"]["official"] is True
+    match = manifest["source"]["official_match"]
+    assert match.startswith("the first 8 hex digits of its sha256 equal those published")
+    assert v.release_sha256 in match and "the full hash is not published" in match
+    assert f"official release: yes: {match}" in (tmp_path / "coat_lite_tiny" / "README.md").read_text()
+
+
 def test_a_variant_failing_parity_leaves_nothing_behind(checkpoints, tmp_path, monkeypatch):
     import dataclasses
 
@@ -141,7 +171,8 @@ def test_exported_model_matches_eager_at_two_sizes_and_batches(name, converted, 
     eager.eval()
     for batch, size in [(1, 224), (3, 160), (2, (230, 200))]:
         h, w = (size, size) if isinstance(size, int) else size
-        x = paddle.to_tensor(np.random.default_rng(batch).standard_normal((batch, 3, h, w)).astype(np.float32))
+        x = np.random.default_rng(batch).standard_normal((batch, 3, h, w)).astype(np.float32)
+        x = paddle.to_tensor(x)
         with paddle.no_grad():
             a, b = eager(x).numpy(), exported(x).numpy()
         assert a.shape == b.shape == (batch, 1000)

@@ -16,8 +16,7 @@ from reference.checkpoints import official_state_dict, seeded_model
 from reference.parity import verify_conversion
 from reference.timm_model import timm_from_checkpoint
 
-from .conftest import run_cli
-from .test_cli import assert_refused
+from .conftest import assert_refused, run_cli
 
 RTOL = 1e-5
 LITE, FULL = "coat_lite_tiny", "coat_tiny"

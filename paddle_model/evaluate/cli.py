@@ -1,0 +1,161 @@
+"""The command line of ``python -m paddle_model.evaluate`` (console script ``coat-evaluate``).
+
+:func:`build_parser` and :func:`evaluate` are shared with ``python -m reference.evaluate``,
+which adds timm's CoaT as a reference beside the Paddle model.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+from converter.cli import ArgumentParser, command, fail
+from converter.writers import atomic_write, check_destination
+
+from ..datasets import EvalData, EvalImages, imagenet_wnids, read_list, scan_folder
+from ..errors import CoatError
+from ..variants import VARIANTS
+from .report import summarize, table
+from .runner import BAD, Reference, run, world
+
+DESCRIPTION = "Top-1/top-5 accuracy of converted CoaT weights on ImageNet-style data."
+# the reference side makes its model from the Paddle state dict: (callable, {"model", "weights"})
+ReferenceFactory = Callable[[dict], tuple[Reference, dict]]
+
+
+def build_parser(prog: str, description: str = DESCRIPTION) -> ArgumentParser:
+    """The options of every evaluate command."""
+    p = ArgumentParser(prog=prog, description=description)
+    p.add_argument("data", type=Path, help="ImageFolder root (ROOT/<class>/<image>), or with --list "
+                                           "the folder the list's paths start from")
+    p.add_argument("--variant", required=True, choices=list(VARIANTS))
+    p.add_argument("--weights", required=True, type=Path, help=".pdparams or .safetensors")
+    p.add_argument("--list", type=Path, help="file list: '<relative path> <label>' per line")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                   help="data-loading processes per rank (0: load in the main process)")
+    p.add_argument("--limit", type=int, help="evaluate only N images, spread evenly over the data")
+    p.add_argument("--expect-top1", type=float, help="exit 1 when top-1 is more than --tolerance below this")
+    p.add_argument("--tolerance", type=float, default=0.1, help="in percentage points (default 0.1)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave unreadable images, empty class folders and bad list lines out, and count them")
+    p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
+    p.add_argument("--result", type=Path, help="also write the JSON result to this file")
+    p.add_argument("--force", action="store_true", help="replace an existing --result file")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def check_args(p: ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    if args.batch_size < 1 or args.workers < 0:
+        p.error("--batch-size must be at least 1 and --workers at least 0")
+    return args
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = build_parser("python -m paddle_model.evaluate")
+    moved = "use python -m reference.evaluate, which runs timm's CoaT beside the Paddle model"
+    p.add_argument("--reference", action="store_true", help=moved)
+    p.add_argument("--reference-weights", type=Path, help=moved)
+    args = p.parse_args(argv)
+    if args.reference or args.reference_weights is not None:
+        p.error("--reference runs timm beside the Paddle model, which is the reference side's "
+                "command: python -m reference.evaluate (same options; needs torch and timm)")
+    return check_args(p, args)
+
+
+def read_classifier(weights: Path) -> tuple[dict, int]:
+    """The weights and their number of classes; a backbone without classifier is refused."""
+    from ..weights import read_weights
+
+    state = read_weights(weights)
+    if "head.weight" not in state:
+        raise CoatError(f"{weights}: these weights have no classifier (head.weight); "
+                        "evaluate needs a classification checkpoint")
+    return state, int(state["head.weight"].shape[1])
+
+
+def list_data(args: argparse.Namespace, num_classes: int) -> EvalData:
+    """The samples the options name: a file list or an ImageFolder tree, limited if asked."""
+    if args.list is not None:
+        data = read_list(args.list, args.data, num_classes, args.skip_bad)
+    else:
+        data = scan_folder(args.data, num_classes, args.skip_bad,
+                           wnids=imagenet_wnids() if num_classes == 1000 else None)
+    return data.limit(args.limit)
+
+
+def load_model(variant: str, state: dict, weights: Path):
+    """The Paddle model with ``state``, its classifier sized as the file's, in eval mode."""
+    from ..factory import create_model
+    from ..weights import load_state_dict
+
+    model = create_model(variant, num_classes=int(state["head.weight"].shape[1]))
+    load_state_dict(model, state, source=str(weights))
+    model.eval()
+    return model
+
+
+def evaluate(args: argparse.Namespace, reference_for: ReferenceFactory | None = None) -> dict:
+    """Everything the options ask for, up to the result (the same dict on every rank).
+
+    Raises CoatError for bad input: a ``--result`` that would be refused (before the run, not
+    after it), unusable weights or data, and without ``--skip-bad`` the first unreadable image.
+    """
+    from ..transforms import eval_transform
+
+    warnings.filterwarnings("ignore", message="No ccache found")
+    if args.result is not None:
+        check_destination(args.result, args.force, (".json",))
+    state, num_classes = read_classifier(args.weights)
+    data = list_data(args, num_classes)
+    model = load_model(args.variant, state, args.weights)
+    reference, about = reference_for(state) if reference_for is not None else (None, None)
+    del state
+    dataset = EvalImages(data.samples, eval_transform(args.variant))
+    out = run(dataset, model, batch_size=args.batch_size, workers=args.workers, reference=reference,
+              skip_bad=args.skip_bad, progress=not args.quiet)
+    bad = [int(i) for i in (out.flags[:, BAD] == 1).nonzero()[0]]
+    if bad and not args.skip_bad:
+        raise CoatError(f"{data.samples[bad[0]].path}: {dataset.failure(bad[0])} "
+                        "(fix the data, or pass --skip-bad to leave it out)")
+    result = summarize(data, out, args.variant, reference=about, failure=dataset.failure)
+    if result["evaluated"] == 0:
+        raise CoatError(f"{args.data}: no image could be evaluated")
+    result.update(weights=str(args.weights), list=None if args.list is None else str(args.list),
+                  processes=world()[1], batch_size=args.batch_size, expect_top1=args.expect_top1,
+                  tolerance=args.tolerance, passed=None)
+    if args.expect_top1 is not None:
+        result["passed"] = result["top1"] >= args.expect_top1 - args.tolerance
+    return result
+
+
+def report(args: argparse.Namespace, result: dict) -> int:
+    """Print the result and write ``--result`` (rank 0 only); the exit code: 1 when top-1 is
+    below ``--expect-top1``."""
+    rank = world()[0]
+    if rank == 0:
+        print(json.dumps(result, indent=2) if args.json else table(result))
+        if args.result is not None:
+            check_destination(args.result, args.force, (".json",))
+            text = json.dumps(result, indent=2).encode() + b"\n"
+            try:
+                atomic_write(args.result, lambda f: f.write(text), args.force)
+            except OSError as e:
+                raise CoatError(f"{args.result}: cannot be written ({e.strerror or e})") from None
+    if result["passed"] is not False:
+        return 0
+    if rank != 0:
+        return 1
+    return fail(f"top-1 {result['top1']:.3f} % is more than {args.tolerance} points below the "
+                f"expected {args.expect_top1}", 1)
+
+
+@command
+def main(argv: list[str] | None = None) -> int:
+    """``python -m paddle_model.evaluate``: parse, evaluate, report."""
+    args = parse_args(argv)
+    return report(args, evaluate(args))
