@@ -11,8 +11,8 @@ import json
 import sys
 import warnings
 
-from paddle_model.errors import CoatError
-from paddle_model.variants import VARIANTS
+from converter.errors import CoatError
+from converter.variants import VARIANTS
 
 
 class _Parser(argparse.ArgumentParser):
