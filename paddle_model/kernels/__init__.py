@@ -55,7 +55,7 @@ def _compiler() -> str:
     if path is None:
         return f"{cxx}: not found"
     try:
-        done = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
+        done = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30, check=False)
         version = done.stdout.strip().splitlines()[0] if done.stdout.strip() else ""
     except (OSError, subprocess.SubprocessError):
         version = ""
