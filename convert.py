@@ -11,17 +11,13 @@ import json
 import sys
 import warnings
 
+from converter.cli import ArgumentParser
 from converter.errors import CoatError
 from converter.variants import VARIANTS
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, like every other refusal
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = _Parser(
+    p = ArgumentParser(
         prog="convert.py",
         description="Convert a PyTorch CoaT checkpoint (official mlpc-ucsd or timm, .pth or "
                     ".safetensors) into Paddle weights (.pdparams or .safetensors).")

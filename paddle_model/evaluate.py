@@ -21,7 +21,6 @@ if __name__ == "__main__" and not __package__:  # run as a file, as paddle.distr
     _sys.path.insert(0, str(_here.parent))
     __package__ = "paddle_model"
 
-import argparse
 import json
 import os
 import sys
@@ -32,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from converter.cli import ArgumentParser
 from converter.writers import atomic_write, check_destination
 
 from .datasets import EvalData, read_list, scan_folder
@@ -329,7 +329,7 @@ def _failure_reason(path: str) -> str:
 
 
 def parse_args(argv: list[str] | None):
-    p = argparse.ArgumentParser(prog="python -m paddle_model.evaluate", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m paddle_model.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("data", type=Path, help="ImageFolder root (ROOT/<class>/<image>), or with --list "
                                            "the folder the list's paths start from")
     p.add_argument("--variant", required=True, choices=list(VARIANTS))

@@ -11,11 +11,12 @@ the variant's); such a model runs only where those ops are built and registered,
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import sys
 import warnings
 from pathlib import Path
+
+from converter.cli import ArgumentParser
 
 from .errors import CoatError
 from .variants import VARIANTS, get_variant
@@ -99,7 +100,7 @@ def create_predictor(prefix: str | Path, threads: int = 1):
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m paddle_model.export", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m paddle_model.export", description=__doc__.split("\n")[0])
     p.add_argument("variant", choices=list(VARIANTS))
     p.add_argument("prefix", type=Path, help="output path prefix (without suffix)")
     p.add_argument("--weights", type=Path, help=".pdparams or .safetensors (default: random init)")

@@ -6,13 +6,14 @@ Preprocessing is the variant's evaluation transform (the one its accuracy was me
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import warnings
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+
+from converter.cli import ArgumentParser
 
 from .errors import CoatError
 from .variants import VARIANTS
@@ -67,7 +68,7 @@ def predict(model, images, variant: str, top: int = 5) -> list[list[tuple[int, s
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m paddle_model.predict", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m paddle_model.predict", description=__doc__.split("\n")[0])
     p.add_argument("images", nargs="+", type=Path)
     p.add_argument("--variant", required=True, choices=list(VARIANTS))
     p.add_argument("--weights", required=True, type=Path, help=".pdparams or .safetensors")

@@ -10,7 +10,6 @@ Needs torch and timm for the parity check.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import platform
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from converter.cli import ArgumentParser
 from converter.errors import CoatError, ConversionError
 from converter.pipeline import convert_checkpoint, sha256_file
 from converter.variants import VARIANTS, CoatVariant
@@ -213,7 +213,7 @@ def summary(entries: list[Entry]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m reference.release", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m reference.release", description=__doc__.split("\n")[0])
     p.add_argument("src_dir", type=Path)
     p.add_argument("out_dir", type=Path)
     p.add_argument("--allow-unofficial", action="store_true",
