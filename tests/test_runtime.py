@@ -198,3 +198,27 @@ def test_a_missing_or_old_paddle_is_one_line_saying_what_to_install(monkeypatch)
     assert done.returncode == 1
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("ImportError: paddle_model needs PaddlePaddle >= 3.0, which is not installed: pip install")
+
+
+def test_mkls_code_path_is_chosen_at_the_first_inference_not_at_import():
+    """MKL reads MKL_DEBUG_CPU_TYPE at its first dispatch, so setting it at the first inference
+    call (after Paddle's import and the model's construction) still reaches it: with the AMD
+    rule forced, Paddle's MKL reports its AVX2 code path (on this machine too)."""
+    code = """
+import ctypes, json, paddle, paddle_model
+from paddle_model import runtime
+runtime.cpu_vendor = lambda: "AuthenticAMD"
+class Version(ctypes.Structure):
+    _fields_ = [("major", ctypes.c_int), ("minor", ctypes.c_int), ("update", ctypes.c_int),
+                ("status", ctypes.c_char_p), ("build", ctypes.c_char_p),
+                ("processor", ctypes.c_char_p), ("platform", ctypes.c_char_p)]
+model = paddle_model.create_model("coat_lite_tiny", num_classes=10); model.eval()
+with paddle.no_grad():
+    model(paddle.randn([1, 3, 64, 64]))
+version = Version()
+ctypes.CDLL(str(runtime.paddle_mkl())).MKL_Get_Version(ctypes.byref(version))
+print(json.dumps({"applied": runtime.configure(), "processor": version.processor.decode()}))
+"""
+    got = run_python(code)
+    assert got["applied"]["cpu_type"] == "5"
+    assert "(Intel(R) AVX2) enabled processors" in got["processor"], got["processor"]
