@@ -19,7 +19,7 @@ did not set, after Python started:
   ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``.
 
 A variable the user set wins (:func:`user_set`): ``MKL_NUM_THREADS`` or ``OMP_NUM_THREADS``
-leaves the threads alone, ``MKL_DEBUG_CPU_TYPE`` the code path, either ``MALLOC_*_THRESHOLD_`` the allocator.
+(other than the ``1`` that Paddle writes itself) leaves the threads alone, ``MKL_DEBUG_CPU_TYPE`` the code path, either ``MALLOC_*_THRESHOLD_`` the allocator.
 :func:`set_cpu_threads` chooses the threads explicitly, before or after the first call.
 ``paddle_model.kernels`` calls :func:`configure` at the first eager CPU float32 inference call;
 training, graphs and models on a GPU never reach it.
@@ -82,13 +82,13 @@ def set_cpu_threads(n: int) -> None:
 
 def user_set(var: str) -> bool:
     """Whether the user set ``var``: in the environment the process started with, or in
-    ``os.environ`` since, except the ``OMP_NUM_THREADS=1`` that importing Paddle writes there
-    when it is unset."""
-    if var in _initial_environment():
-        return True
+    ``os.environ`` since. ``OMP_NUM_THREADS=1`` does not count: importing Paddle writes it into
+    ``os.environ`` when it is unset, so every process a Paddle process starts (the ranks of
+    ``paddle.distributed.launch``) inherits it; one thread is ``MKL_NUM_THREADS=1`` or
+    :func:`set_cpu_threads`."""
     if var == "OMP_NUM_THREADS" and os.environ.get(var) == "1":
         return False
-    return var in os.environ
+    return var in os.environ or var in _initial_environment()
 
 
 def _initial_environment() -> set[str]:

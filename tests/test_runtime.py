@@ -67,16 +67,18 @@ def test_variables_the_user_set_win():
 
 
 def test_paddles_own_omp_setting_is_not_taken_for_the_users(monkeypatch):
-    """Importing Paddle writes OMP_NUM_THREADS=1 into os.environ when it is unset."""
-    assert "OMP_NUM_THREADS" not in runtime._initial_environment() or "OMP_NUM_THREADS" in CLEAN
-    monkeypatch.setattr(runtime, "_initial_environment", lambda: set())
+    """Importing Paddle writes OMP_NUM_THREADS=1 into os.environ when it is unset, and the
+    processes it starts (paddle.distributed.launch's ranks) inherit it."""
+    monkeypatch.setattr(runtime, "_initial_environment", lambda: {"OMP_NUM_THREADS"})
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert not runtime.user_set("OMP_NUM_THREADS")
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert runtime.user_set("OMP_NUM_THREADS")
-    monkeypatch.setattr(runtime, "_initial_environment", lambda: {"OMP_NUM_THREADS"})
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert runtime.user_set("OMP_NUM_THREADS")
+    monkeypatch.setattr(runtime, "_initial_environment", lambda: set())
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    assert not runtime.user_set("MKL_NUM_THREADS")
+    monkeypatch.setenv("MKL_NUM_THREADS", "1")  # set in Python, before the first call
+    assert runtime.user_set("MKL_NUM_THREADS")
 
 
 def test_torch_in_the_same_process_keeps_its_threads():
