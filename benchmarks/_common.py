@@ -11,7 +11,7 @@ import time
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MKL_DEBUG_CPU_TYPE", "MALLOC_MMAP_THRESHOLD_",
                "MALLOC_TRIM_THRESHOLD_", "FLAGS_use_mkldnn")
-# the 2-core settings of the inference benchmarks (bench_inference.py's docstring says why)
+# the 2-core settings set by hand before paddle_model.runtime (bench_inference.py's docstring)
 TUNED_ENV = {"MKL_NUM_THREADS": "2", "OMP_NUM_THREADS": "1", "MKL_DEBUG_CPU_TYPE": "5",
              "MALLOC_MMAP_THRESHOLD_": "1073741824", "MALLOC_TRIM_THRESHOLD_": "1073741824"}
 
@@ -29,11 +29,27 @@ def timings(run, repeats):
 """
 
 
-def run_child(code: str, *args: str, env: dict | None = None) -> tuple[float, int, str]:
-    """Run ``python -c code args`` to completion: (wall seconds, peak RSS in bytes, stdout)."""
+def child_env(mode: str = "parent") -> dict:
+    """The environment of a measured process: ``parent`` (this one's), ``installed`` (this one's
+    without any of THREAD_VARS: what a user has who set nothing) or ``tuned`` (installed plus
+    TUNED_ENV)."""
+    if mode == "parent":
+        return dict(os.environ)
+    clean = {k: v for k, v in os.environ.items() if k not in THREAD_VARS}
+    if mode == "installed":
+        return clean
+    if mode == "tuned":
+        return {**clean, **TUNED_ENV}
+    raise ValueError(f"unknown environment mode {mode!r}: parent, installed or tuned")
+
+
+def run_child(code: str, *args: str, env: dict | None = None, mode: str = "parent"
+              ) -> tuple[float, int, str]:
+    """Run ``python -c code args`` to completion in the environment ``mode`` (see
+    :func:`child_env`) updated by ``env``: (wall seconds, peak RSS in bytes, stdout)."""
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
+                            stderr=subprocess.PIPE, env={**child_env(mode), **(env or {})})
     out = proc.stdout.read()
     err = proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
@@ -51,6 +67,14 @@ def child_timings(out: str) -> list:
 
 def median(values) -> float:
     return statistics.median(values)
+
+
+def load() -> str:
+    """The machine's load averages over 1, 5 and 15 minutes, as ``uptime`` prints them."""
+    try:
+        return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
 
 
 def machine() -> str:

@@ -1,34 +1,41 @@
-"""Forward-pass speed and memory: the Paddle CoaT against timm's, CPU fp32.
+"""Forward-pass speed and memory: the Paddle CoaT against timm's and ONNX Runtime's, CPU fp32.
 
     python benchmarks/bench_inference.py [--variants coat_tiny ...] [--batch 1 8] [--repeats 5]
-                                         [--rounds 1] [--deployed] [--deployed-ops]
+                                         [--rounds 1] [--no-tuned] [--no-ort] [--deployed]
+                                         [--deployed-ops]
 
-Each measurement runs in its own process (so peak RSS belongs to one framework), torch and
-Paddle alternating per variant and batch (``--rounds`` times, so that a slow spell of a shared
-machine falls on both). A process builds the model, warms up, then times ``repeats`` forward
-passes of a seeded batch; the table gives the medians over all passes, the largest peak RSS,
-and Paddle/torch ratios. ``--deployed`` adds the exported model (``paddle_model.export --kernels``, the compiled
-ops in the graph) through Paddle Inference with oneDNN, ``--deployed-ops`` the portable export
-(Paddle's ops only).
+Each measurement runs in its own process (so peak RSS belongs to one framework), the sides
+alternating per variant and batch (``--rounds`` times, so that a slow spell of a shared machine
+falls on all). A process builds the model, warms up, then times ``repeats`` forward passes of a
+seeded batch; the table gives the medians over all passes, the largest peak RSS, the ratios to
+timm, and the machine's load average when the row was done.
 
-Thread settings (``--env tuned``, the default, for every process of both frameworks):
-``MKL_NUM_THREADS=2`` (Paddle's math library, which otherwise runs one thread),
-``OMP_NUM_THREADS=1`` (Paddle's OpenMP ops, whose spinning threads otherwise fight MKL's on
-two cores), ``MKL_DEBUG_CPU_TYPE=5`` (MKL's AVX2 path on AMD CPUs) and
-``MALLOC_MMAP_THRESHOLD_=MALLOC_TRIM_THRESHOLD_=1073741824`` (glibc keeps large blocks in its
-heap, so a large temporary tensor reuses memory instead of page-faulting fresh pages on every
-forward pass; Paddle's eager CPU ops otherwise spend up to half their time in those faults);
-torch runs with ``torch.set_num_threads(2)``. ``--env default`` leaves the environment as it is.
+The sides, as a user runs them (``installed``: none of ``_common.THREAD_VARS`` set, whatever
+the shell running this has):
+- ``timm``: timm's CoaT, torch at its defaults;
+- ``paddle``: ``paddle_model.create_model``, ``eval()``, under ``paddle.no_grad()``;
+  paddle_model.runtime configures the CPU at the first call;
+- ``tuned`` (unless ``--no-tuned``): the same with the five variables set by hand before Python
+  starts (``_common.TUNED_ENV``: ``MKL_NUM_THREADS=2 OMP_NUM_THREADS=1 MKL_DEBUG_CPU_TYPE=5
+  MALLOC_MMAP_THRESHOLD_=MALLOC_TRIM_THRESHOLD_=1073741824``), as the earlier rounds ran;
+- ``ort`` (unless ``--no-ort``): ONNX Runtime on timm's model exported by ``torch.onnx.export``
+  with a dynamic batch, ``--ort-threads`` intra-op threads (default 2). torch 2.14's default
+  exporter (``dynamo=True``) needs onnxscript and took 164 s for coat_tiny on the 2-core VM;
+  the TorchScript exporter (``dynamo=False``) takes seconds and gives the same outputs within
+  1e-6 of their maximum, so that is the one used (once per variant, before its rows);
+- ``--deployed`` adds the exported model (``paddle_model.export --kernels``, the compiled ops
+  in the graph) through Paddle Inference with oneDNN, ``--deployed-ops`` the portable export
+  (Paddle's ops only).
 """
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import CHILD_TIMINGS, TUNED_ENV, child_timings, machine, median, run_child  # noqa: E402
+from _common import CHILD_TIMINGS, child_timings, load, machine, median, run_child  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,7 +54,6 @@ def timed(run):
 
 TORCH = PRELUDE + """
 import torch
-torch.set_num_threads(2)
 from reference.timm_model import build_timm
 model = build_timm(name)
 xt = torch.from_numpy(x)
@@ -63,6 +69,30 @@ model.eval()
 xp = paddle.to_tensor(x)
 with paddle.no_grad():
     timed(lambda: model(xp).numpy())
+"""
+
+ORT_EXPORT = f"""
+import sys, warnings
+warnings.filterwarnings("ignore")
+sys.path.insert(0, {str(ROOT)!r})
+import torch
+from paddle_model.variants import get_variant
+from reference.timm_model import build_timm
+name, path = sys.argv[1], sys.argv[2]
+size = get_variant(name).img_size
+model = build_timm(name).eval()
+with torch.no_grad():
+    torch.onnx.export(model, (torch.zeros(2, 3, size, size),), path, dynamo=False, input_names=["x"],
+                      output_names=["logits"], dynamic_axes={{"x": {{0: "batch"}}, "logits": {{0: "batch"}}}})
+"""
+
+ORT = PRELUDE + """
+import onnxruntime as ort
+options = ort.SessionOptions()
+options.intra_op_num_threads = int(sys.argv[5])
+options.inter_op_num_threads = 1
+session = ort.InferenceSession(sys.argv[4], options, providers=["CPUExecutionProvider"])
+timed(lambda: session.run(None, {"x": x}))
 """
 
 DEPLOYED = PRELUDE + """
@@ -94,47 +124,63 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5, help="timed passes per process")
     p.add_argument("--rounds", type=int, default=1,
                    help="processes per side, alternating; the median is over all their passes")
+    p.add_argument("--no-tuned", action="store_true", help="leave out Paddle with the variables set by hand")
+    p.add_argument("--no-ort", action="store_true", help="leave out ONNX Runtime on timm's export")
+    p.add_argument("--ort-threads", type=int, default=2, help="ONNX Runtime's intra-op threads")
     p.add_argument("--deployed", action="store_true",
                    help="also time the export with kernels through Paddle Inference (oneDNN)")
     p.add_argument("--deployed-ops", action="store_true",
                    help="also time the portable export (Paddle's ops) through Paddle Inference")
-    p.add_argument("--env", choices=["tuned", "default"], default="tuned",
-                   help="thread settings for the measured processes (see the module docstring)")
     args = p.parse_args(argv)
-    if args.env == "tuned":
-        os.environ.update(TUNED_ENV)
-    sides = [("torch", TORCH, ()), ("paddle", PADDLE, ())]
-    deployed = [("deployed", "kernels")] * args.deployed + [("deployed-ops", "ops")] * args.deployed_ops
-    sides += [(side, DEPLOYED, (graph,)) for side, graph in deployed]
+    # (column, child code, extra arguments, environment mode); timm first: the ratios' base
+    sides = [("timm", TORCH, (), "installed"), ("paddle", PADDLE, (), "installed")]
+    if not args.no_tuned:
+        sides.append(("tuned", PADDLE, (), "tuned"))
+    if not args.no_ort:
+        sides.append(("ort", ORT, ("{onnx}", str(args.ort_threads)), "installed"))
+    sides += [("deployed", DEPLOYED, ("kernels",), "installed")] * args.deployed
+    sides += [("deployed-ops", DEPLOYED, ("ops",), "installed")] * args.deployed_ops
     print(machine())
+    print(f"load average at the start: {load()}")
     print(f"{args.repeats} timed forward passes after one warm-up, each side in its own process, "
-          f"{args.rounds} round(s) of the sides in turn; torch.set_num_threads(2)\n")
-    header = f"{'variant':22} {'batch':>5} {'timm ms':>9} {'paddle ms':>10} {'ratio':>6} {'timm MB':>8} {'paddle MB':>10} {'ratio':>6}"
-    for side, _ in deployed:
-        header += f" {side + ' ms':>15} {'ratio':>6}"
+          f"{args.rounds} round(s) of the sides in turn; timm, paddle, ort and deployed with none of "
+          f"the thread variables set, tuned with _common.TUNED_ENV\n")
+    timed_sides = [side for side, *_ in sides[1:]]
+    header = f"{'variant':22} {'batch':>5} {'timm ms':>9}"
+    for side in timed_sides:
+        header += f" {side + ' ms':>{max(10, len(side) + 4)}} {'ratio':>6}"
+    header += f" {'timm MB':>8} {'paddle MB':>10} {'ratio':>6}  load"
     print(header, flush=True)
-    for name in args.variants:
-        for batch in args.batch:
-            times = {side: [] for side, _, _ in sides}
-            peak = {side: 0.0 for side, _, _ in sides}
-            for _ in range(args.rounds):  # the sides alternate, round after round
-                for side, code, extra in sides:
-                    try:
-                        _, rss, out = run_child(code, name, str(batch), str(args.repeats), *extra)
-                        times[side] += child_timings(out)
-                        peak[side] = max(peak[side], rss / 1e6)
-                    except RuntimeError as e:
-                        print(f"  ({side} failed: {str(e).splitlines()[-1]})", file=sys.stderr)
-            result = {side: (median(times[side]) * 1000 if times[side] else float("nan"),
-                             peak[side] if times[side] else float("nan")) for side in times}
-            (t, tm), (pd, pm) = result["torch"], result["paddle"]
-            row = (f"{name:22} {batch:>5} {t:>9.1f} {pd:>10.1f} {pd / t:>6.2f} {tm:>8.0f} {pm:>10.0f} "
-                   f"{pm / tm:>6.2f}")
-            for side, _ in deployed:
-                d, _ = result[side]
-                row += f" {d:>15.1f} {d / t:>6.2f}"
-            print(row, flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.variants:
+            onnx = Path(tmp) / f"{name}.onnx"
+            if not args.no_ort:
+                run_child(ORT_EXPORT, name, str(onnx), mode="installed")
+            for batch in args.batch:
+                print(_row(name, batch, sides, args, onnx), flush=True)
+            onnx.unlink(missing_ok=True)
+    print(f"\nload average at the end: {load()}")
     return 0
+
+
+def _row(name: str, batch: int, sides: list, args, onnx: Path) -> str:
+    times = {side: [] for side, *_ in sides}
+    peak = {side: 0.0 for side, *_ in sides}
+    for _ in range(args.rounds):  # the sides alternate, round after round
+        for side, code, extra, mode in sides:
+            extra = tuple(a.format(onnx=onnx) for a in extra)
+            try:
+                _, rss, out = run_child(code, name, str(batch), str(args.repeats), *extra, mode=mode)
+                times[side] += child_timings(out)
+                peak[side] = max(peak[side], rss / 1e6)
+            except RuntimeError as e:
+                print(f"  ({side} failed: {str(e).splitlines()[-1]})", file=sys.stderr)
+    ms = {side: median(t) * 1000 if t else float("nan") for side, t in times.items()}
+    mb = {side: peak[side] if times[side] else float("nan") for side in peak}
+    row = f"{name:22} {batch:>5} {ms['timm']:>9.1f}"
+    for side, *_ in sides[1:]:
+        row += f" {ms[side]:>{max(10, len(side) + 4)}.1f} {ms[side] / ms['timm']:>6.2f}"
+    return row + f" {mb['timm']:>8.0f} {mb['paddle']:>10.0f} {mb['paddle'] / mb['timm']:>6.2f}  {load().split(',')[0]}"
 
 
 if __name__ == "__main__":

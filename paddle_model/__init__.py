@@ -1,13 +1,54 @@
 """CoaT (Co-Scale Conv-Attentional Image Transformers) for PaddlePaddle.
 
-``paddle_model.variants`` and ``paddle_model.layout`` need neither paddle nor torch; the model
-itself (``create_model``, ``CoaT``, the per-variant factories) imports paddle on first use.
+Paddle is not an install requirement of the package (a GPU build must not be replaced by the CPU
+wheel), so importing this package checks, from the installed distributions' metadata and
+without importing Paddle, that a supported Paddle is there, and says what to install if not.
+The model (``create_model``, ``CoaT``, the per-variant factories) imports paddle on first use;
+the conversion (:mod:`converter`) needs no Paddle at all.
 """
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import re
+from importlib import metadata
+
+OLDEST_PADDLE = (3, 0, 0)  # the oldest release the tests run on (the torch-free CI job)
+PADDLE_DISTRIBUTIONS = ("paddlepaddle", "paddlepaddle-gpu")
+_INSTALL = ("pip install 'coat-paddle[cpu]' for the CPU build, or paddlepaddle-gpu>=3.0 for a GPU "
+            "(https://www.paddlepaddle.org.cn/install)")
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """The release numbers of a version string: '3.0.0rc1' -> (3, 0, 0); () if none."""
+    match = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", version)
+    return tuple(int(n or 0) for n in match.groups()) if match else ()
+
+
+def paddle_problem() -> str | None:
+    """Why the installed Paddle cannot run this package (one line with what to install), or
+    None. A Paddle without distribution metadata (a source build) is taken as it is, and so is
+    a develop build (version 0.0.0)."""
+    if importlib.util.find_spec("paddle") is None:
+        return f"paddle_model needs PaddlePaddle >= 3.0, which is not installed: {_INSTALL}"
+    for dist in PADDLE_DISTRIBUTIONS:
+        try:
+            version = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+        release = _release(version)
+        if release and release != (0, 0, 0) and release < OLDEST_PADDLE:
+            return f"paddle_model needs PaddlePaddle >= 3.0, but {dist} {version} is installed: {_INSTALL}"
+        return None
+    return None
+
+
+_problem = paddle_problem()
+if _problem is not None:
+    raise ImportError(_problem)
 
 from .errors import CoatError, UnsafePickleError, WeightsError
+from .runtime import set_cpu_threads
 from .variants import VARIANTS, CoatVariant, get_variant
 
 _LAZY = {
@@ -19,7 +60,7 @@ _LAZY = {
 }
 
 __all__ = ["VARIANTS", "CoatVariant", "get_variant", "CoatError", "WeightsError",
-           "UnsafePickleError", *_LAZY]
+           "UnsafePickleError", "set_cpu_threads", "paddle_problem", *_LAZY]
 
 
 def __getattr__(name: str):

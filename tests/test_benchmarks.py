@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -45,3 +46,24 @@ def test_bench_products_lists_every_product_of_a_forward_pass(name):
     size = model.variant.img_size
     model(paddle.randn([batch, 3, size, size]))
     assert seen == _bench_products().pass_products(name, batch)
+
+
+def _common():
+    spec = importlib.util.spec_from_file_location("_common", ROOT / "benchmarks" / "_common.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_installed_children_get_none_of_the_thread_variables(monkeypatch):
+    """bench_inference.py's default sides measure what a user gets who set nothing, whatever the
+    shell running the benchmark has set; its tuned side gets the five variables."""
+    common = _common()
+    for var in common.THREAD_VARS:
+        monkeypatch.setenv(var, "7")
+    code = f"import json, os; print(json.dumps({{k: os.environ.get(k) for k in {common.THREAD_VARS!r}}}))"
+    installed = json.loads(common.run_child(code, mode="installed")[2])
+    assert installed == dict.fromkeys(common.THREAD_VARS)
+    tuned = json.loads(common.run_child(code, mode="tuned")[2])
+    assert tuned == {k: common.TUNED_ENV.get(k) for k in common.THREAD_VARS}
+    assert json.loads(common.run_child(code)[2]) == dict.fromkeys(common.THREAD_VARS, "7")

@@ -1,23 +1,33 @@
-"""Conversion needs no torch: run by ``make test`` in a virtual environment without it.
+"""The installed wheel, beside the oldest supported Paddle and without torch: run by ``make test``.
 
-The checkpoints and timm's logits come from the full environment (``make test`` writes them to
-``$COAT_NOTORCH_DIR``); here they are converted with convert.py and run in Paddle.
+``make test`` builds the project's wheel, installs it into a virtual environment that already
+has Paddle (as a GPU user's has paddlepaddle-gpu) and runs these tests from another directory,
+so that the package, its data (the kernels' C++ source, the class names) and its commands are
+those of the wheel, not of the checkout. The checkpoints and timm's logits come from the full
+environment (``$COAT_NOTORCH_DIR``).
 """
 from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
+import sys
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import converter
 import paddle_model
+import reference
+from paddle_model import kernels
 from reference.parity import compare, run_paddle, seeded_input
 
-from .conftest import run_cli
+from .conftest import ROOT
 
 pytestmark = pytest.mark.notorch
+COMMANDS = ("coat-convert", "coat-release", "coat-evaluate", "coat-predict", "coat-export")
 
 
 @pytest.fixture(scope="module")
@@ -27,15 +37,50 @@ def fixtures() -> Path:
     return Path(folder)
 
 
+def command(name: str, *args, cwd: Path) -> subprocess.CompletedProcess:
+    """Run an installed command (from this environment's bin/) as a user would."""
+    exe = Path(sys.executable).parent / name
+    assert exe.is_file(), f"{name} is not installed in {exe.parent}"
+    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          timeout=600, check=False)
+
+
+@pytest.fixture(scope="module")
+def weights(fixtures, tmp_path_factory) -> Path:
+    """coat_lite_tiny converted by the installed coat-convert."""
+    out = tmp_path_factory.mktemp("weights")
+    done = command("coat-convert", fixtures / "coat_lite_tiny.pth", "coat_lite_tiny.pdparams", cwd=out)
+    assert done.returncode == 0, done.stderr
+    return out / "coat_lite_tiny.pdparams"
+
+
 def test_torch_is_not_installed():
     assert importlib.util.find_spec("torch") is None
 
 
+def test_the_package_is_the_installed_wheel_beside_the_users_paddle():
+    for package in (paddle_model, converter, reference):
+        assert ROOT not in Path(package.__file__).resolve().parents, package.__file__
+    assert metadata.version("paddlepaddle") == os.environ["COAT_EXPECT_PADDLE"]
+    paddle_requirements = [r for r in metadata.requires("coat-paddle") if r.startswith("paddlepaddle")]
+    assert paddle_requirements and all("extra ==" in r for r in paddle_requirements), paddle_requirements
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_command_is_on_path_with_help_and_version(tmp_path, name):
+    helped = command(name, "--help", cwd=tmp_path)
+    assert helped.returncode == 0, helped.stderr
+    assert helped.stdout.startswith("usage: ")
+    version = command(name, "--version", cwd=tmp_path)
+    assert version.returncode == 0, version.stderr
+    assert version.stdout.strip().endswith(f" {metadata.version('coat-paddle')}")
+
+
 @pytest.mark.parametrize("variant, source", [("coat_lite_tiny", "coat_lite_tiny.pth"),
                                              ("coat_tiny", "coat_tiny.safetensors")])
-def test_converts_without_torch_at_parity(fixtures, tmp_path, variant, source):
+def test_converts_without_torch_at_parity_with_the_compiled_kernels(fixtures, tmp_path, variant, source):
     dst = tmp_path / f"{variant}.pdparams"
-    result = run_cli(fixtures / source, dst)
+    result = command("coat-convert", fixtures / source, dst, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert f"variant      {variant} " in result.stdout
     model = paddle_model.create_model(variant, pretrained=dst)
@@ -43,39 +88,56 @@ def test_converts_without_torch_at_parity(fixtures, tmp_path, variant, source):
     x = seeded_input(2, paddle_model.get_variant(variant).img_size, seed=0)
     parity = compare("logits", expected, run_paddle(model, x)[0], top1=True)
     assert parity.ok, parity.line()
+    assert kernels.has_op("coat_linear"), "the kernels did not build from the installed source"
 
 
 def test_verify_without_torch_is_refused_before_writing(fixtures, tmp_path):
     dst = tmp_path / "out.pdparams"
-    result = run_cli(fixtures / "coat_lite_tiny.pth", dst, "--verify")
+    result = command("coat-convert", fixtures / "coat_lite_tiny.pth", dst, "--verify", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.startswith("error: --verify needs torch and timm")
     assert len(result.stderr.strip().splitlines()) == 1
     assert not dst.exists()
 
 
-def test_evaluate_runs_without_torch(fixtures, tmp_path):
-    import subprocess
-    import sys
-
+def test_predict_names_the_classes_and_export_writes_a_model_that_loads(weights, tmp_path):
+    import paddle
     from PIL import Image
 
-    from .conftest import ROOT
+    from paddle_model.predict import imagenet_classes
 
-    weights = tmp_path / "coat_lite_tiny.pdparams"
-    assert run_cli(fixtures / "coat_lite_tiny.pth", weights).returncode == 0
+    image = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)).save(image)
+    predicted = command("coat-predict", image, "--variant", "coat_lite_tiny", "--weights", weights,
+                        cwd=tmp_path)
+    assert predicted.returncode == 0, predicted.stderr
+    classes = imagenet_classes()
+    assert len(classes) == 1000
+    named = [line for line in predicted.stdout.splitlines() if any(c in line for c in classes)]
+    assert len(named) >= 5, predicted.stdout
+    exported = command("coat-export", "coat_lite_tiny", "deploy", "--weights", weights, cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr
+    graph = paddle.jit.load(str(tmp_path / "deploy"))
+    x = seeded_input(1, 224, seed=1)
+    model = paddle_model.create_model("coat_lite_tiny", pretrained=weights)
+    parity = compare("logits", run_paddle(model, x)[0], graph(paddle.to_tensor(x)).numpy())
+    assert parity.ok, parity.line()
+
+
+def test_evaluate_runs_without_torch(weights, tmp_path):
+    from PIL import Image
+
     rng = np.random.default_rng(0)
     for k, folder in enumerate(["a", "b"]):
         (tmp_path / "val" / folder).mkdir(parents=True)
         for j in range(2):
             pixels = rng.integers(0, 256, (60 + 10 * j, 80, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(tmp_path / "val" / folder / f"{k}{j}.png")
-    cmd = [sys.executable, "-m", "paddle_model.evaluate", str(tmp_path / "val"), "--variant",
-           "coat_lite_tiny", "--weights", str(weights), "--workers", "0", "--quiet", "--json"]
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    args = ["val", "--variant", "coat_lite_tiny", "--weights", weights, "--workers", "0", "--quiet", "--json"]
+    done = command("coat-evaluate", *args, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert '"evaluated": 4' in done.stdout
-    refused = subprocess.run([*cmd, "--reference"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    refused = command("coat-evaluate", *args, "--reference", cwd=tmp_path)
     assert refused.returncode == 2
     assert refused.stderr.startswith("error: --reference runs timm beside the Paddle model")
     assert "python -m reference.evaluate" in refused.stderr

@@ -39,19 +39,25 @@
 // MKL's own setting for the calling thread (0: the process-wide one), from the MKL that Paddle
 // ships (libmklml_intel).
 extern "C" int MKL_Set_Num_Threads_Local(int count);
+extern "C" int MKL_Get_Max_Threads();
 #endif
 
 namespace {
 
-// Threads for these ops: as many as Paddle's math library is given (MKL_NUM_THREADS; Paddle's
-// default is one), so that the kernels and the matrix products between them share the cores.
+// Threads for these ops: as many as Paddle's math library runs on (paddle_model.runtime sizes it
+// to the process's CPUs, or MKL_NUM_THREADS does), so that the kernels and the matrix products
+// between them share the cores. MKL is asked on every call: set_cpu_threads() can change it.
 int threads() {
+#ifdef COAT_MKL
+  return std::max(1, std::min(MKL_Get_Max_Threads(), 64));
+#else
   static const int n = [] {
     const char* env = std::getenv("MKL_NUM_THREADS");
     const int parsed = env ? std::atoi(env) : 1;
     return std::max(1, std::min(parsed, 64));
   }();
   return n;
+#endif
 }
 
 // One MKL thread for each thread of a parallel region of these ops, for the region's life.
