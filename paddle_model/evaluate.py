@@ -333,7 +333,9 @@ def parse_args(argv: list[str] | None):
     p.add_argument("data", type=Path, help="ImageFolder root (ROOT/<class>/<image>), or with --list "
                                            "the folder the list's paths start from")
     p.add_argument("--variant", required=True, choices=list(VARIANTS))
-    p.add_argument("--weights", required=True, type=Path, help=".pdparams or .safetensors")
+    p.add_argument("--weights", required=True,
+                   help=".pdparams or .safetensors file; 'pretrained' for the variant's published weights, "
+                        "'hf-hub:<repo_id>' for a release folder on the Hugging Face Hub")
     p.add_argument("--list", type=Path, help="file list: '<relative path> <label>' per line")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
@@ -366,6 +368,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.result is not None:  # refused before the run, not after it
             check_destination(args.result, args.force, (".json",))
+        from .hub import resolve_cli_weights
+
+        args.weights = resolve_cli_weights(args.variant, args.weights)
         state, num_classes = _read_weights(args.weights)
         if args.list is not None:
             data = read_list(args.list, args.data, num_classes, args.skip_bad)

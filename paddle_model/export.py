@@ -7,12 +7,16 @@ with dynamic batch, height and width and Paddle's own ops only. ``--kernels`` pu
 attention, cpe, LayerNorm, Linear, MLP, patch embedding and resampling ops of
 :mod:`paddle_model.kernels` into the graph instead, for a fixed input size (``--size``, default
 the variant's); such a model runs only where those ops are built and registered, which
-:func:`create_predictor` does.
+:func:`create_predictor` does. ``--onnx`` also writes ``out/coat_lite_small.onnx`` through
+paddle2onnx (dynamic batch, height and width) and checks it in onnxruntime against the eager
+model on seeded inputs; above 1e-5 of the largest logit the file is removed and the exit code 1.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -24,6 +28,10 @@ from .variants import VARIANTS, get_variant
 _KERNEL_OPS = ("coat_factor_attn", "coat_conv_pos_enc", "coat_layer_norm", "coat_linear",
                "coat_linear_add", "coat_mlp", "coat_patches", "coat_token_patches",
                "coat_patch_linear", "coat_resample")
+ONNX_PACKAGES = ("paddle2onnx", "onnx", "onnxruntime")
+ONNX_OPSET = 17
+ONNX_TOLERANCE = 1e-5  # max |onnxruntime - eager| / max |eager|, over the logits
+ONNX_CHECK_SIZE = (230, 200)  # besides the variant's own: not a multiple of 32, not square
 
 
 def export(variant: str, weights: str | Path | None, prefix: str | Path, kernels: bool = False,
@@ -53,6 +61,88 @@ def export(variant: str, weights: str | Path | None, prefix: str | Path, kernels
     with coat.traced_kernels() if kernels else contextlib.nullcontext():
         paddle.jit.save(static, str(prefix))
     return static
+
+
+def require_onnx() -> None:
+    """Raise one line naming what to install when the ONNX packages are missing."""
+    missing = []
+    for name in ONNX_PACKAGES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise CoatError(f"--onnx needs {', '.join(missing)}, not installed here: pip install "
+                        "'coat-paddle[onnx]' (paddle2onnx, onnx <= 1.17, onnxruntime)")
+
+
+def export_onnx(prefix: str | Path, opset: int = ONNX_OPSET) -> Path:
+    """Convert the portable model saved at ``prefix`` to ``prefix.onnx`` with paddle2onnx.
+
+    The input keeps the saved graph's dynamic batch, height and width. paddle2onnx's own graph
+    optimisation runs; its optional third-party passes do not (``optimize_tool="None"``: the
+    polygraphy pass would try to pip-install a package). Written through a temporary file.
+    """
+    import paddle2onnx
+
+    if uses_kernels(prefix):
+        raise CoatError(f"{prefix}.json holds compiled kernels, which ONNX cannot express; export "
+                        "without --kernels for --onnx")
+    out = Path(f"{prefix}.onnx")
+    tmp = out.with_name(f".{out.name}.part")
+    try:
+        paddle2onnx.export(f"{prefix}.json", f"{prefix}.pdiparams", str(tmp), opset_version=opset,
+                           auto_upgrade_opset=False, optimize_tool="None")
+        if not tmp.is_file():
+            raise CoatError(f"paddle2onnx wrote no model for {prefix}.json (see its log above)")
+        os.replace(tmp, out)
+    except Exception as e:  # paddle2onnx logs its failures and then fails on an unbound name
+        if isinstance(e, CoatError):
+            raise
+        raise CoatError(f"paddle2onnx could not convert {prefix}.json ({type(e).__name__}: {e})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def check_onnx(path: str | Path, eager, sizes: list[tuple[int, int, int]]) -> list[tuple[list[int], float]]:
+    """Run the ONNX model at ``path`` in onnxruntime and the ``eager`` Paddle model on seeded
+    inputs of each (batch, height, width); per input its shape and max |d| / max |eager|."""
+    import numpy as np
+    import onnxruntime
+    import paddle
+
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # errors only: not a line per initializer paddle2onnx left unused
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    eager.eval()
+    results = []
+    for seed, (batch, height, width) in enumerate(sizes):
+        x = np.random.default_rng(seed).standard_normal((batch, 3, height, width)).astype(np.float32)
+        got = session.run(None, {name: x})[0]
+        with paddle.no_grad():
+            expected = eager(paddle.to_tensor(x)).numpy()
+        if got.shape != expected.shape:
+            raise CoatError(f"{path}: gives shape {list(got.shape)} for {list(x.shape)}, the eager "
+                            f"model {list(expected.shape)}")
+        rel = float(np.abs(got - expected).max()) / max(float(np.abs(expected).max()), 1e-30)
+        results.append((list(x.shape), rel))
+    return results
+
+
+def export_and_check_onnx(variant: str, static,
+                          prefix: str | Path) -> tuple[Path, list[tuple[list[int], float]]]:
+    """``prefix.onnx`` from the model just saved at ``prefix``, checked against an eager model with
+    the same parameters as ``static`` (the traced layer) at the variant's size and 230x200."""
+    from .coat import CoaT
+    from .weights import load_state_dict
+
+    path = export_onnx(prefix)
+    eager = CoaT(get_variant(variant))
+    load_state_dict(eager, {k: v.numpy() for k, v in static.state_dict().items()}, source=str(prefix))
+    side = get_variant(variant).img_size
+    return path, check_onnx(path, eager, [(2, side, side), (1, *ONNX_CHECK_SIZE)])
 
 
 def kernel_ops(prefix: str | Path) -> list[str]:
@@ -102,19 +192,33 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m paddle_model.export", description=__doc__.split("\n")[0])
     p.add_argument("variant", choices=list(VARIANTS))
     p.add_argument("prefix", type=Path, help="output path prefix (without suffix)")
-    p.add_argument("--weights", type=Path, help=".pdparams or .safetensors (default: random init)")
+    p.add_argument("--weights", help=".pdparams or .safetensors file, 'pretrained' for the variant's "
+                                      "published weights, 'hf-hub:<repo_id>' (default: random init)")
     p.add_argument("--kernels", action="store_true",
                    help="use the compiled ops in the graph (faster on CPU; fixed input size; the "
                         "model then loads through paddle_model.export.create_predictor)")
     p.add_argument("--size", type=int, help="input height and width of a --kernels export "
                                             "(default: the variant's)")
+    p.add_argument("--onnx", action="store_true",
+                   help="also write PREFIX.onnx (paddle2onnx) and check it in onnxruntime against the "
+                        "eager model; needs the onnx extra")
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore", message="No ccache found")
     if not args.prefix.parent.is_dir():
         print(f"error: {args.prefix.parent}: no such directory; create it first", file=sys.stderr)
         return 2
     try:
-        export(args.variant, args.weights, args.prefix, kernels=args.kernels, size=args.size)
+        if args.onnx:
+            if args.kernels:
+                raise CoatError("--onnx needs the portable export: the compiled kernels of --kernels "
+                                "are not ONNX operators")
+            require_onnx()
+        from .hub import resolve_cli_weights
+
+        weights = resolve_cli_weights(args.variant, args.weights)
+        static = export(args.variant, weights, args.prefix, kernels=args.kernels, size=args.size)
+        if args.onnx:
+            onnx_path, checks = export_and_check_onnx(args.variant, static, args.prefix)
     except CoatError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -124,6 +228,22 @@ def main(argv: list[str] | None = None) -> int:
     else:
         shape = "float32 [N, 3, H, W], any N, H, W"
     print(f"exported {args.variant} to {args.prefix}.json / {args.prefix}.pdiparams (input: {shape})")
+    if args.onnx:
+        return _report_onnx(onnx_path, checks)
+    return 0
+
+
+def _report_onnx(path: Path, checks: list[tuple[list[int], float]]) -> int:
+    for shape, rel in checks:
+        print(f"onnxruntime vs eager Paddle, input {shape}: logits max|d|/max|ref| {rel:.2e}")
+    worst_shape, worst = max(checks, key=lambda c: c[1])
+    if not worst <= ONNX_TOLERANCE:
+        path.unlink()
+        print(f"error: {path} differs from the eager model by {worst:.2e} of the largest logit at input "
+              f"{worst_shape} (tolerance {ONNX_TOLERANCE:.0e}); it was removed", file=sys.stderr)
+        return 1
+    print(f"exported {path} (opset {ONNX_OPSET}, input float32 [N, 3, H, W]; at parity within "
+          f"{ONNX_TOLERANCE:.0e})")
     return 0
 
 
