@@ -242,6 +242,8 @@ def _open(url: str, timeout: float):
         if e.code == 404:
             raise WeightsError(f"{url}: not found (HTTP 404); the weights location holds no such "
                                "release (check the location and the variant)") from None
+        if e.code >= 500:  # the server is in trouble, not the request: a cached copy may serve
+            raise _Unreachable(f"HTTP {e.code} {e.reason}") from None
         raise WeightsError(f"{url}: the server answered HTTP {e.code} {e.reason}") from None
     except urllib.error.URLError as e:
         if url.startswith("file:"):  # a folder on this machine: never unreachable, only missing

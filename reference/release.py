@@ -160,7 +160,7 @@ def hub_config(v: CoatVariant, state: dict) -> dict:
         "library": "coat-paddle (paddle_model.create_model)",
         "num_classes": num_classes,
         "input_size": [3, v.img_size, v.img_size],
-        "crop_pct": pre["crop_pct"],
+        "crop_pct": v.crop_pct,  # as timm states it: the resize is int(img_size / crop_pct)
         "crop_mode": pre["crop_mode"],
         "interpolation": pre["interpolation"],
         "mean": list(pre["mean"]),
@@ -225,7 +225,7 @@ def model_card(manifest: dict, eval_result: dict | None = None) -> str:
         datasets=["imagenet-1k"],
         base_model=f"timm/{v}.in1k" if manifest["source"]["official"] else None,
         pipeline_tag="image-classification",
-        model_name=v,
+        model_name=v if eval_results else None,  # the model-index's name; no field of its own
         eval_results=eval_results,
     )
     card = ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n{{ text }}",
