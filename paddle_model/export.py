@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import importlib
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -95,6 +96,7 @@ def export_onnx(prefix: str | Path, opset: int = ONNX_OPSET) -> Path:
                            auto_upgrade_opset=False, optimize_tool="None")
         if not tmp.is_file():
             raise CoatError(f"paddle2onnx wrote no model for {prefix}.json (see its log above)")
+        _repair_pad_values(tmp, Path(f"{prefix}.json"))
         os.replace(tmp, out)
     except Exception as e:  # paddle2onnx logs its failures and then fails on an unbound name
         if isinstance(e, CoatError):
@@ -103,6 +105,50 @@ def export_onnx(prefix: str | Path, opset: int = ONNX_OPSET) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return out
+
+
+# a pad3d op's attribute in a Paddle 3 .json program: {"AT":{"#":"0.a_f64","D":0.0},"N":"pad_value"}
+_PAD_VALUE = re.compile(r'\{"AT":\{"#":"0\.a_f(?:32|64)","D":([^}]*)\},"N":"pad_value"\}')
+
+
+def _repair_pad_values(model_path: Path, program: Path) -> None:
+    """Give the ONNX Pad nodes the fill values of the program's pad3d ops, in order.
+
+    Paddle 3.3 stores pad3d's ``pad_value`` as a double (PaddlePaddle/Paddle#75970); paddle2onnx
+    2.1 still reads a float, so each Pad node's constant value is whatever that memory held
+    (0 or 1e25 from one conversion to the next: CoaT's crpe pads a zero row for the CLS token).
+    Where the Pad nodes and the pad3d ops cannot be paired one to one this raises instead.
+    """
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    values = [float(v) for v in _PAD_VALUE.findall(program.read_text(errors="replace"))]
+    model = onnx.load(str(model_path))
+    graph = model.graph
+    pads = [n for n in graph.node if n.op_type == "Pad"]
+    if not pads and not values:
+        return
+    modes = [next((a.s for a in n.attribute if a.name == "mode"), b"constant") for n in pads]
+    paired = len(pads) == len(values) and all(len(n.input) >= 3 for n in pads)
+    if not paired or any(mode != b"constant" for mode in modes):
+        raise CoatError(f"{program}: its {len(values)} pad3d ops do not pair with the {len(pads)} Pad nodes "
+                        "paddle2onnx wrote; cannot give them their fill values")
+    producers = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
+    initializers = {t.name: t for t in graph.initializer}
+    for node, value in zip(pads, values):
+        name = node.input[2]
+        if name in producers:
+            attribute = next(a for a in producers[name].attribute if a.name == "value")
+            old = numpy_helper.to_array(attribute.t)
+            attribute.t.CopyFrom(numpy_helper.from_array(np.full_like(old, value), attribute.t.name))
+        elif name in initializers:
+            old = numpy_helper.to_array(initializers[name])
+            initializers[name].CopyFrom(numpy_helper.from_array(np.full_like(old, value), name))
+        else:
+            raise CoatError(f"{model_path}: the fill value of Pad node {node.name} is computed, not a "
+                            "constant; cannot set it")
+    onnx.save(model, str(model_path))
 
 
 def check_onnx(path: str | Path, eager, sizes: list[tuple[int, int, int]]) -> list[tuple[list[int], float]]:

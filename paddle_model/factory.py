@@ -29,8 +29,8 @@ def create_model(
     ignores the head's weights.
     Other keyword arguments go to :class:`CoaT` (``drop_path_rate``, ``out_features``, ...).
     """
+    weights = resolve_weights(name, pretrained, weights_url)  # a download fails before the build
     model = CoaT(get_variant(name), num_classes=num_classes, **kwargs)
-    weights = resolve_weights(name, pretrained, weights_url)
     if weights is not None:
         state = read_weights(weights)
         ignore: tuple[str, ...] = ()

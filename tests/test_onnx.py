@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import onnx
 import paddle
 import pytest
@@ -76,3 +77,35 @@ def test_onnx_without_its_packages_says_what_to_install(tmp_path):
     result = run_module("paddle_model.export", "coat_lite_tiny", tmp_path / "m", "--onnx", "--kernels")
     assert result.returncode == 2 and "--onnx needs the portable export" in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def _pad_fills(model) -> list[float]:
+    from onnx import numpy_helper
+
+    constants = {n.output[0]: n for n in model.graph.node if n.op_type == "Constant"}
+    return [float(numpy_helper.to_array(constants[n.input[2]].attribute[0].t))
+            for n in model.graph.node if n.op_type == "Pad"]
+
+
+def test_pad_fill_values_are_repaired_from_the_program(onnx_exports, tmp_path):
+    """paddle2onnx 2.1 reads pad3d's pad_value (a double since Paddle 3.3) as a float, leaving
+    whatever memory held; the export sets each Pad from its pad3d op: the crpe's zero CLS row."""
+    from onnx import numpy_helper
+
+    prefix, weights, _ = onnx_exports["coat_tiny"]
+    model = onnx.load(f"{prefix}.onnx")
+    depth = paddle_model.get_variant("coat_tiny")
+    assert _pad_fills(model) == [0.0] * (sum(depth.serial_depths) + 3 * depth.parallel_depth)
+    constants = {n.output[0]: n for n in model.graph.node if n.op_type == "Constant"}
+    for node in (n for n in model.graph.node if n.op_type == "Pad"):  # as a bad conversion leaves them
+        t = constants[node.input[2]].attribute[0].t
+        t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) + np.float32(1e25), t.name))
+    broken = tmp_path / "broken.onnx"
+    onnx.save(model, str(broken))
+    eager = paddle_model.create_model("coat_tiny", pretrained=weights)
+    [(_, rel)] = export_module.check_onnx(broken, eager, [(1, 96, 96)])
+    assert rel > 1e-2
+    export_module._repair_pad_values(broken, prefix.with_suffix(".json"))
+    assert _pad_fills(onnx.load(str(broken))) == _pad_fills(onnx.load(f"{prefix}.onnx"))
+    [(_, rel)] = export_module.check_onnx(broken, eager, [(1, 96, 96)])
+    assert rel <= 1e-5

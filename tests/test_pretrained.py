@@ -325,14 +325,26 @@ def test_hf_hub_through_huggingface_hub_with_hf_endpoint_then_offline(released, 
     assert last.endswith("it is not in the cache: go online, or unset HF_HUB_OFFLINE")
 
 
-def test_the_commands_take_weights_pretrained(env, tmp_path):
+@pytest.mark.parametrize("command", ["predict", "evaluate", "export"])
+def test_the_commands_take_weights_pretrained(env, tmp_path, command):
     """--weights pretrained goes through the same resolution: without a location, one line, exit 2."""
     base = {k: v for k, v in os.environ.items() if k not in LOCATION_VARS}
     base["COAT_PADDLE_CACHE"] = str(tmp_path / "cache")
-    result = subprocess.run([sys.executable, "-m", "paddle_model.export", "coat_lite_tiny",
-                             str(tmp_path / "model"), "--weights", "pretrained"], cwd=ROOT, env=base,
-                            capture_output=True, text=True, timeout=300)
+    first = {"predict": [str(sample_image_paths()[0])], "evaluate": [str(tmp_path)],
+             "export": [str(tmp_path / "model")]}[command]
+    args = [*first, "--variant", "coat_lite_tiny"] if command != "export" else ["coat_lite_tiny", *first]
+    result = subprocess.run([sys.executable, "-m", f"paddle_model.{command}", *args, "--weights",
+                             "pretrained"], cwd=ROOT, env=base, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith(
         "error: coat_lite_tiny: no published weights location is set")
-    assert not (tmp_path / "model.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_paddle_hub_entry_points_take_pretrained_true(released, env):
+    _, [(out, _), _] = released
+    with serve(out) as url:
+        env.setenv(hub.LOCATION_ENV, url)
+        model = paddle.hub.load(str(ROOT), "coat_lite_tiny", source="local", pretrained=True)
+    direct = paddle_model.create_model("coat_lite_tiny", pretrained=True)  # from the cache now
+    assert all(np.array_equal(a, b) for a, b in zip(params(model), params(direct)))
