@@ -135,11 +135,14 @@ def fetch(variant: str, location: str | os.PathLike | None = None, *, timeout: f
                 f"{variant}: {why}, and the cache has no copy: download {manifest_url} and the "
                 f"{variant}{WEIGHT_SUFFIXES[0]} it lists into {folder}/, or pass the path of a weights file")
         manifest = _parse_manifest(cached_manifest.read_bytes(), str(cached_manifest), variant)
-    name, expected = _choose_file(manifest, manifest_url, variant)
+    name, expected = _choose_file(manifest, manifest_url, variant, cached_in=None if online else folder)
     target = folder / name
+    manifest_bytes = json.dumps(manifest, indent=2).encode() + b"\n"
     if target.is_file():
         actual = sha256_file(target)
         if actual == expected:
+            if online and not (cached_manifest.is_file() and cached_manifest.read_bytes() == manifest_bytes):
+                _write_atomically(cached_manifest, manifest_bytes)  # a file placed by hand
             return target
         stale = online and _listed_digest(cached_manifest, name) == actual  # republished, not damaged
         if not stale:
@@ -153,7 +156,7 @@ def fetch(variant: str, location: str | os.PathLike | None = None, *, timeout: f
             f"{folder}/, or pass the path of a weights file")
     folder.mkdir(parents=True, exist_ok=True)
     _download(f"{base}/{variant}/{name}", target, expected, timeout, progress)
-    _write_atomically(cached_manifest, json.dumps(manifest, indent=2).encode() + b"\n")
+    _write_atomically(cached_manifest, manifest_bytes)
     return target
 
 
@@ -161,7 +164,7 @@ def fetch_hf(repo_id: str, variant: str, *, revision: str | None = None) -> Path
     """The verified local copy of ``variant``'s weights from a release folder on the Hub.
 
     The repository holds one release folder (``manifest.json``, the weights, config and card,
-    as ``huggingface-cli upload`` pushes it); its manifest must be of ``variant``. Files go to
+    as ``hf upload`` pushes it); its manifest must be of ``variant``. Files go to
     ``$COAT_PADDLE_CACHE/weights/hf-hub`` in huggingface_hub's cache layout, and are hashed
     against the manifest on every use.
     """
@@ -277,12 +280,20 @@ def _parse_manifest(data: bytes, where: str, variant: str) -> dict:
     return manifest
 
 
-def _choose_file(manifest: dict, where: str, variant: str) -> tuple[str, str]:
+def _choose_file(manifest: dict, where: str, variant: str,
+                 cached_in: Path | None = None) -> tuple[str, str]:
+    """The weights file to use and its sha256: the first of WEIGHT_SUFFIXES the manifest lists,
+    or offline (``cached_in``) the first of those already in the cache."""
+    listed = []
     for suffix in WEIGHT_SUFFIXES:
         name = f"{variant}{suffix}"
         digest = manifest["files"].get(name)
         if isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest):
-            return name, digest
+            listed.append((name, digest))
+    if cached_in is not None:
+        listed.sort(key=lambda item: not (cached_in / item[0]).is_file())  # stable: cached first
+    if listed:
+        return listed[0]
     raise WeightsError(f"{where}: lists no {' or '.join(variant + s for s in WEIGHT_SUFFIXES)} "
                        "with a sha256")
 

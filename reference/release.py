@@ -9,7 +9,7 @@ tensors) it writes ``OUT_DIR/<variant>/`` with ``<variant>.pdparams``, ``<varian
 versions) and a model card ``README.md`` whose front matter ``huggingface_hub`` renders, with a
 ``model-index`` of measured top-1/top-5 when ``--eval-results`` gives ``evaluate --result`` files.
 Each folder is a weights location for ``create_model(v, pretrained=True)`` and a Hub repository as
-it is (``huggingface-cli upload``). A variant that fails parity leaves nothing behind; the exit
+it is (``hf upload``, ``upload_folder``). A variant that fails parity leaves nothing behind; the exit
 code is then 1. Needs torch and timm for the parity check.
 """
 from __future__ import annotations

@@ -13,6 +13,7 @@ import hashlib
 import http.server
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -201,16 +202,27 @@ def test_a_server_that_never_answers_times_out(env):
         assert time.perf_counter() - start < 5
 
 
-def test_offline_without_cache_says_what_to_download_and_where(env):
+def test_offline_without_cache_says_what_to_download_and_where(released, env):
+    """The message is enough: files placed by hand where it says load offline."""
+    _, [(out, _), _] = released
     env.setenv(hub.LOCATION_ENV, "https://weights.example.org/coat")
     env.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(WeightsError) as error:
         paddle_model.create_model("coat_lite_tiny", pretrained=True)
     assert not hub.cache_root().exists()  # offline touches nothing
-    assert str(error.value).startswith(
+    message = str(error.value)
+    assert message.startswith(
         "coat_lite_tiny: COAT_PADDLE_OFFLINE/HF_HUB_OFFLINE is set, and the cache has no copy: download "
         "https://weights.example.org/coat/coat_lite_tiny/manifest.json and the coat_lite_tiny.safetensors "
         f"it lists into {hub.cache_root()}/weights.example.org_coat-")
+    folder = Path(re.search(r" into (\S+)/, or pass", message).group(1))
+    folder.mkdir(parents=True)
+    for name in ("manifest.json", "coat_lite_tiny.pdparams"):  # the .pdparams will do as well
+        shutil.copy(out / "coat_lite_tiny" / name, folder / name)
+    model = paddle_model.create_model("coat_lite_tiny", pretrained=True)
+    direct = paddle_model.create_model("coat_lite_tiny",
+                                       pretrained=out / "coat_lite_tiny" / "coat_lite_tiny.pdparams")
+    assert all(np.array_equal(a, b) for a, b in zip(params(model), params(direct)))
 
 
 def test_no_location_set_says_so_in_one_line(env):
