@@ -4,33 +4,41 @@ from __future__ import annotations
 import os
 
 from .coat import CoaT
+from .hub import resolve_weights
 from .variants import get_variant
 from .weights import HEAD_PREFIXES, load_state_dict, read_weights
 
 
 def create_model(
         name: str,
-        pretrained: str | os.PathLike | None = None,
+        pretrained: bool | str | os.PathLike | None = None,
         num_classes: int = 1000,
+        *,
+        weights_url: str | os.PathLike | None = None,
         **kwargs,
 ) -> CoaT:
-    """Build the CoaT variant ``name``; with ``pretrained``, load that weights file strictly.
+    """Build the CoaT variant ``name``; with ``pretrained``, load those weights strictly.
 
     ``pretrained`` is a ``.pdparams`` or ``.safetensors`` file in this library's layout (see
-    ``convert.py``). Every key must fit; the only tolerated difference is a classifier of
-    another size when ``num_classes`` asks for one (it keeps its fresh initialisation), and a
-    backbone (``return_interm_layers=True``) ignores the head's weights.
+    ``convert.py``); ``True`` for the variant's published weights, fetched from a weights
+    location (``weights_url``, else ``$COAT_PADDLE_WEIGHTS_URL``, else the project's own; see
+    :mod:`paddle_model.hub`) into the cache and checked against its manifest's sha256; or
+    ``"hf-hub:<repo_id>"`` for a release folder on the Hugging Face Hub. Every key must fit;
+    the only tolerated difference is a classifier of another size when ``num_classes`` asks
+    for one (it keeps its fresh initialisation), and a backbone (``return_interm_layers=True``)
+    ignores the head's weights.
     Other keyword arguments go to :class:`CoaT` (``drop_path_rate``, ``out_features``, ...).
     """
+    weights = resolve_weights(name, pretrained, weights_url)  # a download fails before the build
     model = CoaT(get_variant(name), num_classes=num_classes, **kwargs)
-    if pretrained is not None:
-        state = read_weights(pretrained)
+    if weights is not None:
+        state = read_weights(weights)
         ignore: tuple[str, ...] = ()
         if model.return_interm_layers:
             ignore = HEAD_PREFIXES
         elif _head_size(state) not in (None, num_classes):
             ignore = ("head.",)  # a new classifier was asked for: keep it freshly initialised
-        load_state_dict(model, state, source=str(pretrained), ignore_prefixes=ignore)
+        load_state_dict(model, state, source=str(weights), ignore_prefixes=ignore)
     return model
 
 

@@ -44,16 +44,19 @@ def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m paddle_model.predict", description=__doc__.split("\n")[0])
     p.add_argument("images", nargs="+", type=Path)
     p.add_argument("--variant", required=True, choices=list(VARIANTS))
-    p.add_argument("--weights", required=True, type=Path, help=".pdparams or .safetensors")
+    p.add_argument("--weights", required=True,
+                   help=".pdparams or .safetensors file; 'pretrained' for the variant's published weights, "
+                        "'hf-hub:<repo_id>' for a release folder on the Hugging Face Hub")
     p.add_argument("--top", type=int, default=5)
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore", message="No ccache found")
     from .factory import create_model
+    from .hub import resolve_cli_weights
     from .transforms import eval_transform
 
     transform = eval_transform(args.variant)  # sizes are checked before an image is decoded
     images = [load_image(path, transform) for path in args.images]
-    model = create_model(args.variant, pretrained=args.weights)
+    model = create_model(args.variant, pretrained=resolve_cli_weights(args.variant, args.weights))
     results = predict(model, images, args.variant, args.top)
     for path, result in zip(args.images, results):
         print(path)

@@ -1,13 +1,17 @@
 """Convert, verify and package CoaT checkpoints for publishing.
 
-    python -m reference.release SRC_DIR OUT_DIR [--allow-unofficial] [--force]
+    python -m reference.release SRC_DIR OUT_DIR [--allow-unofficial] [--force] [--eval-results FILE]
 
 For every checkpoint in SRC_DIR (official file names or any name; the variant comes from the
 tensors) it writes ``OUT_DIR/<variant>/`` with ``<variant>.pdparams``, ``<variant>.safetensors``,
-``manifest.json`` (hashes, parity, preprocessing, published accuracy, versions) and a model card
-``README.md``. A variant that fails parity leaves nothing behind; the exit code is then 1.
-Two checkpoints of the same variant are refused before anything is written. Needs torch and
-timm for the parity check.
+``config.json`` (architecture, classes and preprocessing, for the Hub page and loaders),
+``manifest.json`` (hashes of every other file, parity, preprocessing, published accuracy,
+versions) and a model card ``README.md`` whose front matter ``huggingface_hub`` renders, with a
+``model-index`` of measured top-1/top-5 when ``--eval-results`` gives ``evaluate --result`` files.
+Each folder is a weights location for ``create_model(v, pretrained=True)`` and a Hub repository as
+it is (``hf upload``, ``upload_folder``). A variant that fails parity leaves nothing behind; the exit
+code is then 1. Two checkpoints of the same variant are refused before anything is written. Needs
+torch and timm for the parity check.
 
 "Official" means that the sha256 of the file starts with the 8 hex digits the official
 release publishes in its file name (``coat_tiny_c6efc33c.pth``): the full hash is not
@@ -184,10 +188,102 @@ Apache-2.0, as the original weights. CoaT by Weijian Xu, Yifan Xu, Tyler Chang a
 https://github.com/mlpc-ucsd/CoaT.
 """
 
+# Where the class names come from: the ImageNet-1k order of timm's ImageNet info, as shipped.
+CLASS_NAMES = {"dataset": "imagenet-1k", "file": "paddle_model/imagenet_classes.tsv",
+               "names": "WordNet lemmas in label order (sorted wnids), as timm's ImageNet info lists them",
+               "function": "paddle_model.predict.imagenet_classes"}
+EVAL_FIELDS = ("variant", "top1", "top5", "evaluated")
+IMAGENET_VAL_IMAGES = 50_000
+
+
+def hub_config(v: CoatVariant, state: dict) -> dict:
+    """``config.json``: what a Hub page or a loader needs to build the model and feed it."""
+    pre = eval_transform(v).describe()
+    head = state.get("head.weight")
+    num_classes = 0 if head is None else int(head.shape[1])
+    return {
+        "architecture": "CoaT",
+        "variant": v.name,
+        "library": "coat-paddle (paddle_model.create_model)",
+        "num_classes": num_classes,
+        "input_size": [3, v.img_size, v.img_size],
+        "crop_pct": v.crop_pct,  # as timm states it: the resize is int(img_size / crop_pct)
+        "crop_mode": pre["crop_mode"],
+        "interpolation": pre["interpolation"],
+        "mean": list(pre["mean"]),
+        "std": list(pre["std"]),
+        "class_names": CLASS_NAMES if num_classes == 1000 else None,
+    }
+
+
+def read_eval_results(paths: list[Path]) -> dict[str, dict]:
+    """The ``evaluate --result`` files by variant; one line naming the file if one is unusable."""
+    results: dict[str, dict] = {}
+    for path in paths:
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ConversionError(f"{path}: cannot read it as an evaluate --result file ({e})") from None
+        missing = [k for k in EVAL_FIELDS if not isinstance(result, dict) or k not in result]
+        if missing:
+            raise ConversionError(f"{path}: not an evaluate --result file (no {', '.join(missing)})")
+        if result["variant"] not in VARIANTS:
+            raise ConversionError(f"{path}: unknown variant {result['variant']!r}")
+        if result["variant"] in results:
+            raise ConversionError(f"{path}: a second --eval-results file for {result['variant']}")
+        results[result["variant"]] = result
+    return results
+
+
+def check_eval_result(result: dict | None, files: dict[str, str], v: CoatVariant) -> None:
+    """Refuse evaluation results measured on other weights than these, when that can be told:
+    the evaluated file still exists and its sha256 is none of the released files'."""
+    if result is None:
+        return
+    evaluated = Path(str(result.get("weights", "")))
+    if evaluated.is_file() and sha256_file(evaluated) not in files.values():
+        raise ConversionError(f"--eval-results for {v.name}: {evaluated} is not the file being released "
+                              "(its sha256 differs); evaluate the released weights")
+
+
+def model_card(manifest: dict, eval_result: dict | None = None) -> str:
+    """The model card: ``huggingface_hub``'s ModelCardData as YAML front matter over the text.
+
+    The model-index holds measured numbers only (from ``eval_result``); the published accuracy
+    stays in the text, stated as published. ``base_model`` names timm's Hub copy of the official
+    weights, and only when the source is the official release file.
+    """
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    v = manifest["variant"]
+    eval_results = None
+    if eval_result is not None:
+        n = int(eval_result["evaluated"])
+        name = "ImageNet-1k validation" + ("" if n == IMAGENET_VAL_IMAGES else f" ({n} images)")
+        eval_results = [
+            EvalResult(task_type="image-classification", task_name="Image Classification",
+                       dataset_type="imagenet-1k", dataset_name=name, dataset_split="validation",
+                       metric_type="accuracy", metric_name=metric, metric_value=float(eval_result[key]))
+            for key, metric in (("top1", "top-1 accuracy"), ("top5", "top-5 accuracy"))]
+    data = ModelCardData(
+        license="apache-2.0",
+        library_name="paddlepaddle",
+        tags=["image-classification", "paddlepaddle", "coat"],
+        datasets=["imagenet-1k"],
+        base_model=f"timm/{v}.in1k" if manifest["source"]["official"] else None,
+        pipeline_tag="image-classification",
+        model_name=v if eval_results else None,  # the model-index's name; no field of its own
+        eval_results=eval_results,
+    )
+    card = ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n{{ text }}",
+                                   text=_model_card(manifest))
+    return str(card)
+
 
 def release_one(source: Path, out_dir: Path, allow_unofficial: bool, force: bool,
-                sha256: str | None = None) -> Entry:
-    """Convert, verify and package one checkpoint (``sha256``: its hash, if already known)."""
+                sha256: str | None = None, eval_results: dict[str, dict] | None = None) -> Entry:
+    """Convert, verify and package one checkpoint (``sha256``: its hash, if already known;
+    ``eval_results``: ``evaluate --result`` JSON by variant, for the model card)."""
     from .parity import verify_conversion
 
     entry = Entry(source)
@@ -220,11 +316,15 @@ def release_one(source: Path, out_dir: Path, allow_unofficial: bool, force: bool
         a, b = read_weights(staging / f"{v.name}.pdparams"), read_weights(staging / f"{v.name}.safetensors")
         if a.keys() != b.keys() or not all(np.array_equal(a[k], b[k]) for k in a):
             raise ConversionError(f"{source}: the .pdparams and .safetensors outputs differ")
+        eval_result = (eval_results or {}).get(v.name)
+        (staging / "config.json").write_text(json.dumps(hub_config(v, a), indent=2) + "\n")
         files = _file_hashes(staging)
+        check_eval_result(eval_result, files, v)
         params = sum(array.size for array in {id(x): x for x in a.values()}.values())  # aliases once
         manifest = _manifest(v, source, sha256, known is not None, files, params, report.to_dict())
+        (staging / "README.md").write_text(model_card(manifest, eval_result))
+        files = manifest["files"] = _file_hashes(staging)  # the card and config included
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        (staging / "README.md").write_text(_model_card(manifest))
         if final.exists():
             shutil.rmtree(final)
         staging.rename(final)
@@ -238,8 +338,10 @@ def release_one(source: Path, out_dir: Path, allow_unofficial: bool, force: bool
 
 
 def release(src_dir: Path, out_dir: Path, allow_unofficial: bool = False,
-            force: bool = False, progress: bool = True) -> list[Entry]:
-    """Release every checkpoint in ``src_dir`` into ``out_dir``.
+            force: bool = False, progress: bool = True,
+            eval_results: dict[str, dict] | None = None) -> list[Entry]:
+    """Release every checkpoint in ``src_dir`` into ``out_dir``; ``eval_results`` maps a variant
+    to its ``evaluate --result`` JSON, for the model card's model-index.
 
     Each source's variant is decided first (hash and shapes, no conversion), so that two
     checkpoints of one variant are refused before anything is written or replaced.
@@ -251,7 +353,7 @@ def release(src_dir: Path, out_dir: Path, allow_unofficial: bool = False,
     out_dir.mkdir(parents=True, exist_ok=True)
     entries = []
     for source in tqdm(hashes, desc="releasing", unit="checkpoint", disable=not progress, file=sys.stderr):
-        entries.append(release_one(source, out_dir, allow_unofficial, force, hashes[source]))
+        entries.append(release_one(source, out_dir, allow_unofficial, force, hashes[source], eval_results))
     return entries
 
 
@@ -271,9 +373,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--allow-unofficial", action="store_true",
                    help="release checkpoints that are not the official files (marked official: false)")
     p.add_argument("--force", action="store_true", help="replace variants already in OUT_DIR")
+    p.add_argument("--eval-results", type=Path, nargs="+", default=[], metavar="FILE",
+                   help="JSON written by `python -m paddle_model.evaluate --result`, one per variant: "
+                        "their top-1/top-5 go into the model card's model-index")
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore", message="No ccache found")
-    entries = release(args.src_dir, args.out_dir, args.allow_unofficial, args.force)
+    eval_results = read_eval_results(args.eval_results)
+    entries = release(args.src_dir, args.out_dir, args.allow_unofficial, args.force,
+                      eval_results=eval_results)
+    released = {e.variant for e in entries if e.status == "released"}
+    for variant in sorted(eval_results.keys() - released):
+        print(f"note: the --eval-results of {variant} matched no released checkpoint", file=sys.stderr)
     print(summary(entries))
     if any(e.status == "parity failed" for e in entries):
         return 1

@@ -38,6 +38,33 @@ def checkpoints(tmp_path_factory):
     return get
 
 
+def run_module(module: str, *args) -> subprocess.CompletedProcess:
+    """Run ``python -m module ARGS`` from the repository root; text output captured."""
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True,
+                          text=True, cwd=ROOT, timeout=900)
+
+
+RELEASED_VARIANTS = ("coat_tiny", "coat_lite_tiny")  # a CoaT and a CoaT-Lite
+
+
+@pytest.fixture(scope="session")
+def released(checkpoints, tmp_path_factory):
+    """Seeded checkpoints of RELEASED_VARIANTS released twice into separate folders by
+    ``python -m reference.release``: (source folder, [(out folder, stdout), (out folder, stdout)]).
+    Made once: the release runs the full parity check."""
+    root = tmp_path_factory.mktemp("release")
+    src = root / "src"
+    src.mkdir()
+    for name in RELEASED_VARIANTS:
+        (src / f"{name}_seeded.pth").write_bytes(checkpoints(name).read_bytes())
+    runs = []
+    for out in (root / "out1", root / "out2"):
+        result = run_module("reference.release", src, out, "--allow-unofficial")
+        assert result.returncode == 0, result.stderr
+        runs.append((out, result.stdout))
+    return src, runs
+
+
 @pytest.fixture(scope="session")
 def converted(checkpoints, tmp_path_factory):
     """``converted(variant)`` -> (source .pth, .pdparams written by the CLI), made once each."""

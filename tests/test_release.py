@@ -21,30 +21,8 @@ from reference import release as release_module
 from reference.checkpoints import seeded_model
 from reference.parity import verify_conversion
 
-from .conftest import ROOT, assert_refused, run_cli, sample_image_paths
-
-VARIANTS_UNDER_TEST = ("coat_tiny", "coat_lite_tiny")
-
-
-def run_module(module: str, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True,
-                          text=True, cwd=ROOT, timeout=900)
-
-
-@pytest.fixture(scope="module")
-def released(checkpoints, tmp_path_factory):
-    """Two seeded checkpoints released twice into separate folders."""
-    root = tmp_path_factory.mktemp("release")
-    src = root / "src"
-    src.mkdir()
-    for name in VARIANTS_UNDER_TEST:
-        (src / f"{name}_seeded.pth").write_bytes(checkpoints(name).read_bytes())
-    runs = []
-    for out in (root / "out1", root / "out2"):
-        result = run_module("reference.release", src, out, "--allow-unofficial")
-        assert result.returncode == 0, result.stderr
-        runs.append((out, result.stdout))
-    return src, runs
+from .conftest import RELEASED_VARIANTS as VARIANTS_UNDER_TEST
+from .conftest import ROOT, assert_refused, run_cli, run_module, sample_image_paths
 
 
 def test_release_writes_weights_manifest_and_card_per_variant(released):
@@ -53,7 +31,7 @@ def test_release_writes_weights_manifest_and_card_per_variant(released):
     for name in VARIANTS_UNDER_TEST:
         folder = out / name
         assert sorted(p.name for p in folder.iterdir()) == sorted(
-            ["README.md", "manifest.json", f"{name}.pdparams", f"{name}.safetensors"])
+            ["README.md", "config.json", "manifest.json", f"{name}.pdparams", f"{name}.safetensors"])
         assert f"{name}_seeded.pth" in stdout and "released" in stdout
         card = (folder / "README.md").read_text()
         assert f'create_model("{name}", pretrained="{name}.pdparams")' in card
@@ -64,6 +42,7 @@ def test_manifest_hashes_and_contents(released):
     src, [(out, _), _] = released
     for name in VARIANTS_UNDER_TEST:
         manifest = json.loads((out / name / "manifest.json").read_text())
+        assert set(manifest["files"]) == {p.name for p in (out / name).iterdir()} - {"manifest.json"}
         for file, digest in manifest["files"].items():
             assert hashlib.sha256((out / name / file).read_bytes()).hexdigest() == digest
         source = src / manifest["source"]["file"]
@@ -76,12 +55,80 @@ def test_manifest_hashes_and_contents(released):
         assert set(manifest["versions"]) >= {"paddlepaddle", "torch", "timm", "numpy"}
 
 
-def test_two_releases_give_byte_identical_weights(released):
+def test_two_releases_give_byte_identical_folders(released):
     _, [(out1, _), (out2, _)] = released
     for name in VARIANTS_UNDER_TEST:
-        for suffix in (".pdparams", ".safetensors"):
-            a, b = out1 / name / f"{name}{suffix}", out2 / name / f"{name}{suffix}"
-            assert a.read_bytes() == b.read_bytes()
+        files = sorted(p.name for p in (out1 / name).iterdir())
+        assert files == sorted(p.name for p in (out2 / name).iterdir()) and len(files) == 5
+        for file in files:  # weights, config, card and manifest
+            assert (out1 / name / file).read_bytes() == (out2 / name / file).read_bytes(), file
+
+
+def test_release_folders_are_hub_ready(released):
+    """config.json agrees with timm's pretrained config; the card's front matter is what
+    huggingface_hub reads back. The seeded sources are not official: no base_model, and without
+    --eval-results no model-index."""
+    from huggingface_hub import ModelCard
+
+    _, [(out, _), _] = released
+    for name in VARIANTS_UNDER_TEST:
+        config = json.loads((out / name / "config.json").read_text())
+        cfg = timm.create_model(name).pretrained_cfg
+        assert config["variant"] == name and config["architecture"] == "CoaT"
+        assert config["num_classes"] == cfg["num_classes"] == 1000
+        assert tuple(config["input_size"]) == tuple(cfg["input_size"])
+        assert (config["crop_pct"], config["interpolation"]) == (cfg["crop_pct"], cfg["interpolation"])
+        assert config["mean"] == pytest.approx(cfg["mean"]) and config["std"] == pytest.approx(cfg["std"])
+        assert config["class_names"]["dataset"] == "imagenet-1k"
+        card = ModelCard.load(out / name / "README.md")
+        assert card.data.to_dict() == {
+            "license": "apache-2.0", "library_name": "paddlepaddle",
+            "tags": ["image-classification", "paddlepaddle", "coat"], "datasets": ["imagenet-1k"],
+            "pipeline_tag": "image-classification"}
+        assert f'create_model("{name}", pretrained="{name}.pdparams")' in card.text
+
+
+def test_model_card_of_an_official_source_with_measured_results(released, tmp_path):
+    """base_model is timm's Hub copy for an official source; an evaluate --result file of the
+    released weights becomes the model-index, its measured numbers exactly."""
+    from huggingface_hub import ModelCard
+
+    from paddle_model import evaluate
+
+    _, [(out, _), _] = released
+    folder = out / "coat_lite_tiny"
+    data = tmp_path / "val"
+    wnids = ["n01440764", "n01443537", "n01484850", "n01491361", "n01494475"]
+    for wnid, image in zip(wnids, sample_image_paths()):
+        (data / wnid).mkdir(parents=True)
+        Image.open(image).convert("RGB").save(data / wnid / "image.png")
+    result_file = tmp_path / "coat_lite_tiny.json"
+    assert evaluate.main([str(data), "--variant", "coat_lite_tiny", "--weights",
+                          str(folder / "coat_lite_tiny.safetensors"), "--result", str(result_file),
+                          "--workers", "0", "--quiet"]) == 0
+    results = release_module.read_eval_results([result_file])
+    measured = results["coat_lite_tiny"]
+    manifest = json.loads((folder / "manifest.json").read_text())
+    release_module.check_eval_result(measured, manifest["files"], paddle_model.get_variant("coat_lite_tiny"))
+    manifest["source"]["official"] = True
+    card = ModelCard(release_module.model_card(manifest, measured))
+    cfg = timm.create_model("coat_lite_tiny").pretrained_cfg
+    assert card.data.base_model == cfg["hf_hub_id"] == "timm/coat_lite_tiny.in1k"
+    [entry] = card.data.to_dict()["model-index"]
+    [found] = entry["results"]
+    assert entry["name"] == "coat_lite_tiny" and found["dataset"]["type"] == "imagenet-1k"
+    assert found["dataset"]["name"] == "ImageNet-1k validation (5 images)"
+    assert [(m["name"], m["value"]) for m in found["metrics"]] == [
+        ("top-1 accuracy", measured["top1"]), ("top-5 accuracy", measured["top5"])]
+    assert "as published by the authors: top-1 77.5%" in card.text
+
+    with pytest.raises(release_module.ConversionError, match="is not the file being released"):
+        release_module.check_eval_result({**measured, "weights": str(result_file)}, manifest["files"],
+                                         paddle_model.get_variant("coat_lite_tiny"))
+    result_file.write_text('{"variant": "coat_lite_tiny", "top1": 1.0}')
+    with pytest.raises(release_module.ConversionError,
+                       match=r"not an evaluate --result file \(no top5, evaluated\)"):
+        release_module.read_eval_results([result_file])
 
 
 @pytest.mark.parametrize("name", VARIANTS_UNDER_TEST)

@@ -32,7 +32,9 @@ def build_parser(prog: str, description: str = DESCRIPTION) -> ArgumentParser:
     p.add_argument("data", type=Path, help="ImageFolder root (ROOT/<class>/<image>), or with --list "
                                            "the folder the list's paths start from")
     p.add_argument("--variant", required=True, choices=list(VARIANTS))
-    p.add_argument("--weights", required=True, type=Path, help=".pdparams or .safetensors")
+    p.add_argument("--weights", required=True,
+                   help=".pdparams or .safetensors file; 'pretrained' for the variant's published weights, "
+                        "'hf-hub:<repo_id>' for a release folder on the Hugging Face Hub")
     p.add_argument("--list", type=Path, help="file list: '<relative path> <label>' per line")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
@@ -105,11 +107,13 @@ def evaluate(args: argparse.Namespace, reference_for: ReferenceFactory | None = 
     Raises CoatError for bad input: a ``--result`` that would be refused (before the run, not
     after it), unusable weights or data, and without ``--skip-bad`` the first unreadable image.
     """
+    from ..hub import resolve_cli_weights
     from ..transforms import eval_transform
 
     warnings.filterwarnings("ignore", message="No ccache found")
     if args.result is not None:
         check_destination(args.result, args.force, (".json",))
+    args.weights = resolve_cli_weights(args.variant, args.weights)
     state, num_classes = read_classifier(args.weights)
     data = list_data(args, num_classes)
     model = load_model(args.variant, state, args.weights)
