@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 from .coat import CoaT
+from .kernels import fast
 from .variants import get_variant
 from .weights import HEAD_PREFIXES, load_state_dict, read_weights
 
@@ -21,6 +22,7 @@ def create_model(
     another size when ``num_classes`` asks for one (it keeps its fresh initialisation), and a
     backbone (``return_interm_layers=True``) ignores the head's weights.
     Other keyword arguments go to :class:`CoaT` (``drop_path_rate``, ``out_features``, ...).
+    Eager CPU float32 inference calls run the compiled kernels (:mod:`paddle_model.kernels.fast`).
     """
     model = CoaT(get_variant(name), num_classes=num_classes, **kwargs)
     if pretrained is not None:
@@ -31,7 +33,7 @@ def create_model(
         elif _head_size(state) not in (None, num_classes):
             ignore = ("head.",)  # a new classifier was asked for: keep it freshly initialised
         load_state_dict(model, state, source=str(pretrained), ignore_prefixes=ignore)
-    return model
+    return fast.install(model)
 
 
 def _head_size(state) -> int | None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -39,10 +40,45 @@ def test_a_first_build_prints_nothing(tmp_path):
 
 
 def test_kernels_build_on_this_machine():
-    for op in (kernels.conv_pos_enc, kernels.bias_act_, kernels.factor_attn, kernels.patches,
-               kernels.resample, kernels.layer_norm, kernels.linear, kernels.linear_add, kernels.mlp,
-               kernels.token_patches, kernels.patch_linear):
-        assert op() is not None, f"the C++ kernel behind {op.__name__} failed to build"
+    """Every op of the table, the MKL ones too (this machine's Paddle is an x86 wheel)."""
+    for name in kernels.OPS:
+        assert kernels.op(name) is not None, f"{name} failed to build"
+
+
+def _declared_ops() -> dict[str, tuple[tuple[str, ...], bool]]:
+    """fused_ops.cc's PD_BUILD_OPs, read from the source: name -> (its inputs and attributes,
+    lower case; whether it sits inside an ``#ifdef COAT_MKL`` block)."""
+    lines = (ROOT / "paddle_model" / "kernels" / "fused_ops.cc").read_text().splitlines()
+    declared, blocks = {}, []
+    for i, line in enumerate(lines):
+        if line.startswith("#if"):
+            blocks.append(line.split()[:2] == ["#ifdef", "COAT_MKL"])
+        elif line.startswith("#endif"):
+            blocks.pop()
+        elif line.startswith("PD_BUILD_OP("):
+            end = next(k for k in range(i, len(lines)) if "SetKernelFn" in lines[k])
+            chunk = " ".join(lines[i:end + 1])
+            inputs = re.search(r"\.Inputs\(\{(.*?)\}\)", chunk).group(1)
+            attrs = re.search(r"\.Attrs\(\{(.*?)\}\)", chunk)
+            args = re.findall(r'"(\w+)"', inputs) + (re.findall(r'"(\w+):', attrs.group(1)) if attrs else [])
+            declared[line[len("PD_BUILD_OP("):line.index(")")]] = (tuple(a.lower() for a in args), any(blocks))
+    return declared
+
+
+def test_the_op_table_is_what_fused_ops_cc_builds():
+    """kernels.OPS is the one list of the compiled ops: the .cc file declares exactly those,
+    with those arguments, and builds the ``mkl`` ones only with Paddle's MKL."""
+    declared = _declared_ops()
+    assert sorted(declared) == sorted(kernels.OPS)
+    for name, spec in kernels.OPS.items():
+        args, mkl = declared[name]
+        assert tuple(a.replace("_", "") for a in args) == tuple(a.replace("_", "") for a in spec.args), name
+        assert mkl == spec.mkl, name
+
+
+def test_an_unknown_op_name_is_refused():
+    with pytest.raises(KeyError, match="'coat_gelu' is not one of the compiled ops"):
+        kernels.op("coat_gelu")
 
 
 @pytest.mark.parametrize("batch, channels, height, width, kernel", [
@@ -58,7 +94,7 @@ def test_conv_pos_enc_equals_torch(batch, channels, height, width, kernel):
     conv = F.conv2d(img, torch.from_numpy(w), torch.from_numpy(b), padding=kernel // 2, groups=channels)
     expected = x.copy()
     expected[:, 1:] += conv.flatten(2).transpose(1, 2).numpy()
-    got = kernels.conv_pos_enc()(paddle.to_tensor(x), paddle.to_tensor(w), paddle.to_tensor(b),
+    got = kernels.op("coat_conv_pos_enc")(paddle.to_tensor(x), paddle.to_tensor(w), paddle.to_tensor(b),
                                  height, width).numpy()
     assert np.array_equal(got[:, 0], x[:, 0])
     assert float(np.abs(got - expected).max()) <= 1e-6 * float(np.abs(expected).max())
@@ -98,7 +134,7 @@ def test_bias_act_equals_torch_in_place(gelu):
     sums = torch.from_numpy(x).double() + torch.from_numpy(b).double()
     expected = F.gelu(sums) if gelu else sums  # exact erf GELU, in float64
     t = paddle.to_tensor(x)
-    out = kernels.bias_act_()(t, paddle.to_tensor(b), gelu)
+    out = kernels.op("coat_bias_act_")(t, paddle.to_tensor(b), gelu)
     assert np.array_equal(t.numpy(), out.numpy()) and not np.array_equal(t.numpy(), x)  # in place
     err = np.abs(out.numpy() - expected.numpy())
     # within float rounding of the input's scale: torch's own float GELU is within 2.7e-7 |x| here
@@ -117,8 +153,8 @@ def test_token_patches_equal_patches_of_the_image(height, width, p):
     (CLS left out; rows and columns beyond a multiple of p dropped, as the strided conv does)."""
     x = np.random.default_rng(height).standard_normal((2, 1 + height * width, 24)).astype(np.float32)
     image = x[:, 1:].transpose(0, 2, 1).reshape(2, 24, height, width)
-    expected = kernels.patches()(paddle.to_tensor(np.ascontiguousarray(image)), p).numpy()
-    got = kernels.token_patches()(paddle.to_tensor(x), height, width, p).numpy()
+    expected = kernels.op("coat_patches")(paddle.to_tensor(np.ascontiguousarray(image)), p).numpy()
+    got = kernels.op("coat_token_patches")(paddle.to_tensor(x), height, width, p).numpy()
     assert got.shape == (2, (height // p) * (width // p), 24 * p * p)
     assert np.array_equal(got, expected)
 
@@ -153,10 +189,10 @@ def _linear_case(rows, k, n, gelu, residual, out_in):
 def _run_linear(x, w, b, r, gelu, out_in):
     args = [paddle.to_tensor(x), paddle.to_tensor(w), paddle.to_tensor(b)]
     if out_in:
-        return kernels.patch_linear()(*args).numpy()
+        return kernels.op("coat_patch_linear")(*args).numpy()
     if r is not None:
-        return kernels.linear_add()(*args, paddle.to_tensor(r)).numpy()
-    return kernels.linear()(*args, gelu).numpy()
+        return kernels.op("coat_linear_add")(*args, paddle.to_tensor(r)).numpy()
+    return kernels.op("coat_linear")(*args, gelu).numpy()
 
 
 def _check_linear(got: dict):
@@ -207,7 +243,7 @@ def test_mlp_equals_torch(rows, k, hidden):
     r = rng.standard_normal((*rows, k)).astype(np.float32)
     d = {name: torch.from_numpy(a).double() for name, a in dict(x=x, w1=w1, b1=b1, w2=w2, b2=b2, r=r).items()}
     expected = (d["r"] + F.linear(F.gelu(F.linear(d["x"], d["w1"].T, d["b1"])), d["w2"].T, d["b2"])).numpy()
-    got = kernels.mlp()(*[paddle.to_tensor(a) for a in (x, w1, b1, w2, b2, r)]).numpy()
+    got = kernels.op("coat_mlp")(*[paddle.to_tensor(a) for a in (x, w1, b1, w2, b2, r)]).numpy()
     assert got.shape == expected.shape
     assert float(np.abs(got - expected).max()) <= 2e-6 * float(np.abs(expected).max())
 
@@ -228,7 +264,7 @@ def test_factor_attn_equals_timms_attention(batch, size, head_chs):
     with torch.no_grad():
         expected = attention(x, size).numpy()
         qkv = paddle.to_tensor(attention.qkv(x).numpy())
-        core = kernels.factor_attn()(
+        core = kernels.op("coat_factor_attn")(
             qkv, [paddle.to_tensor(c.weight.numpy()) for c in crpe.conv_list],
             [paddle.to_tensor(c.bias.numpy()) for c in crpe.conv_list], size[0], size[1], heads,
             attention.scale)
@@ -246,5 +282,5 @@ def test_layer_norm_equals_torch(shape, eps):
     b = rng.standard_normal(shape[-1]).astype(np.float32)
     expected = F.layer_norm(torch.from_numpy(x).double(), shape[-1:], torch.from_numpy(w).double(),
                             torch.from_numpy(b).double(), eps).numpy()
-    got = kernels.layer_norm()(paddle.to_tensor(x), paddle.to_tensor(w), paddle.to_tensor(b), eps).numpy()
+    got = kernels.op("coat_layer_norm")(paddle.to_tensor(x), paddle.to_tensor(w), paddle.to_tensor(b), eps).numpy()
     assert float(np.abs(got - expected).max()) <= 2e-6 * float(np.abs(expected).max())
