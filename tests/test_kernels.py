@@ -1,6 +1,7 @@
 """The compiled kernels: built here, equal to torch's or to the Paddle ops they replace, optional."""
 from __future__ import annotations
 
+import ast
 import os
 import re
 import subprocess
@@ -12,7 +13,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from paddle_model import kernels
+import paddle_model
+from paddle_model import coat, export, kernels
+from paddle_model.kernels import fast
 
 from .conftest import ROOT
 
@@ -284,3 +287,120 @@ def test_layer_norm_equals_torch(shape, eps):
                             torch.from_numpy(b).double(), eps).numpy()
     got = kernels.op("coat_layer_norm")(paddle.to_tensor(x), paddle.to_tensor(w), paddle.to_tensor(b), eps).numpy()
     assert float(np.abs(got - expected).max()) <= 2e-6 * float(np.abs(expected).max())
+
+
+def test_coat_py_has_no_reference_to_the_kernels():
+    """The model is written once, with Paddle's ops; the compiled path is applied from outside."""
+    source = (ROOT / "paddle_model" / "coat.py").read_text()
+    assert "kernels" not in source and "_compiled" not in source
+    imported = {node.module for node in ast.walk(ast.parse(source))
+                if isinstance(node, ast.ImportFrom)} | {
+        alias.name for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Import)
+        for alias in node.names}
+    assert imported == {"__future__", "math", "functools", "typing", "numpy", "paddle", "paddle.nn",
+                        "paddle.nn.functional", "converter.layout", "variants"}
+
+
+def _watched(model) -> list:
+    """The classes of a few layers at the moments the model calls them, recorded as it runs."""
+    seen = []
+    for layer in (model.patch_embed1, model.serial_blocks1[0], model.cpe2, model.parallel_blocks[0],
+                  model.norm4):
+        layer.register_forward_pre_hook(lambda layer, inputs: seen.append(type(layer)))
+    return seen
+
+
+_FAST = [fast.PatchEmbed, fast.SerialBlock, fast.ConvPosEnc, fast.ParallelBlock, fast.LayerNorm]
+_OWN = [coat.PatchEmbed, coat.SerialBlock, coat.ConvPosEnc, coat.ParallelBlock, coat.LayerNorm]
+
+
+@pytest.fixture
+def small_coat():
+    paddle.seed(0)
+    model = paddle_model.create_model("coat_tiny", num_classes=10)
+    x = paddle.to_tensor(np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32))
+    return model, x, _watched(model)
+
+
+def test_eager_cpu_inference_calls_run_the_fast_forms_and_only_during_the_call(small_coat):
+    model, x, seen = small_coat
+    model.eval()
+    with paddle.no_grad():
+        fast_out = model(x).numpy()
+        assert [t for t in seen if t in _FAST] == seen and set(seen) == set(_FAST)
+        assert all(type(layer) in _OWN for layer in (model.patch_embed1, model.serial_blocks1[0],
+                                                      model.cpe2, model.parallel_blocks[0], model.norm4))
+        seen.clear()
+        own_out = model.forward(x).numpy()  # no hooks: coat.py's layers, Paddle's ops
+    assert set(seen) == set(_OWN)
+    assert float(np.abs(fast_out - own_out).max()) <= 1e-5 * float(np.abs(own_out).max())
+
+
+def test_training_gradients_and_other_dtypes_run_paddles_ops(small_coat):
+    """train() after eval(), an eval call with gradients, a model cast to float64: coat.py's
+    layers, and gradients where asked for."""
+    model, x, seen = small_coat
+    model.eval()
+    with paddle.no_grad():
+        model(x)
+    model.train()
+    seen.clear()
+    model(x).sum().backward()
+    assert set(seen) == set(_OWN) and model.cls_token1.grad is not None
+    model.eval()
+    seen.clear()
+    x.stop_gradient = False
+    model(x).sum().backward()
+    assert set(seen) == set(_OWN) and x.grad is not None
+    model.to(dtype="float64")
+    seen.clear()
+    with paddle.no_grad():
+        out = model(x.astype("float64"))
+    assert set(seen) == set(_OWN) and out.dtype == paddle.float64
+
+
+def test_a_call_that_raises_leaves_coat_py_layers(small_coat):
+    model, x, _ = small_coat
+    model.eval()
+    with paddle.no_grad(), pytest.raises(Exception):
+        model(paddle.zeros([1, 5, 64, 64]))  # 5 channels: the patch embedding's product refuses
+    assert type(model.serial_blocks1[0]) is coat.SerialBlock and type(model.norm4) is coat.LayerNorm
+
+
+def test_a_graph_traced_after_eager_calls_has_paddles_ops_only(tmp_path):
+    """paddle.jit runs no hooks while it traces: the layers it meets are coat.py's."""
+    model = paddle_model.create_model("coat_lite_tiny", num_classes=10)
+    model.eval()
+    with paddle.no_grad():
+        model(paddle.randn([1, 3, 64, 64]))
+    spec = [paddle.static.InputSpec([None, 3, 64, 64], "float32")]
+    paddle.jit.save(paddle.jit.to_static(model, input_spec=spec, full_graph=True), str(tmp_path / "m"))
+    assert "coat_layer_norm" not in (tmp_path / "m.json").read_text()
+    assert export.kernel_ops(tmp_path / "m") == []
+
+
+def test_paddles_ops_and_the_kernels_both_match_timm(converted):
+    """The parity check on both paths of a CoaT (it has every kind of block): create_model's
+    (compiled ops in eager CPU inference) and coat.py's CoaT without the pass (Paddle's ops
+    only), each against timm at 1e-5; at 96x96 (tests/test_parity.py checks the compiled path
+    at the full sizes)."""
+    from converter.readers import read_checkpoint
+    from paddle_model.variants import VARIANTS
+    from paddle_model.weights import load_state_dict, read_weights
+    from reference.parity import compare_models, seeded_input
+    from reference.timm_model import build_timm, load_timm_state
+
+    v = VARIANTS["coat_tiny"]
+    src, dst = converted(v.name)
+    reference = build_timm(v, img_size=(96, 96))
+    load_timm_state(reference, read_checkpoint(src).arrays())
+    x = seeded_input(2, 96, seed=5)
+    plain = coat.CoaT(v)
+    load_state_dict(plain, read_weights(dst), source=str(dst))
+    for candidate in (paddle_model.create_model(v.name, pretrained=dst), plain):
+        seen = []
+        candidate.serial_blocks1[0].register_forward_pre_hook(lambda layer, inputs: seen.append(type(layer)))
+        report = compare_models(reference, candidate, x, v.name, tolerance=1e-5)
+        assert report.ok, report.table()
+        assert report.logits.max_rel <= 2e-6
+        assert seen == [fast.SerialBlock if candidate is not plain else coat.SerialBlock]
