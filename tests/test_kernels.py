@@ -360,9 +360,9 @@ def test_training_gradients_and_other_dtypes_run_paddles_ops(small_coat):
 
 
 def test_a_call_that_raises_leaves_coat_py_layers(small_coat):
-    model, x, _ = small_coat
+    model, _, _ = small_coat
     model.eval()
-    with paddle.no_grad(), pytest.raises(Exception):
+    with paddle.no_grad(), pytest.raises(OSError, match="coat_linear: x"):  # raised by a fast form
         model(paddle.zeros([1, 5, 64, 64]))  # 5 channels: the patch embedding's product refuses
     assert type(model.serial_blocks1[0]) is coat.SerialBlock and type(model.norm4) is coat.LayerNorm
 
@@ -397,10 +397,10 @@ def test_paddles_ops_and_the_kernels_both_match_timm(converted):
     x = seeded_input(2, 96, seed=5)
     plain = coat.CoaT(v)
     load_state_dict(plain, read_weights(dst), source=str(dst))
-    for candidate in (paddle_model.create_model(v.name, pretrained=dst), plain):
-        seen = []
-        candidate.serial_blocks1[0].register_forward_pre_hook(lambda layer, inputs: seen.append(type(layer)))
+    for candidate, block in ((paddle_model.create_model(v.name, pretrained=dst), fast.SerialBlock),
+                             (plain, coat.SerialBlock)):
+        seen = _watched(candidate)
         report = compare_models(reference, candidate, x, v.name, tolerance=1e-5)
         assert report.ok, report.table()
         assert report.logits.max_rel <= 2e-6
-        assert seen == [fast.SerialBlock if candidate is not plain else coat.SerialBlock]
+        assert block in seen and set(seen) <= set(_FAST if block is fast.SerialBlock else _OWN)

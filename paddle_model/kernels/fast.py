@@ -23,13 +23,13 @@ Both paths give torch's numbers within float rounding; the parity tests run both
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from functools import lru_cache
-from typing import Iterator
 
 import numpy as np
 import paddle
-import paddle.nn as nn
 import paddle.nn.functional as F
+from paddle import nn
 
 from .. import coat
 from . import OPS, available, op
