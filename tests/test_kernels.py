@@ -64,7 +64,8 @@ def _declared_ops() -> dict[str, tuple[tuple[str, ...], bool]]:
             inputs = re.search(r"\.Inputs\(\{(.*?)\}\)", chunk).group(1)
             attrs = re.search(r"\.Attrs\(\{(.*?)\}\)", chunk)
             args = re.findall(r'"(\w+)"', inputs) + (re.findall(r'"(\w+):', attrs.group(1)) if attrs else [])
-            declared[line[len("PD_BUILD_OP("):line.index(")")]] = (tuple(a.lower() for a in args), any(blocks))
+            name = line[len("PD_BUILD_OP("):line.index(")")]
+            declared[name] = (tuple(a.lower() for a in args), any(blocks))
     return declared
 
 
@@ -285,7 +286,8 @@ def test_layer_norm_equals_torch(shape, eps):
     b = rng.standard_normal(shape[-1]).astype(np.float32)
     expected = F.layer_norm(torch.from_numpy(x).double(), shape[-1:], torch.from_numpy(w).double(),
                             torch.from_numpy(b).double(), eps).numpy()
-    got = kernels.op("coat_layer_norm")(paddle.to_tensor(x), paddle.to_tensor(w), paddle.to_tensor(b), eps).numpy()
+    got = kernels.op("coat_layer_norm")(paddle.to_tensor(x), paddle.to_tensor(w), paddle.to_tensor(b),
+                                        eps).numpy()
     assert float(np.abs(got - expected).max()) <= 2e-6 * float(np.abs(expected).max())
 
 
