@@ -56,8 +56,8 @@ def _conv(c_in: int, c_out: int, kernel: int, stride: int = 1, padding: int = 0,
 class LayerNorm(nn.LayerNorm):
     """LayerNorm over the last axis with its epsilon as the public attribute ``eps``.
 
-    Paddle's own LayerNorm keeps epsilon in a private attribute; this forward reads ``eps``
-    (as torch names it), and so does everything else that needs it.
+    Paddle's LayerNorm keeps epsilon only in a private attribute (set once, not read here);
+    this forward reads ``eps``, as torch names it, and so does anything else that needs it.
     """
 
     def __init__(self, dim: int, eps: float) -> None:

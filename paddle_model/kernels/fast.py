@@ -207,7 +207,7 @@ FAST_FORMS: dict[type, type] = {
     coat.ParallelBlock: ParallelBlock,
 }
 
-_Plan = list  # [(layer, its fast class, its own class)]
+_Plan = list[tuple[nn.Layer, type, type]]  # (layer, its fast class, its own class)
 
 
 def _plan(model: nn.Layer) -> _Plan:
