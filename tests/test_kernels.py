@@ -406,3 +406,36 @@ def test_paddles_ops_and_the_kernels_both_match_timm(converted):
         assert report.ok, report.table()
         assert report.logits.max_rel <= 2e-6
         assert block in seen and set(seen) <= set(_FAST if block is fast.SerialBlock else _OWN)
+
+
+def test_inference_from_several_threads_keeps_the_fast_forms_until_the_last_call_ends(small_coat):
+    """Four threads share one model: every result is right, and afterwards its layers are coat.py's
+    again (a deep copy too runs its own fast path)."""
+    import copy
+    import threading
+
+    model, x, _ = small_coat
+    model.eval()
+    with paddle.no_grad():
+        expected = model.forward(x).numpy()
+    results = []
+
+    def infer():
+        with paddle.no_grad():
+            results.extend(model(x).numpy() for _ in range(2))
+
+    threads = [threading.Thread(target=infer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 8
+    for got in results:
+        assert float(np.abs(got - expected).max()) <= 1e-5 * float(np.abs(expected).max())
+    assert type(model.serial_blocks1[0]) is coat.SerialBlock and type(model.norm4) is coat.LayerNorm
+    twin = copy.deepcopy(model)
+    seen = _watched(twin)
+    with paddle.no_grad():
+        got = twin(x).numpy()
+    assert set(seen) == set(_FAST)
+    assert float(np.abs(got - expected).max()) <= 1e-5 * float(np.abs(expected).max())

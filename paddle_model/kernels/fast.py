@@ -23,6 +23,7 @@ Both paths give torch's numbers within float rounding; the parity tests run both
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from functools import lru_cache
 
@@ -227,14 +228,32 @@ def _cpu_float32(t: paddle.Tensor) -> bool:
 
 
 class _Pass:
-    """The two hooks of :func:`install`, and the model's layers found at its first fast call."""
+    """The two hooks of :func:`install`, and the model's layers found at its first fast call.
+
+    Calls from several threads: the layers keep their fast forms while any fast call runs (a
+    count under a lock) and get their own back when the last one ends. A call of the same
+    model object that needs Paddle's ops (gradients) while another thread's fast call runs
+    would meet the fast forms: like ``train()``/``eval()``, the forms are the object's state.
+    """
 
     def __init__(self, model: nn.Layer) -> None:
         params = model.parameters()
         self.sentinels = [params[0], params[-1]]  # moved by model.to(), float16(), amp.decorate
         self.plan: _Plan | None = None
-        self.active = False
         self.held = 0  # within swapped(): the classes are that block's to set
+        self._unshared()
+
+    def _unshared(self) -> None:
+        self.lock = threading.Lock()
+        self.calls = 0  # fast calls running
+        self.this_thread = threading.local()  # .fast: whether this thread's call is one
+
+    def __getstate__(self) -> dict:  # deepcopy / pickle of the model: no lock, no calls running
+        return {k: v for k, v in self.__dict__.items() if k not in ("lock", "calls", "this_thread")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._unshared()
 
     def applies(self, model: nn.Layer, inputs: tuple) -> bool:
         """Whether this call of ``model`` is eager CPU float32 inference that the ops can run."""
@@ -248,17 +267,24 @@ class _Pass:
         return all(_cpu_float32(p) for p in self.sentinels) and available()
 
     def before(self, model: nn.Layer, inputs: tuple) -> None:
-        if not self.held and self.applies(model, inputs):
-            if self.plan is None:
-                _resolve()
-                self.plan = _plan(model)
-            _swap(self.plan, fast=True)
-            self.active = True
+        fast = not self.held and self.applies(model, inputs)
+        self.this_thread.fast = fast
+        if fast:
+            with self.lock:
+                if self.plan is None:
+                    _resolve()
+                    self.plan = _plan(model)
+                self.calls += 1
+                if self.calls == 1:
+                    _swap(self.plan, fast=True)
 
     def after(self, model: nn.Layer, inputs: tuple, outputs) -> None:
-        if self.active:
-            _swap(self.plan, fast=False)
-            self.active = False
+        if getattr(self.this_thread, "fast", False):
+            self.this_thread.fast = False
+            with self.lock:
+                self.calls -= 1
+                if self.calls == 0:
+                    _swap(self.plan, fast=False)
 
 
 def install(model: nn.Layer) -> nn.Layer:
