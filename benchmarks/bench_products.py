@@ -42,7 +42,7 @@ if sys.argv[3] == "torch":
 else:
     import paddle
     from paddle_model import kernels
-    linear = kernels.linear()
+    linear = kernels.op("coat_linear")
     if linear is None:
         sys.exit("coat_linear is not available here (no compiler, or no MKL in this Paddle)")
     def product(m, k, n):

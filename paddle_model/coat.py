@@ -4,12 +4,12 @@ Paper: "Co-Scale Conv-Attentional Image Transformers", Xu et al., ICCV 2021
 (https://arxiv.org/abs/2104.06399). Official code: https://github.com/mlpc-ucsd/CoaT.
 
 The module and parameter names are the official ones (and timm's), so state-dict keys map one
-to one. Like the official code, and unlike timm's port, the parallel blocks resample between
-scales to the target scale's size, so the model runs at any input size.
+to one, and the blocks read side by side with timm's ``timm/models/coat.py``. Like the official
+code, and unlike timm's port, the parallel blocks resample between scales to the target scale's
+size, so the model runs at any input size.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from functools import lru_cache
 from typing import Sequence
@@ -19,7 +19,8 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from . import kernels
+from converter.layout import FEATURE_NAMES
+
 from .variants import CoatVariant
 
 _trunc_normal = nn.initializer.TruncatedNormal(mean=0.0, std=0.02, a=-2.0, b=2.0)
@@ -52,12 +53,24 @@ def _conv(c_in: int, c_out: int, kernel: int, stride: int = 1, padding: int = 0,
     )
 
 
-def _layer_norm(dim: int, eps: float) -> nn.LayerNorm:
-    return nn.LayerNorm(
-        dim, epsilon=eps,
-        weight_attr=paddle.ParamAttr(initializer=_ones),
-        bias_attr=paddle.ParamAttr(initializer=_zeros),
-    )
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm over the last axis with its epsilon as the public attribute ``eps``.
+
+    Paddle's LayerNorm keeps epsilon only in a private attribute (set once, not read here);
+    this forward reads ``eps``, as torch names it, and so does anything else that needs it.
+    """
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__(dim, epsilon=eps, weight_attr=paddle.ParamAttr(initializer=_ones),
+                         bias_attr=paddle.ParamAttr(initializer=_zeros))
+        self.dim = dim
+        self.eps = eps
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        return F.layer_norm(x, self.dim, self.weight, self.bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.dim}, eps={self.eps}"
 
 
 def drop_path(x: paddle.Tensor, p: float, training: bool) -> paddle.Tensor:
@@ -93,17 +106,8 @@ class Mlp(nn.Layer):
         self.fc2 = _linear(hidden, dim)
         self.drop2 = nn.Dropout(drop)
 
-    def forward(self, x: paddle.Tensor, residual: paddle.Tensor | None = None) -> paddle.Tensor:
-        """The MLP of ``x``; plus ``residual`` if given (inference only: the blocks' skip
-        connection, added by the last product's op)."""
-        if self.training:
-            assert residual is None, "Mlp: the residual is for inference"
-            return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
-        op = kernels.mlp() if residual is not None and _compiled(x, traceable=True) else None
-        if op is not None:  # one op: large hidden activations stay in cache
-            return op(_dense(x), self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias,
-                      _dense(residual))
-        return linear(self.fc2, linear(self.fc1, x, gelu=True), residual=residual)  # dropouts are identities
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
 
 
 class PatchEmbed(nn.Layer):
@@ -113,105 +117,18 @@ class PatchEmbed(nn.Layer):
         super().__init__()
         self.patch_size = patch_size
         self.proj = _conv(in_chans, embed_dim, patch_size, stride=patch_size)
-        self.norm = _layer_norm(embed_dim, eps)
+        self.norm = LayerNorm(embed_dim, eps)
 
     def forward(self, x: paddle.Tensor, size: tuple[int, int] | None = None
                 ) -> tuple[paddle.Tensor, tuple[int, int]]:
         """Images [B, C, H, W], or with ``size`` the previous stage's tokens [B, 1 + H*W, C]
         of an image that size -> ([B, H/p * W/p, out] tokens, their grid size)."""
-        p = self.patch_size
-        grid = x.shape[2:] if size is None else size
-        op = None
-        if _compiled(x, traceable=True, size=grid):  # the patches as rows of one matrix product
-            op = kernels.patches() if size is None else kernels.token_patches()
-        if op is not None:  # Paddle's conv is slow here, and its transpose of tokens to an image
-            rows = op(_dense(x), p) if size is None else op(_dense(x), size[0], size[1], p)
-            size = (grid[0] // p, grid[1] // p)
-            weight = self.proj.weight.reshape([self.proj.weight.shape[0], -1])  # [out, C*p*p]
-            product = kernels.patch_linear()
-            if product is not None:  # MKL's product and the bias: deployed b8 4-7 % faster than oneDNN's
-                return layer_norm(self.norm, product(rows, weight, self.proj.bias)), size
-            x = paddle.matmul(rows, weight, transpose_y=True)
-            if paddle.in_dynamic_mode():  # in a graph, Paddle Inference fuses the add into the product
-                x = kernels.bias_act_()(x, self.proj.bias, False)
-            else:
-                x = x + self.proj.bias
-            return layer_norm(self.norm, x), size  # [B, H*W, out]
         if size is not None:
             x = _tokens_to_map(x, size)
-        x = self.proj(x)  # [B, C, H, W]
+        x = self.proj(x)  # [B, out, H/p, W/p]
         size = (x.shape[2], x.shape[3])
-        x = x.flatten(2).transpose([0, 2, 1])  # [B, H*W, C]
-        return layer_norm(self.norm, x), size
-
-
-def _compiled(x: paddle.Tensor, traceable: bool = False, size: Sequence = ()) -> bool:
-    """Whether compiled kernels may run on ``x``: eager CPU float32 inference, no gradients.
-
-    There the ops of :mod:`paddle_model.kernels` replace Paddle's (when they were built);
-    training and other devices keep Paddle's ops. Both give torch's numbers within float
-    rounding, and the parity tests run both. A ``traceable`` op also goes into graphs traced
-    under :func:`traced_kernels`, when its ``size`` attributes are fixed numbers there; the
-    other steps of such a graph stay Paddle's, for Paddle Inference to fuse.
-    """
-    if not paddle.in_dynamic_mode():
-        return traceable and _trace_kernels and all(isinstance(n, int) for n in size)
-    return not paddle.is_grad_enabled() and x.dtype == paddle.float32 and x.place.is_cpu_place()
-
-
-def _dense(x: paddle.Tensor) -> paddle.Tensor:
-    """``x`` with its own dense memory, as the compiled ops read it (graph values always are)."""
-    return x.contiguous() if paddle.in_dynamic_mode() else x
-
-
-_trace_kernels = False
-paddle.jit.ignore_module([kernels])  # their loader is plain Python, not for graph conversion
-
-
-@contextlib.contextmanager
-def traced_kernels():
-    """Within this block, graphs traced from a CoaT (``paddle.jit.to_static`` / ``save``) use the
-    compiled attention, cpe, LayerNorm, Linear, MLP, patch embedding and resampling ops; loading
-    such a graph needs them built and registered (:func:`paddle_model.export.create_predictor`
-    does both)."""
-    global _trace_kernels
-    saved, _trace_kernels = _trace_kernels, True
-    try:
-        yield
-    finally:
-        _trace_kernels = saved
-
-
-def linear(layer: nn.Linear, x: paddle.Tensor, gelu: bool = False,
-           residual: paddle.Tensor | None = None) -> paddle.Tensor:
-    """``layer(x)``, then GELU if asked, plus ``residual`` if given (not both).
-
-    Compiled, one op does it all (MKL's product, then one pass), in eager inference and in
-    graphs traced with kernels; where only the other compiled ops are built, the bias and GELU
-    still take one pass after Paddle's product.
-    """
-    assert not (gelu and residual is not None), "linear: GELU or a residual, not both"
-    if layer.bias is not None and _compiled(x, traceable=True):
-        op = kernels.linear() if residual is None else kernels.linear_add()
-        if op is not None:
-            last = gelu if residual is None else _dense(residual)
-            return op(_dense(x), layer.weight, layer.bias, last)
-    op = kernels.bias_act_() if _compiled(x) and layer.bias is not None else None
-    if op is not None:
-        x = op(paddle.matmul(x, layer.weight), layer.bias, gelu)  # in place on the product
-        return x if residual is None else x.add_(residual)
-    x = layer(x)
-    x = F.gelu(x) if gelu else x
-    return x if residual is None else residual + x
-
-
-def layer_norm(layer: nn.LayerNorm, x: paddle.Tensor) -> paddle.Tensor:
-    """``layer(x)``; compiled, one pass per row (Paddle's CPU layer_norm is several times
-    slower than torch's on these rows)."""
-    op = kernels.layer_norm() if _compiled(x, traceable=True) else None
-    if op is not None:
-        return op(_dense(x), layer.weight, layer.bias, layer._epsilon)
-    return layer(x)
+        x = x.flatten(2).transpose([0, 2, 1])  # [B, H*W, out]
+        return self.norm(x), size
 
 
 def _tokens_to_map(x: paddle.Tensor, size: tuple[int, int]) -> paddle.Tensor:
@@ -227,9 +144,6 @@ class ConvPosEnc(nn.Layer):
         self.proj = _conv(dim, dim, k, padding=k // 2, groups=dim)
 
     def forward(self, x: paddle.Tensor, size: tuple[int, int]) -> paddle.Tensor:
-        op = kernels.conv_pos_enc() if _compiled(x, traceable=True, size=size) else None
-        if op is not None:
-            return op(_dense(x), self.proj.weight, self.proj.bias, size[0], size[1])
         cls_token = x[:, :1]
         feat = _tokens_to_map(x, size)  # [B, C, H, W]
         feat = self.proj(feat) + feat
@@ -282,28 +196,17 @@ class FactorAttnConvRelPosEnc(nn.Layer):
         self.proj_drop = nn.Dropout(proj_drop)
         self.crpe = shared_crpe
 
-    def forward(self, x: paddle.Tensor, size: tuple[int, int],
-                residual: paddle.Tensor | None = None) -> paddle.Tensor:
-        """The attention output for tokens ``x``; plus ``residual`` if given (inference only:
-        the block's skip connection, added by the output projection's op)."""
-        assert residual is None or not self.training, "the residual is for inference"
+    def forward(self, x: paddle.Tensor, size: tuple[int, int]) -> paddle.Tensor:
         B, N, C = x.shape
-        qkv = linear(self.qkv, x)  # [B, N, 3C]
-        op = kernels.factor_attn() if _compiled(x, traceable=True, size=size) else None
-        if op is not None:  # all of the below in one pass per head
-            convs = self.crpe.conv_list
-            x = op(qkv, [c.weight for c in convs], [c.bias for c in convs], size[0], size[1],
-                   self.num_heads, self.scale)
-            return linear(self.proj, x, residual=residual)  # proj_drop: identity here
-        qkv = qkv.reshape([B, N, 3, self.num_heads, C // self.num_heads])
+        qkv = self.qkv(x).reshape([B, N, 3, self.num_heads, C // self.num_heads])
         q, k, v = qkv.transpose([2, 0, 3, 1, 4]).unbind(0)  # each [B, h, N, Ch]
-        # softmax over the tokens, taken on the last axis of k^T: same numbers, fast kernel
+        # softmax over the tokens, taken on the last axis of k^T: same numbers, faster in Paddle
         k_softmax_t = F.softmax(k.transpose([0, 1, 3, 2]), axis=-1)  # [B, h, Ch, N]
         factor_att = q @ (k_softmax_t @ v)  # [B, h, N, Ch]
         crpe = self.crpe(q, v, size=size)
         x = self.scale * factor_att + crpe
-        x = x.transpose([0, 2, 1, 3]).reshape([B, N, C])
-        return self.proj_drop(linear(self.proj, x, residual=residual))
+        x = x.transpose([0, 2, 1, 3]).reshape([B, N, C])  # [B, N, C]
+        return self.proj_drop(self.proj(x))
 
 
 class SerialBlock(nn.Layer):
@@ -314,20 +217,17 @@ class SerialBlock(nn.Layer):
                  shared_cpe: ConvPosEnc, shared_crpe: ConvRelPosEnc) -> None:
         super().__init__()
         self.cpe = shared_cpe
-        self.norm1 = _layer_norm(dim, eps)
+        self.norm1 = LayerNorm(dim, eps)
         self.factoratt_crpe = FactorAttnConvRelPosEnc(
             dim, num_heads, qkv_bias, proj_drop, shared_crpe)
         self.drop_path = DropPath(drop_path)
-        self.norm2 = _layer_norm(dim, eps)
+        self.norm2 = LayerNorm(dim, eps)
         self.mlp = Mlp(dim, mlp_hidden, proj_drop)
 
     def forward(self, x: paddle.Tensor, size: tuple[int, int]) -> paddle.Tensor:
         x = self.cpe(x, size)
-        if not self.training:  # drop paths are identities: the products add the residuals
-            x = self.factoratt_crpe(layer_norm(self.norm1, x), size, residual=x)
-            return self.mlp(layer_norm(self.norm2, x), residual=x)
-        x = x + self.drop_path(self.factoratt_crpe(layer_norm(self.norm1, x), size))
-        return x + self.drop_path(self.mlp(layer_norm(self.norm2, x)))
+        x = x + self.drop_path(self.factoratt_crpe(self.norm1(x), size))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 @lru_cache(maxsize=256)
@@ -351,25 +251,6 @@ def _bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
     np.add.at(m, (rows, i0), w0)
     np.add.at(m, (rows, i1), w1)
     return m
-
-
-@lru_cache(maxsize=256)
-def _bilinear_tap_arrays(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`_bilinear_matrix` as (source indices, weights), each [n_out, 2]: its two taps."""
-    m = _bilinear_matrix(n_in, n_out)
-    idx = np.zeros((n_out, 2), np.int64)
-    w = np.zeros((n_out, 2), np.float32)
-    for row in range(n_out):
-        taps = np.flatnonzero(m[row])
-        idx[row, :len(taps)], w[row, :len(taps)] = taps, m[row, taps]
-    return idx, w
-
-
-@lru_cache(maxsize=256)
-def _bilinear_taps(n_in: int, n_out: int) -> tuple[paddle.Tensor, paddle.Tensor]:
-    """:func:`_bilinear_tap_arrays` as the tensors the compiled resampling takes, made once per
-    size pair (eager runs only: a traced graph holds its own constants)."""
-    return tuple(paddle.to_tensor(a, place=paddle.CPUPlace()) for a in _bilinear_tap_arrays(n_in, n_out))
 
 
 def _bilinear_matrix_ops(n_in, n_out) -> paddle.Tensor:
@@ -396,13 +277,6 @@ def resample_tokens(x: paddle.Tensor, size: tuple[int, int], target: tuple[int, 
     """
     (H, W), (Ho, Wo) = size, target
     B, C = x.shape[0], x.shape[2]
-    op = kernels.resample() if _compiled(x, traceable=True, size=(H, W, Ho, Wo)) else None
-    if op is not None:
-        if paddle.in_dynamic_mode():
-            taps = _bilinear_taps(H, Ho) + _bilinear_taps(W, Wo)
-        else:  # a graph traced at a fixed size: the taps become its constants
-            taps = [paddle.to_tensor(a) for a in _bilinear_tap_arrays(H, Ho) + _bilinear_tap_arrays(W, Wo)]
-        return op(_dense(x), *taps, H, W)
     if paddle.in_dynamic_mode():
         ry = paddle.to_tensor(_bilinear_matrix(H, Ho), dtype=x.dtype)  # [Ho, H]
         rx = paddle.to_tensor(_bilinear_matrix(W, Wo), dtype=x.dtype)  # [Wo, W]
@@ -425,24 +299,24 @@ class ParallelBlock(nn.Layer):
         if not dims[1] == dims[2] == dims[3]:
             raise ValueError(f"parallel blocks need equal dims for scales 2-4, got {list(dims)}")
         dim = dims[1]
-        self.norm12 = _layer_norm(dim, eps)
-        self.norm13 = _layer_norm(dim, eps)
-        self.norm14 = _layer_norm(dim, eps)
+        self.norm12 = LayerNorm(dim, eps)
+        self.norm13 = LayerNorm(dim, eps)
+        self.norm14 = LayerNorm(dim, eps)
         self.factoratt_crpe2 = FactorAttnConvRelPosEnc(dim, num_heads, qkv_bias, proj_drop, shared_crpes[1])
         self.factoratt_crpe3 = FactorAttnConvRelPosEnc(dim, num_heads, qkv_bias, proj_drop, shared_crpes[2])
         self.factoratt_crpe4 = FactorAttnConvRelPosEnc(dim, num_heads, qkv_bias, proj_drop, shared_crpes[3])
         self.drop_path = DropPath(drop_path)
-        self.norm22 = _layer_norm(dim, eps)
-        self.norm23 = _layer_norm(dim, eps)
-        self.norm24 = _layer_norm(dim, eps)
+        self.norm22 = LayerNorm(dim, eps)
+        self.norm23 = LayerNorm(dim, eps)
+        self.norm24 = LayerNorm(dim, eps)
         # one MLP serves the three scales, as in the official code
         self.mlp2 = self.mlp3 = self.mlp4 = Mlp(dim, mlp_hidden, proj_drop)
 
     def forward(self, x1, x2, x3, x4, sizes):
         _, s2, s3, s4 = sizes
-        cur2 = self.factoratt_crpe2(layer_norm(self.norm12, x2), s2)
-        cur3 = self.factoratt_crpe3(layer_norm(self.norm13, x3), s3)
-        cur4 = self.factoratt_crpe4(layer_norm(self.norm14, x4), s4)
+        cur2 = self.factoratt_crpe2(self.norm12(x2), s2)
+        cur3 = self.factoratt_crpe3(self.norm13(x3), s3)
+        cur4 = self.factoratt_crpe4(self.norm14(x4), s4)
         up3_2 = resample_tokens(cur3, s3, s2)
         up4_3 = resample_tokens(cur4, s4, s3)
         up4_2 = resample_tokens(cur4, s4, s2)
@@ -452,17 +326,10 @@ class ParallelBlock(nn.Layer):
         x2 = x2 + self.drop_path(cur2 + up3_2 + up4_2)
         x3 = x3 + self.drop_path(cur3 + up4_3 + down2_3)
         x4 = x4 + self.drop_path(cur4 + down3_4 + down2_4)
-        if not self.training:  # the MLP's last product adds the residual
-            return (x1, self.mlp2(layer_norm(self.norm22, x2), residual=x2),
-                    self.mlp3(layer_norm(self.norm23, x3), residual=x3),
-                    self.mlp4(layer_norm(self.norm24, x4), residual=x4))
-        x2 = x2 + self.drop_path(self.mlp2(layer_norm(self.norm22, x2)))
-        x3 = x3 + self.drop_path(self.mlp3(layer_norm(self.norm23, x3)))
-        x4 = x4 + self.drop_path(self.mlp4(layer_norm(self.norm24, x4)))
+        x2 = x2 + self.drop_path(self.mlp2(self.norm22(x2)))
+        x3 = x3 + self.drop_path(self.mlp3(self.norm23(x3)))
+        x4 = x4 + self.drop_path(self.mlp4(self.norm24(x4)))
         return x1, x2, x3, x4
-
-
-FEATURE_NAMES = ("x1_nocls", "x2_nocls", "x3_nocls", "x4_nocls")
 
 
 class CoaT(nn.Layer):
@@ -523,9 +390,9 @@ class CoaT(nn.Layer):
         self.norm2 = self.norm3 = self.norm4 = self.aggregate = self.head = None
         if not return_interm_layers:
             if not variant.is_lite:
-                self.norm2 = _layer_norm(dims[1], variant.norm_eps)
-                self.norm3 = _layer_norm(dims[2], variant.norm_eps)
-            self.norm4 = _layer_norm(dims[3], variant.norm_eps)
+                self.norm2 = LayerNorm(dims[1], variant.norm_eps)
+                self.norm3 = LayerNorm(dims[2], variant.norm_eps)
+            self.norm4 = LayerNorm(dims[3], variant.norm_eps)
             if not variant.is_lite:
                 # CoaT classifies from the CLS tokens of scales 2-4, mixed by a 1x1 conv
                 self.aggregate = _conv(3, 1, 1, conv=nn.Conv1D)
@@ -562,8 +429,8 @@ class CoaT(nn.Layer):
                 for i, name in enumerate(FEATURE_NAMES) if name in self.out_features
             }
         if self.variant.is_lite:
-            return layer_norm(self.norm4, xs[3])
-        return [layer_norm(self.norm2, xs[1]), layer_norm(self.norm3, xs[2]), layer_norm(self.norm4, xs[3])]
+            return self.norm4(xs[3])
+        return [self.norm2(xs[1]), self.norm3(xs[2]), self.norm4(xs[3])]
 
     def _pool(self, x: paddle.Tensor) -> paddle.Tensor:
         return x[:, 1:].mean(axis=1) if self.global_pool == "avg" else x[:, 0]

@@ -24,12 +24,9 @@ from pathlib import Path
 from converter.cli import ArgumentParser, command, fail
 
 from .errors import CoatError
+from .kernels import OPS
 from .variants import VARIANTS, get_variant
 
-# the op names a graph exported with kernels=True refers to
-_KERNEL_OPS = ("coat_factor_attn", "coat_conv_pos_enc", "coat_layer_norm", "coat_linear",
-               "coat_linear_add", "coat_mlp", "coat_patches", "coat_token_patches",
-               "coat_patch_linear", "coat_resample")
 ONNX_PACKAGES = ("paddle2onnx", "onnx", "onnxruntime")
 ONNX_OPSET = 17
 ONNX_TOLERANCE = 1e-5  # max |onnxruntime - eager| / max |eager|, over the logits
@@ -45,9 +42,9 @@ def export(variant: str, weights: str | Path | None, prefix: str | Path, kernels
     """
     import paddle
 
-    from . import coat
     from . import kernels as compiled
     from .factory import create_model
+    from .kernels import fast
 
     if kernels and not compiled.available():
         raise CoatError("the compiled kernels are not available here (see the warning above, or "
@@ -60,7 +57,7 @@ def export(variant: str, weights: str | Path | None, prefix: str | Path, kernels
     side = (size or get_variant(variant).img_size) if kernels else None
     spec = [paddle.static.InputSpec([None, 3, side, side], "float32", name="image")]
     static = paddle.jit.to_static(model, input_spec=spec, full_graph=True)
-    with coat.traced_kernels() if kernels else contextlib.nullcontext():
+    with fast.swapped(model) if kernels else contextlib.nullcontext():
         paddle.jit.save(static, str(prefix))
     return static
 
@@ -196,7 +193,7 @@ def kernel_ops(prefix: str | Path) -> list[str]:
     """The compiled ops that the model saved at ``prefix`` uses (none unless exported with
     ``kernels=True``)."""
     text = Path(f"{prefix}.json").read_text(errors="replace")
-    return [name for name in _KERNEL_OPS if f'.{name}"' in text]  # PIR names ops "<dialect>.<op>"
+    return [name for name in OPS if f'.{name}"' in text]  # PIR names ops "<dialect>.<op>"
 
 
 def uses_kernels(prefix: str | Path) -> bool:

@@ -5,6 +5,7 @@ import os
 
 from .coat import CoaT
 from .hub import resolve_weights
+from .kernels import fast
 from .variants import get_variant
 from .weights import HEAD_PREFIXES, load_state_dict, read_weights
 
@@ -28,6 +29,7 @@ def create_model(
     for one (it keeps its fresh initialisation), and a backbone (``return_interm_layers=True``)
     ignores the head's weights.
     Other keyword arguments go to :class:`CoaT` (``drop_path_rate``, ``out_features``, ...).
+    Eager CPU float32 inference calls run the compiled kernels (:mod:`paddle_model.kernels.fast`).
     """
     weights = resolve_weights(name, pretrained, weights_url)  # a download fails before the build
     model = CoaT(get_variant(name), num_classes=num_classes, **kwargs)
@@ -39,7 +41,7 @@ def create_model(
         elif _head_size(state) not in (None, num_classes):
             ignore = ("head.",)  # a new classifier was asked for: keep it freshly initialised
         load_state_dict(model, state, source=str(weights), ignore_prefixes=ignore)
-    return model
+    return fast.install(model)
 
 
 def _head_size(state) -> int | None:

@@ -1,7 +1,9 @@
 """The compiled kernels: built here, equal to torch's or to the Paddle ops they replace, optional."""
 from __future__ import annotations
 
+import ast
 import os
+import re
 import subprocess
 import sys
 
@@ -11,7 +13,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from paddle_model import kernels
+import paddle_model
+from paddle_model import coat, export, kernels
+from paddle_model.kernels import fast
 
 from .conftest import ROOT
 
@@ -42,10 +46,46 @@ def test_a_first_build_prints_nothing(tmp_path):
 
 
 def test_kernels_build_on_this_machine():
-    for op in (kernels.conv_pos_enc, kernels.bias_act_, kernels.factor_attn, kernels.patches,
-               kernels.resample, kernels.layer_norm, kernels.linear, kernels.linear_add, kernels.mlp,
-               kernels.token_patches, kernels.patch_linear):
-        assert op() is not None, f"the C++ kernel behind {op.__name__} failed to build"
+    """Every op of the table, the MKL ones too (this machine's Paddle is an x86 wheel)."""
+    for name in kernels.OPS:
+        assert kernels.op(name) is not None, f"{name} failed to build"
+
+
+def _declared_ops() -> dict[str, tuple[tuple[str, ...], bool]]:
+    """fused_ops.cc's PD_BUILD_OPs, read from the source: name -> (its inputs and attributes,
+    lower case; whether it sits inside an ``#ifdef COAT_MKL`` block)."""
+    lines = (ROOT / "paddle_model" / "kernels" / "fused_ops.cc").read_text().splitlines()
+    declared, blocks = {}, []
+    for i, line in enumerate(lines):
+        if line.startswith("#if"):
+            blocks.append(line.split()[:2] == ["#ifdef", "COAT_MKL"])
+        elif line.startswith("#endif"):
+            blocks.pop()
+        elif line.startswith("PD_BUILD_OP("):
+            end = next(k for k in range(i, len(lines)) if "SetKernelFn" in lines[k])
+            chunk = " ".join(lines[i:end + 1])
+            inputs = re.search(r"\.Inputs\(\{(.*?)\}\)", chunk).group(1)
+            attrs = re.search(r"\.Attrs\(\{(.*?)\}\)", chunk)
+            args = re.findall(r'"(\w+)"', inputs) + (re.findall(r'"(\w+):', attrs.group(1)) if attrs else [])
+            name = line[len("PD_BUILD_OP("):line.index(")")]
+            declared[name] = (tuple(a.lower() for a in args), any(blocks))
+    return declared
+
+
+def test_the_op_table_is_what_fused_ops_cc_builds():
+    """kernels.OPS is the one list of the compiled ops: the .cc file declares exactly those,
+    with those arguments, and builds the ``mkl`` ones only with Paddle's MKL."""
+    declared = _declared_ops()
+    assert sorted(declared) == sorted(kernels.OPS)
+    for name, spec in kernels.OPS.items():
+        args, mkl = declared[name]
+        assert tuple(a.replace("_", "") for a in args) == tuple(a.replace("_", "") for a in spec.args), name
+        assert mkl == spec.mkl, name
+
+
+def test_an_unknown_op_name_is_refused():
+    with pytest.raises(KeyError, match="'coat_gelu' is not one of the compiled ops"):
+        kernels.op("coat_gelu")
 
 
 @pytest.mark.parametrize("batch, channels, height, width, kernel", [
@@ -61,7 +101,7 @@ def test_conv_pos_enc_equals_torch(batch, channels, height, width, kernel):
     conv = F.conv2d(img, torch.from_numpy(w), torch.from_numpy(b), padding=kernel // 2, groups=channels)
     expected = x.copy()
     expected[:, 1:] += conv.flatten(2).transpose(1, 2).numpy()
-    got = kernels.conv_pos_enc()(paddle.to_tensor(x), paddle.to_tensor(w), paddle.to_tensor(b),
+    got = kernels.op("coat_conv_pos_enc")(paddle.to_tensor(x), paddle.to_tensor(w), paddle.to_tensor(b),
                                  height, width).numpy()
     assert np.array_equal(got[:, 0], x[:, 0])
     assert float(np.abs(got - expected).max()) <= 1e-6 * float(np.abs(expected).max())
@@ -101,7 +141,7 @@ def test_bias_act_equals_torch_in_place(gelu):
     sums = torch.from_numpy(x).double() + torch.from_numpy(b).double()
     expected = F.gelu(sums) if gelu else sums  # exact erf GELU, in float64
     t = paddle.to_tensor(x)
-    out = kernels.bias_act_()(t, paddle.to_tensor(b), gelu)
+    out = kernels.op("coat_bias_act_")(t, paddle.to_tensor(b), gelu)
     assert np.array_equal(t.numpy(), out.numpy()) and not np.array_equal(t.numpy(), x)  # in place
     err = np.abs(out.numpy() - expected.numpy())
     # within float rounding of the input's scale: torch's own float GELU is within 2.7e-7 |x| here
@@ -120,8 +160,8 @@ def test_token_patches_equal_patches_of_the_image(height, width, p):
     (CLS left out; rows and columns beyond a multiple of p dropped, as the strided conv does)."""
     x = np.random.default_rng(height).standard_normal((2, 1 + height * width, 24)).astype(np.float32)
     image = x[:, 1:].transpose(0, 2, 1).reshape(2, 24, height, width)
-    expected = kernels.patches()(paddle.to_tensor(np.ascontiguousarray(image)), p).numpy()
-    got = kernels.token_patches()(paddle.to_tensor(x), height, width, p).numpy()
+    expected = kernels.op("coat_patches")(paddle.to_tensor(np.ascontiguousarray(image)), p).numpy()
+    got = kernels.op("coat_token_patches")(paddle.to_tensor(x), height, width, p).numpy()
     assert got.shape == (2, (height // p) * (width // p), 24 * p * p)
     assert np.array_equal(got, expected)
 
@@ -156,10 +196,10 @@ def _linear_case(rows, k, n, gelu, residual, out_in):
 def _run_linear(x, w, b, r, gelu, out_in):
     args = [paddle.to_tensor(x), paddle.to_tensor(w), paddle.to_tensor(b)]
     if out_in:
-        return kernels.patch_linear()(*args).numpy()
+        return kernels.op("coat_patch_linear")(*args).numpy()
     if r is not None:
-        return kernels.linear_add()(*args, paddle.to_tensor(r)).numpy()
-    return kernels.linear()(*args, gelu).numpy()
+        return kernels.op("coat_linear_add")(*args, paddle.to_tensor(r)).numpy()
+    return kernels.op("coat_linear")(*args, gelu).numpy()
 
 
 def _check_linear(got: dict):
@@ -210,7 +250,7 @@ def test_mlp_equals_torch(rows, k, hidden):
     r = rng.standard_normal((*rows, k)).astype(np.float32)
     d = {name: torch.from_numpy(a).double() for name, a in dict(x=x, w1=w1, b1=b1, w2=w2, b2=b2, r=r).items()}
     expected = (d["r"] + F.linear(F.gelu(F.linear(d["x"], d["w1"].T, d["b1"])), d["w2"].T, d["b2"])).numpy()
-    got = kernels.mlp()(*[paddle.to_tensor(a) for a in (x, w1, b1, w2, b2, r)]).numpy()
+    got = kernels.op("coat_mlp")(*[paddle.to_tensor(a) for a in (x, w1, b1, w2, b2, r)]).numpy()
     assert got.shape == expected.shape
     assert float(np.abs(got - expected).max()) <= 2e-6 * float(np.abs(expected).max())
 
@@ -231,7 +271,7 @@ def test_factor_attn_equals_timms_attention(batch, size, head_chs):
     with torch.no_grad():
         expected = attention(x, size).numpy()
         qkv = paddle.to_tensor(attention.qkv(x).numpy())
-        core = kernels.factor_attn()(
+        core = kernels.op("coat_factor_attn")(
             qkv, [paddle.to_tensor(c.weight.numpy()) for c in crpe.conv_list],
             [paddle.to_tensor(c.bias.numpy()) for c in crpe.conv_list], size[0], size[1], heads,
             attention.scale)
@@ -249,5 +289,156 @@ def test_layer_norm_equals_torch(shape, eps):
     b = rng.standard_normal(shape[-1]).astype(np.float32)
     expected = F.layer_norm(torch.from_numpy(x).double(), shape[-1:], torch.from_numpy(w).double(),
                             torch.from_numpy(b).double(), eps).numpy()
-    got = kernels.layer_norm()(paddle.to_tensor(x), paddle.to_tensor(w), paddle.to_tensor(b), eps).numpy()
+    got = kernels.op("coat_layer_norm")(paddle.to_tensor(x), paddle.to_tensor(w), paddle.to_tensor(b),
+                                        eps).numpy()
     assert float(np.abs(got - expected).max()) <= 2e-6 * float(np.abs(expected).max())
+
+
+def test_coat_py_has_no_reference_to_the_kernels():
+    """The model is written once, with Paddle's ops; the compiled path is applied from outside."""
+    source = (ROOT / "paddle_model" / "coat.py").read_text()
+    assert "kernels" not in source and "_compiled" not in source
+    imported = {node.module for node in ast.walk(ast.parse(source))
+                if isinstance(node, ast.ImportFrom)} | {
+        alias.name for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Import)
+        for alias in node.names}
+    assert imported == {"__future__", "math", "functools", "typing", "numpy", "paddle", "paddle.nn",
+                        "paddle.nn.functional", "converter.layout", "variants"}
+
+
+def _watched(model) -> list:
+    """The classes of a few layers at the moments the model calls them, recorded as it runs."""
+    seen = []
+    for layer in (model.patch_embed1, model.serial_blocks1[0], model.cpe2, model.parallel_blocks[0],
+                  model.norm4):
+        layer.register_forward_pre_hook(lambda layer, inputs: seen.append(type(layer)))
+    return seen
+
+
+_FAST = [fast.PatchEmbed, fast.SerialBlock, fast.ConvPosEnc, fast.ParallelBlock, fast.LayerNorm]
+_OWN = [coat.PatchEmbed, coat.SerialBlock, coat.ConvPosEnc, coat.ParallelBlock, coat.LayerNorm]
+
+
+@pytest.fixture
+def small_coat():
+    paddle.seed(0)
+    model = paddle_model.create_model("coat_tiny", num_classes=10)
+    x = paddle.to_tensor(np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32))
+    return model, x, _watched(model)
+
+
+def test_eager_cpu_inference_calls_run_the_fast_forms_and_only_during_the_call(small_coat):
+    model, x, seen = small_coat
+    model.eval()
+    with paddle.no_grad():
+        fast_out = model(x).numpy()
+        assert [t for t in seen if t in _FAST] == seen and set(seen) == set(_FAST)
+        assert all(type(layer) in _OWN for layer in (model.patch_embed1, model.serial_blocks1[0],
+                                                      model.cpe2, model.parallel_blocks[0], model.norm4))
+        seen.clear()
+        own_out = model.forward(x).numpy()  # no hooks: coat.py's layers, Paddle's ops
+    assert set(seen) == set(_OWN)
+    assert float(np.abs(fast_out - own_out).max()) <= 1e-5 * float(np.abs(own_out).max())
+
+
+def test_training_gradients_and_other_dtypes_run_paddles_ops(small_coat):
+    """train() after eval(), an eval call with gradients, a model cast to float64: coat.py's
+    layers, and gradients where asked for."""
+    model, x, seen = small_coat
+    model.eval()
+    with paddle.no_grad():
+        model(x)
+    model.train()
+    seen.clear()
+    model(x).sum().backward()
+    assert set(seen) == set(_OWN) and model.cls_token1.grad is not None
+    model.eval()
+    seen.clear()
+    x.stop_gradient = False
+    model(x).sum().backward()
+    assert set(seen) == set(_OWN) and x.grad is not None
+    model.to(dtype="float64")
+    seen.clear()
+    with paddle.no_grad():
+        out = model(x.astype("float64"))
+    assert set(seen) == set(_OWN) and out.dtype == paddle.float64
+
+
+def test_a_call_that_raises_leaves_coat_py_layers(small_coat):
+    model, _, _ = small_coat
+    model.eval()
+    with paddle.no_grad(), pytest.raises(OSError, match="coat_linear: x"):  # raised by a fast form
+        model(paddle.zeros([1, 5, 64, 64]))  # 5 channels: the patch embedding's product refuses
+    assert type(model.serial_blocks1[0]) is coat.SerialBlock and type(model.norm4) is coat.LayerNorm
+
+
+def test_a_graph_traced_after_eager_calls_has_paddles_ops_only(tmp_path):
+    """paddle.jit runs no hooks while it traces: the layers it meets are coat.py's."""
+    model = paddle_model.create_model("coat_lite_tiny", num_classes=10)
+    model.eval()
+    with paddle.no_grad():
+        model(paddle.randn([1, 3, 64, 64]))
+    spec = [paddle.static.InputSpec([None, 3, 64, 64], "float32")]
+    paddle.jit.save(paddle.jit.to_static(model, input_spec=spec, full_graph=True), str(tmp_path / "m"))
+    assert "coat_layer_norm" not in (tmp_path / "m.json").read_text()
+    assert export.kernel_ops(tmp_path / "m") == []
+
+
+def test_paddles_ops_and_the_kernels_both_match_timm(converted):
+    """The parity check on both paths of a CoaT (it has every kind of block): create_model's
+    (compiled ops in eager CPU inference) and coat.py's CoaT without the pass (Paddle's ops
+    only), each against timm at 1e-5; at 96x96 (tests/test_parity.py checks the compiled path
+    at the full sizes)."""
+    from converter.readers import read_checkpoint
+    from paddle_model.variants import VARIANTS
+    from paddle_model.weights import load_state_dict, read_weights
+    from reference.parity import compare_models, seeded_input
+    from reference.timm_model import build_timm, load_timm_state
+
+    v = VARIANTS["coat_tiny"]
+    src, dst = converted(v.name)
+    reference = build_timm(v, img_size=(96, 96))
+    load_timm_state(reference, read_checkpoint(src).arrays())
+    x = seeded_input(2, 96, seed=5)
+    plain = coat.CoaT(v)
+    load_state_dict(plain, read_weights(dst), source=str(dst))
+    for candidate, block in ((paddle_model.create_model(v.name, pretrained=dst), fast.SerialBlock),
+                             (plain, coat.SerialBlock)):
+        seen = _watched(candidate)
+        report = compare_models(reference, candidate, x, v.name, tolerance=1e-5)
+        assert report.ok, report.table()
+        assert report.logits.max_rel <= 2e-6
+        assert block in seen and set(seen) <= set(_FAST if block is fast.SerialBlock else _OWN)
+
+
+def test_inference_from_several_threads_keeps_the_fast_forms_until_the_last_call_ends(small_coat):
+    """Four threads share one model: every result is right, and afterwards its layers are coat.py's
+    again (a deep copy too runs its own fast path)."""
+    import copy
+    import threading
+
+    model, x, _ = small_coat
+    model.eval()
+    with paddle.no_grad():
+        expected = model.forward(x).numpy()
+    results = []
+
+    def infer():
+        with paddle.no_grad():
+            results.extend(model(x).numpy() for _ in range(2))
+
+    threads = [threading.Thread(target=infer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 8
+    for got in results:
+        assert float(np.abs(got - expected).max()) <= 1e-5 * float(np.abs(expected).max())
+    assert type(model.serial_blocks1[0]) is coat.SerialBlock and type(model.norm4) is coat.LayerNorm
+    twin = copy.deepcopy(model)
+    seen = _watched(twin)
+    with paddle.no_grad():
+        got = twin(x).numpy()
+    assert set(seen) == set(_FAST)
+    assert float(np.abs(got - expected).max()) <= 1e-5 * float(np.abs(expected).max())

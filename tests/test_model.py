@@ -154,3 +154,22 @@ def test_static_graph_resampling_weights_equal_the_eager_ones(n_in, n_out):
     from paddle_model.coat import _bilinear_matrix_ops
 
     np.testing.assert_array_equal(_bilinear_matrix_ops(n_in, n_out).numpy(), _bilinear_matrix(n_in, n_out))
+
+
+def test_layer_norm_epsilon_is_the_public_eps_on_both_paths():
+    """Setting ``eps`` changes what the LayerNorm computes, with Paddle's op and with the
+    compiled one; rows of small variance, where epsilon matters."""
+    from paddle_model.coat import LayerNorm
+    from paddle_model.kernels import fast
+
+    x = np.random.default_rng(0).standard_normal((3, 16)).astype(np.float32) * 1e-2
+    norm = LayerNorm(16, 1e-6)
+    norm.eps = 1e-3
+    expected = F.layer_norm(torch.from_numpy(x), (16,), eps=1e-3).numpy()
+    with paddle.no_grad():
+        own = norm(paddle.to_tensor(x)).numpy()
+        with fast.swapped(norm):
+            compiled = norm(paddle.to_tensor(x)).numpy()
+    for got in (own, compiled):
+        assert float(np.abs(got - expected).max()) <= 1e-5 * float(np.abs(expected).max())
+    assert float(np.abs(expected - F.layer_norm(torch.from_numpy(x), (16,), eps=1e-6).numpy()).max()) > 0.1

@@ -69,14 +69,14 @@ def paddle_default_epsilon(model):
     """Block LayerNorms left at Paddle's default epsilon 1e-5 instead of timm's 1e-6."""
     for name, layer in model.named_sublayers():
         if isinstance(layer, paddle.nn.LayerNorm) and not name.startswith("patch_embed"):
-            layer._epsilon = 1e-5
+            layer.eps = 1e-5
 
 
 def block_epsilon_everywhere(model):
     """Patch-embed LayerNorms given the blocks' 1e-6 instead of torch's default 1e-5."""
     for name, layer in model.named_sublayers():
         if isinstance(layer, paddle.nn.LayerNorm) and name.startswith("patch_embed"):
-            layer._epsilon = 1e-6
+            layer.eps = 1e-6
 
 
 @pytest.mark.parametrize("name, mutate, first", [

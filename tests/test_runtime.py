@@ -13,7 +13,8 @@ import paddle
 import pytest
 
 import paddle_model
-from paddle_model import coat, kernels, runtime
+from paddle_model import kernels, runtime
+from paddle_model.kernels import fast
 
 from .conftest import ROOT
 
@@ -153,16 +154,30 @@ def test_set_cpu_threads_sets_paddles_mkl_and_refuses_nonsense():
             paddle_model.set_cpu_threads(bad)
 
 
-def test_only_eager_cpu_float32_inference_reaches_the_kernels():
-    """The dispatch rule: a tensor on another device (a GPU build's), float64 or with
-    gradients keeps Paddle's ops, and then neither the kernels nor the CPU settings load."""
+def test_only_eager_cpu_float32_inference_reaches_the_kernels(monkeypatch):
+    """The dispatch rule of the kernel pass: a tensor on another device (a GPU build's), float64,
+    with gradients or in training keeps Paddle's ops, and then neither the kernels nor the CPU
+    settings load (``available()`` builds the kernels and runs :func:`runtime.configure`)."""
     gpu = SimpleNamespace(dtype=paddle.float32, place=SimpleNamespace(is_cpu_place=lambda: False))
     cpu = SimpleNamespace(dtype=paddle.float32, place=SimpleNamespace(is_cpu_place=lambda: True))
+    assert not fast._cpu_float32(gpu)
+    assert fast._cpu_float32(cpu)
+    assert not fast._cpu_float32(SimpleNamespace(dtype=paddle.float64, place=cpu.place))
+    model = paddle_model.create_model("coat_lite_tiny", num_classes=10)
+    rule = model._coat_fast_pass
+    asked = []
+    monkeypatch.setattr(fast, "available", lambda: asked.append(1) or True)
+    x = paddle.zeros([1, 3, 64, 64])
+    model.train()
     with paddle.no_grad():
-        assert not coat._compiled(gpu)
-        assert coat._compiled(cpu)
-        assert not coat._compiled(SimpleNamespace(dtype=paddle.float64, place=cpu.place))
-    assert not coat._compiled(cpu)  # gradients on
+        assert not rule.applies(model, (x,))  # training
+    model.eval()
+    assert not rule.applies(model, (x,))  # gradients on
+    with paddle.no_grad():
+        assert not rule.applies(model, (x.astype("float64"),))
+        assert not asked
+        assert rule.applies(model, (x,))
+    assert asked == [1]
 
 
 def test_the_kernel_cache_key_covers_cpu_compiler_and_paddle(monkeypatch):

@@ -1,9 +1,10 @@
 """Optional compiled kernels for CPU inference: CoaT's block steps fused into single passes.
 
 Built on first use with ``paddle.utils.cpp_extension`` (about 20 s, then cached in
-``$COAT_PADDLE_CACHE`` or ``~/.cache/coat_paddle``). Where no compiler is present, or the build
-fails, or ``COAT_PADDLE_KERNELS=0``, the accessors return None and the model keeps Paddle's
-own ops, with the same numbers.
+``$COAT_PADDLE_CACHE`` or ``~/.cache/coat_paddle``). :data:`OPS` lists them; :func:`op` returns
+one. Where no compiler is present, or the build fails, or ``COAT_PADDLE_KERNELS=0``, it returns
+None and the model keeps Paddle's own ops, with the same numbers. :mod:`.fast` applies them to a
+model (its layers' fast forms, swapped in for eager CPU inference).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 from .. import runtime
@@ -190,79 +192,55 @@ def available() -> bool:
     return _load() is not None
 
 
-def has_op(name: str) -> bool:
-    """Whether the loaded kernels include the op ``name`` (coat_linear needs Paddle's MKL)."""
-    module = _load()
-    return module is not None and hasattr(module, name)
+@dataclass(frozen=True)
+class Op:
+    """One compiled op of ``fused_ops.cc``: its name, arguments (inputs, then attributes), what
+    it computes, and whether it is built only with the MKL inside Paddle's x86 wheel."""
+
+    name: str
+    args: tuple[str, ...]
+    computes: str
+    mkl: bool = False
 
 
-def _op(name: str):
+# The compiled ops, the one list of them: fused_ops.cc builds exactly these, with these
+# arguments (tests/test_kernels.py reads its PD_BUILD_OPs), and paddle_model.export looks for
+# them in exported graphs.
+OPS: dict[str, Op] = {op.name: op for op in (
+    Op("coat_bias_act_", ("x", "bias", "use_gelu"), "x += bias, then GELU if use_gelu (in place)"),
+    Op("coat_linear", ("x", "weight", "bias", "use_gelu"),
+       "x @ weight + bias (MKL's product, Paddle's [in, out] weight), then GELU if use_gelu",
+       mkl=True),
+    Op("coat_linear_add", ("x", "weight", "bias", "residual"), "residual + x @ weight + bias",
+       mkl=True),
+    Op("coat_patch_linear", ("x", "weight", "bias"),
+       "x @ weight^T + bias, the patch embedding's convolution weight as [out, C*p*p]", mkl=True),
+    Op("coat_mlp", ("x", "w1", "b1", "w2", "b2", "residual"),
+       "residual + fc2(GELU(fc1(x))), in row blocks where the hidden activations would not fit "
+       "in the cache", mkl=True),
+    Op("coat_patches", ("x", "p"), "the non-overlapping p x p patches of [B, C, H, W] as rows "
+       "[B, H/p * W/p, C*p*p]"),
+    Op("coat_token_patches", ("x", "height", "width", "p"),
+       "the patches of coat_patches taken from a stage's tokens [B, 1 + H*W, C]"),
+    Op("coat_resample", ("x", "y_idx", "y_w", "x_idx", "x_w", "height", "width"),
+       "bilinear resize of image tokens by two taps per axis, CLS kept"),
+    Op("coat_conv_pos_enc", ("x", "weight", "bias", "height", "width"),
+       "tokens plus the depthwise convolution of their image part, CLS passed through"),
+    Op("coat_factor_attn", ("qkv", "weights", "biases", "height", "width", "heads", "scale"),
+       "factorised attention plus conv relative position encoding, [B, N, 3C] -> [B, N, C]"),
+    Op("coat_layer_norm", ("x", "weight", "bias", "eps"), "LayerNorm over the last axis"),
+)}
+
+
+def op(name: str):
+    """The compiled op ``name`` of :data:`OPS`, called with its ``args``; None where the kernels
+    are not built (or, for an ``mkl`` op, where Paddle's wheel has no MKL)."""
+    if name not in OPS:
+        raise KeyError(f"{name!r} is not one of the compiled ops ({', '.join(OPS)})")
     module = _load()
     return None if module is None else getattr(module, name, None)
 
 
-def bias_act_():
-    """The compiled in-place ``coat_bias_act_(x, bias, use_gelu)`` op (x += bias, then GELU),
-    or None."""
-    return _op("coat_bias_act_")
-
-
-def linear():
-    """The compiled ``coat_linear(x, weight, bias, use_gelu)`` op: x @ weight + bias (MKL's
-    product), then GELU if asked; or None (also where Paddle was built without MKL)."""
-    return _op("coat_linear")
-
-
-def linear_add():
-    """The compiled ``coat_linear_add(x, weight, bias, residual)`` op: residual + x @ weight +
-    bias; or None (also where Paddle was built without MKL)."""
-    return _op("coat_linear_add")
-
-
-def patch_linear():
-    """The compiled ``coat_patch_linear(x, weight, bias)`` op: x @ weight^T + bias, with the
-    patch embedding's convolution weight as [out, C*p*p]; or None (also without MKL)."""
-    return _op("coat_patch_linear")
-
-
-def mlp():
-    """The compiled ``coat_mlp(x, w1, b1, w2, b2, residual)`` op: residual + fc2(GELU(fc1(x)))
-    with Paddle's [in, out] weights, in row blocks where the hidden activations would not fit
-    in the cache; or None (also where Paddle was built without MKL)."""
-    return _op("coat_mlp")
-
-
-def patches():
-    """The compiled ``coat_patches(x, p)`` op: non-overlapping p x p patches of [B, C, H, W] as
-    rows [B, H/p * W/p, C*p*p]; or None."""
-    return _op("coat_patches")
-
-
-def token_patches():
-    """The compiled ``coat_token_patches(x, height, width, p)`` op: the patches of
-    :func:`patches` taken from a stage's tokens [B, 1 + H*W, C]; or None."""
-    return _op("coat_token_patches")
-
-
-def resample():
-    """The compiled ``coat_resample(x, y_idx, y_w, x_idx, x_w, height, width)`` op: bilinear
-    resize of image tokens by two taps per axis, CLS kept; or None."""
-    return _op("coat_resample")
-
-
-def conv_pos_enc():
-    """The compiled ``coat_conv_pos_enc(x, weight, bias, height, width)`` op: tokens plus the
-    depthwise convolution of their image part, CLS passed through; or None."""
-    return _op("coat_conv_pos_enc")
-
-
-def factor_attn():
-    """The compiled ``coat_factor_attn(qkv, weights, biases, height, width, heads, scale)`` op:
-    factorised attention plus conv relative position encoding, [B, N, 3C] -> [B, N, C]; or None."""
-    return _op("coat_factor_attn")
-
-
-def layer_norm():
-    """The compiled ``coat_layer_norm(x, weight, bias, eps)`` op: LayerNorm over the last axis;
-    or None."""
-    return _op("coat_layer_norm")
+def has_op(name: str) -> bool:
+    """Whether the loaded kernels include the op ``name``."""
+    return op(name) is not None
