@@ -26,11 +26,11 @@ out = {k: paddle.to_tensor(v.t().numpy() if v.ndim == 2 else v.numpy()) for k, v
 paddle.save(out, sys.argv[2])
 """
 
-OURS = """
+OURS = f"""
 import runpy, sys
 sys.argv = ["convert.py", sys.argv[1], sys.argv[2], "--force"]
-runpy.run_path(%r, run_name="__main__")
-""" % str(ROOT / "convert.py")
+runpy.run_path({str(ROOT / "convert.py")!r}, run_name="__main__")
+"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         stats[name] = (wall, rss)
         print(f"{name:14} {wall:>16.2f} {rss / 1e6:>12.0f} {rss / size:>11.2f}")
     speedup = stats["hand-written"][0] / stats["convert.py"][0]
-    print(f"\nconvert.py is {speedup:.1f}x faster; peak RSS {stats['convert.py'][1] / size:.2f}x the checkpoint")
+    peak = stats["convert.py"][1] / size
+    print(f"\nconvert.py is {speedup:.1f}x faster; peak RSS {peak:.2f}x the checkpoint")
     return 0
 
 

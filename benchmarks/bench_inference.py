@@ -180,7 +180,8 @@ def _row(name: str, batch: int, sides: list, args, onnx: Path) -> str:
     row = f"{name:22} {batch:>5} {ms['timm']:>9.1f}"
     for side, *_ in sides[1:]:
         row += f" {ms[side]:>{max(10, len(side) + 4)}.1f} {ms[side] / ms['timm']:>6.2f}"
-    return row + f" {mb['timm']:>8.0f} {mb['paddle']:>10.0f} {mb['paddle'] / mb['timm']:>6.2f}  {load().split(',')[0]}"
+    row += f" {mb['timm']:>8.0f} {mb['paddle']:>10.0f} {mb['paddle'] / mb['timm']:>6.2f}"
+    return row + f"  {load().split(',')[0]}"
 
 
 if __name__ == "__main__":

@@ -144,7 +144,8 @@ def soak(count: int, seed: int) -> int:
             c = result["counts"]
             print(f"{fmt:12} {result['done']:>6} {c.get('refused', 0):>8} {c.get('identical', 0):>9} "
                   f"{c.get('different', 0):>9} {c.get('loaded', 0):>7} {c.get('tracebacks', 0):>10} "
-                  f"{c.get('hangs', 0):>6} {int(crashed):>7} {result.get('peak_rss_mb', float('nan')):>7.0f} MB")
+                  f"{c.get('hangs', 0):>6} {int(crashed):>7} "
+                  f"{result.get('peak_rss_mb', float('nan')):>7.0f} MB")
             for example in result.get("examples", []):
                 print(f"    case {example[0]}: {example[1]}")
             if crashed:
@@ -181,7 +182,8 @@ def classes() -> int:
             make = (lambda p, b, st=None: h.legacy_torch(p, h.pickle_of(b), st or {})) if legacy \
                 else (lambda p, b, st=None: h.torch_zip(p, h.pickle_of(b), st))
             src = make(folder / f"deep-{kind}.pth", deep)
-            rows.append((f"1 nesting: 200k-deep tuple key ({kind} .pth)", h.convert_bounded(src, folder / "o.pdparams")))
+            rows.append((f"1 nesting: 200k-deep tuple key ({kind} .pth)",
+                         h.convert_bounded(src, folder / "o.pdparams")))
             body = h.EMPTY_DICT + h.s("optimizer") + h.numpy_array((500_000_000,), "O8", b"") + h.SETITEM
             src = make(folder / f"obj-{kind}.pth", body)
             rows.append((f"2 memory: object array in 'optimizer' ({kind} .pth)",
@@ -192,7 +194,8 @@ def classes() -> int:
                          h.convert_bounded(src, folder / "o.pdparams")))
             body = h.EMPTY_DICT + h.s("w") + h.tensor("0", 4, h.f(0.5), (h.i(4),), (h.i(1),)) + h.SETITEM
             src = make(folder / f"geom-{kind}.pth", body, {"0": bytes(16)})
-            rows.append((f"5 fields: storage offset 0.5 ({kind} .pth)", h.convert_bounded(src, folder / "o.pdparams")))
+            rows.append((f"5 fields: storage offset 0.5 ({kind} .pth)",
+                         h.convert_bounded(src, folder / "o.pdparams")))
         import zipfile
 
         bomb = folder / "bomb.pth"
@@ -214,7 +217,8 @@ def classes() -> int:
         with open(huge, "wb") as f:
             f.write(b"PK\x03\x04")
             f.truncate(20 << 30)
-        rows.append(("10 --json: 20 GiB invalid (sparse) file", h.convert_bounded(huge, folder / "o.pdparams", "--json")))
+        rows.append(("10 --json: 20 GiB invalid (sparse) file",
+                     h.convert_bounded(huge, folder / "o.pdparams", "--json")))
     print(f"{'class: attack':70} {'exit':>4} {'time':>7} {'peak RSS':>9}  message")
     for name, o in rows:
         line = o.stderr.strip().splitlines()

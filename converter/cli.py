@@ -16,8 +16,8 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable, Sequence
 from importlib import metadata
-from typing import Callable, Sequence
 
 from .errors import CoatError
 

@@ -6,8 +6,8 @@ memory stays near the size of the largest tensor instead of the whole model.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Hashable, Iterable, Iterator
 
 import numpy as np
 

@@ -10,8 +10,8 @@ fills them back in.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import ml_dtypes
 import numpy as np

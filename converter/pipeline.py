@@ -47,7 +47,8 @@ class ConversionResult:
         lines = [
             f"{self.source} -> {self.destination}",
             f"  variant      {self.variant} ({self.num_classes} classes), source {self.container}",
-            f"  written      {m.written} keys ({m.tensors} tensors, {m.written - m.tensors} aliases), {self.dtype}",
+            f"  written      {m.written} keys ({m.tensors} tensors, {m.written - m.tensors} aliases), "
+            f"{self.dtype}",
             f"  transposed   {len(m.transposed)} Linear weights",
             f"  dropped      {len(m.dropped)} keys" + "".join(f"\n    - {r}" for r in reasons),
             f"  ties         {len(m.ties_checked)} checked equal, {len(m.ties_filled)} filled",

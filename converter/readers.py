@@ -1,7 +1,8 @@
 """Reading source checkpoints into a flat state dict of numpy arrays, without torch.
 
 Handles ``torch.save`` files (zip archives and the legacy format of torch < 1.6; ``.pth``/
-``.pt``/``.bin``/``.tar``, any name) and ``.safetensors`` files, and unwraps what the state dict comes inside: the official
+``.pt``/``.bin``/``.tar``, any name) and ``.safetensors`` files, and unwraps what the state dict
+comes inside: the official
 ``{"model": ...}`` release files and training checkpoints, ``state_dict`` wrappers, EMA copies,
 and the ``module.`` / ``_orig_mod.`` prefixes of DDP and ``torch.compile``.
 """
@@ -89,7 +90,8 @@ def read_checkpoint(path: str | Path, ema: bool = False) -> Checkpoint:
     check_input_file(path, ConversionError, "the checkpoint file")
     if safetensors_io.is_safetensors(path):
         if ema:
-            raise ConversionError(f"{path}: --ema needs a training checkpoint; a .safetensors file has one state dict")
+            raise ConversionError(f"{path}: --ema needs a training checkpoint; a .safetensors file "
+                                  "has one state dict")
         state, metadata = safetensors_io.open_file(path)
         if metadata.get("format") == "paddle":
             raise ConversionError(f"{path}: holds Paddle weights (written by this converter); to "

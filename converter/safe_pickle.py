@@ -20,8 +20,9 @@ from __future__ import annotations
 import io
 import pickletools
 from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import IO, Any, Callable, Mapping
+from typing import IO, Any
 
 import numpy as np
 
@@ -106,7 +107,8 @@ class Buildable:
 
 
 class Inert(Buildable):
-    """Stand-in for an allowed plain-data class (e.g. ``argparse.Namespace``): holds attributes, runs nothing."""
+    """Stand-in for an allowed plain-data class (e.g. ``argparse.Namespace``): holds attributes,
+    runs nothing."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         if args:

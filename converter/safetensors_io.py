@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-from typing import Mapping
+from collections.abc import Mapping
 
 import ml_dtypes  # also makes safetensors' numpy side know bfloat16
 import numpy as np

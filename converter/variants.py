@@ -5,9 +5,9 @@ side builds timm's model from it; ``tests/test_variants.py`` checks it against t
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Mapping
 
 # (window size, number of heads using it), as the official {3: 2, 5: 3, 7: 3}
 DEFAULT_CRPE_WINDOW: tuple[tuple[int, int], ...] = ((3, 2), (5, 3), (7, 3))

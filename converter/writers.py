@@ -3,8 +3,9 @@
 
 A ``.pdparams`` file is the pickle ``paddle.save`` writes for a state dict (key -> numpy
 array), so ``paddle.load`` reads it too; aliased keys share one array, which pickle stores
-once, and bfloat16 is stored as uint16 bits, as Paddle does. A ``.safetensors`` file keeps one name per shared tensor and records the others in its
-metadata (``alias -> kept name``), as ``safetensors.torch.save_model`` does.
+once, and bfloat16 is stored as uint16 bits, as Paddle does. A ``.safetensors`` file keeps one
+name per shared tensor and records the others in its metadata (``alias -> kept name``), as
+``safetensors.torch.save_model`` does.
 """
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import errno
 import os
 import pickle
 import secrets
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, Mapping
+from typing import BinaryIO
 
 import numpy as np
 

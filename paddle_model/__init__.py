@@ -47,9 +47,10 @@ _problem = paddle_problem()
 if _problem is not None:
     raise ImportError(_problem)
 
-from .errors import CoatError, UnsafePickleError, WeightsError
-from .runtime import set_cpu_threads
-from .variants import VARIANTS, CoatVariant, get_variant
+# imported after the check, so that a missing Paddle is said first and in one line
+from .errors import CoatError, UnsafePickleError, WeightsError  # noqa: E402
+from .runtime import set_cpu_threads  # noqa: E402
+from .variants import VARIANTS, CoatVariant, get_variant  # noqa: E402
 
 _LAZY = {
     "CoaT": ".coat",

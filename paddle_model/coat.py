@@ -11,8 +11,8 @@ size, so the model runs at any input size.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Sequence
 
 import numpy as np
 import paddle

@@ -35,7 +35,8 @@ def predict(model, images, variant: str, top: int = 5) -> list[list[tuple[int, s
     results = []
     for row in probs:
         best = np.argsort(-row, kind="stable")[:top]
-        results.append([(int(i), names[i] if row.size == len(names) else str(i), float(row[i])) for i in best])
+        named = row.size == len(names)
+        results.append([(int(i), names[i] if named else str(i), float(row[i])) for i in best])
     return results
 
 

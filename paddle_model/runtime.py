@@ -19,7 +19,8 @@ did not set, after Python started:
   ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``.
 
 A variable the user set wins (:func:`user_set`): ``MKL_NUM_THREADS`` or ``OMP_NUM_THREADS``
-(other than the ``1`` that Paddle writes itself) leaves the threads alone, ``MKL_DEBUG_CPU_TYPE`` the code path, either ``MALLOC_*_THRESHOLD_`` the allocator.
+(other than the ``1`` that Paddle writes itself) leaves the threads alone, ``MKL_DEBUG_CPU_TYPE``
+the code path, either ``MALLOC_*_THRESHOLD_`` the allocator.
 :func:`set_cpu_threads` chooses the threads explicitly, before or after the first call.
 ``paddle_model.kernels`` calls :func:`configure` at the first eager CPU float32 inference call;
 training, graphs and models on a GPU never reach it.

@@ -6,7 +6,7 @@ model and refuses anything that does not fit.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 

@@ -41,7 +41,7 @@ def pickle_structure(data: bytes, start: int = 0, pickles: int = 1) -> tuple[lis
     places: list[int] = []
     for _ in range(pickles):
         ops = list(pickletools.genops(f))
-        for (op, arg, pos), nxt in zip(ops, ops[1:] + [(None, None, f.tell())]):
+        for (_op, arg, pos), nxt in zip(ops, ops[1:] + [(None, None, f.tell())]):
             end = nxt[2]
             if isinstance(arg, bytes) and len(arg) > 16:
                 end = pos + 1 + (end - pos - 1 - len(arg))  # opcode and length only

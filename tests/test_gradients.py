@@ -12,7 +12,6 @@ from paddle_model.variants import VARIANTS
 from reference.parity import seeded_input
 from reference.timm_model import timm_from_checkpoint
 
-
 GRAD_RTOL = 1e-4
 
 

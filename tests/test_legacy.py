@@ -78,7 +78,8 @@ def test_legacy_half_precision_keeps_its_bits(dtype, tmp_path):
     dst = tmp_path / "half.safetensors"
     convert_ok(src, dst)
     converted = paddle_model.read_weights(dst)["serial_blocks2.0.mlp.fc1.weight"].view(np.int16)
-    np.testing.assert_array_equal(converted, state["serial_blocks2.0.mlp.fc1.weight"].view(torch.int16).numpy().T)
+    original = state["serial_blocks2.0.mlp.fc1.weight"].view(torch.int16).numpy().T
+    np.testing.assert_array_equal(converted, original)
 
 
 def test_legacy_pickle_code_never_runs(tmp_path):

@@ -315,7 +315,8 @@ def test_reader_refuses_what_holds_no_state_dict(tmp_path, content, message):
     (lambda p: None, "no such file; check the path"),
     (lambda p: p.mkdir(), "is a directory; give the checkpoint file itself"),
     (lambda p: p.write_bytes(b""), "is empty"),
-    (lambda p: p.write_bytes(b"\x80\x02}q\x00."), "neither a PyTorch zip checkpoint nor a .safetensors file"),
+    (lambda p: p.write_bytes(b"\x80\x02}q\x00."),
+     r"neither a PyTorch checkpoint \(zip or legacy format\) nor a .safetensors file"),
 ])
 def test_reader_refuses_what_is_not_a_checkpoint_file(tmp_path, make, message):
     from converter.readers import read_checkpoint

@@ -210,11 +210,13 @@ def test_a_missing_or_old_paddle_is_one_line_saying_what_to_install(monkeypatch)
     problem = paddle_model.paddle_problem()
     assert problem.startswith("paddle_model needs PaddlePaddle >= 3.0, but paddlepaddle 2.6.2 is installed")
     assert "pip install 'coat-paddle[cpu]'" in problem and "paddlepaddle-gpu" in problem
-    done = subprocess.run([sys.executable, "-c", "import sys; sys.modules['paddle'] = None; import paddle_model"],
+    no_paddle = "import sys; sys.modules['paddle'] = None; import paddle_model"
+    done = subprocess.run([sys.executable, "-c", no_paddle],
                           cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 1
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("ImportError: paddle_model needs PaddlePaddle >= 3.0, which is not installed: pip install")
+    assert last.startswith(
+        "ImportError: paddle_model needs PaddlePaddle >= 3.0, which is not installed: pip install")
 
 
 def test_mkls_code_path_is_chosen_at_the_first_inference_not_at_import():
