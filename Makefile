@@ -39,10 +39,11 @@ demo: $(VENV)/.installed
 
 test: lint test-main test-notorch
 
-# the layers of pyproject.toml's [tool.importlinter], and ruff's rules
+# the layers of pyproject.toml's [tool.importlinter], ruff's rules and its format
 lint: $(VENV)/.installed
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 test-main: $(VENV)/.installed
 	$(PY) -m pytest -q -m "not notorch"

@@ -4,6 +4,7 @@
 
 Exit codes: 0 done, 1 ``--verify`` found the outputs apart, 2 bad input or usage.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,22 +20,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = ArgumentParser(
         prog="convert.py",
         description="Convert a PyTorch CoaT checkpoint (official mlpc-ucsd or timm, .pth or "
-                    ".safetensors) into Paddle weights (.pdparams or .safetensors).")
+        ".safetensors) into Paddle weights (.pdparams or .safetensors).",
+    )
     p.add_argument("src", help="PyTorch checkpoint (or Paddle weights, with --to torch)")
     p.add_argument("dst", help="output file: .pdparams or .safetensors (or .pth, to torch)")
     p.add_argument("--variant", choices=list(VARIANTS), help="skip detection, use this variant")
     p.add_argument("--ema", action="store_true", help="take the EMA weights of a training checkpoint")
     p.add_argument("--force", action="store_true", help="overwrite DST if it exists")
-    p.add_argument("--to", choices=["paddle", "torch"],
-                   help="direction; default: torch when DST is .pth/.pt, else paddle. torch turns "
-                        "Paddle weights back into timm's layout (.pth, or .safetensors)")
-    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
-                   help="cast the weights (default: keep the source dtype)")
+    p.add_argument(
+        "--to",
+        choices=["paddle", "torch"],
+        help="direction; default: torch when DST is .pth/.pt, else paddle. torch turns "
+        "Paddle weights back into timm's layout (.pth, or .safetensors)",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "float16", "bfloat16"],
+        help="cast the weights (default: keep the source dtype)",
+    )
     p.add_argument("--allow-nonfinite", action="store_true", help="convert tensors holding NaN/Inf")
-    p.add_argument("--verify", action="store_true",
-                   help="run timm's model on SRC and the Paddle model on DST and compare every "
-                        "scale, the features and the logits (needs torch and timm); exit 1 if "
-                        "they differ")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="run timm's model on SRC and the Paddle model on DST and compare every "
+        "scale, the features and the logits (needs torch and timm); exit 1 if "
+        "they differ",
+    )
     p.add_argument("--json", action="store_true", help="print a machine-readable report")
     return p.parse_args(argv)
 
@@ -51,11 +62,20 @@ def main(argv: list[str] | None = None) -> int:
 
             from reference.parity import verify_conversion
         except ImportError as e:
-            return fail(f"--verify needs torch and timm ({e}); install them with "
-                        "pip install -e '.[reference]'")
-    result = convert_checkpoint(args.src, args.dst, variant=args.variant, force=args.force,
-                                ema=args.ema, allow_nonfinite=args.allow_nonfinite,
-                                dtype=args.dtype, to=args.to, hash_source=args.json)
+            return fail(
+                f"--verify needs torch and timm ({e}); install them with pip install -e '.[reference]'"
+            )
+    result = convert_checkpoint(
+        args.src,
+        args.dst,
+        variant=args.variant,
+        force=args.force,
+        ema=args.ema,
+        allow_nonfinite=args.allow_nonfinite,
+        dtype=args.dtype,
+        to=args.to,
+        hash_source=args.json,
+    )
     report = result.to_dict()
     if not args.json:
         print(result.summary())

@@ -7,6 +7,7 @@ or the project's own location, see ``paddle_model/hub.py``) into the cache, chec
 ``pretrained="hf-hub:<repo_id>"`` takes a release folder from the Hugging Face Hub, and
 ``pretrained="coat_lite_small.pdparams"`` a file of your own.
 """
+
 dependencies = ["paddle", "numpy", "ml_dtypes", "PIL", "tqdm"]
 
 from paddle_model.factory import (  # noqa: E402,F401  (the entry points)

@@ -1,4 +1,5 @@
 """Helpers shared by the benchmark scripts: child processes timed with their peak memory."""
+
 from __future__ import annotations
 
 import json
@@ -9,11 +10,22 @@ import subprocess
 import sys
 import time
 
-THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MKL_DEBUG_CPU_TYPE", "MALLOC_MMAP_THRESHOLD_",
-               "MALLOC_TRIM_THRESHOLD_", "FLAGS_use_mkldnn")
+THREAD_VARS = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "MKL_DEBUG_CPU_TYPE",
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TRIM_THRESHOLD_",
+    "FLAGS_use_mkldnn",
+)
 # the 2-core settings set by hand before paddle_model.runtime (bench_inference.py's docstring)
-TUNED_ENV = {"MKL_NUM_THREADS": "2", "OMP_NUM_THREADS": "1", "MKL_DEBUG_CPU_TYPE": "5",
-             "MALLOC_MMAP_THRESHOLD_": "1073741824", "MALLOC_TRIM_THRESHOLD_": "1073741824"}
+TUNED_ENV = {
+    "MKL_NUM_THREADS": "2",
+    "OMP_NUM_THREADS": "1",
+    "MKL_DEBUG_CPU_TYPE": "5",
+    "MALLOC_MMAP_THRESHOLD_": "1073741824",
+    "MALLOC_TRIM_THRESHOLD_": "1073741824",
+}
 
 # source for the benchmarks' child processes: one warm-up call, then ``repeats`` timed ones
 CHILD_TIMINGS = """
@@ -43,13 +55,16 @@ def child_env(mode: str = "parent") -> dict:
     raise ValueError(f"unknown environment mode {mode!r}: parent, installed or tuned")
 
 
-def run_child(code: str, *args: str, env: dict | None = None, mode: str = "parent"
-              ) -> tuple[float, int, str]:
+def run_child(code: str, *args: str, env: dict | None = None, mode: str = "parent") -> tuple[float, int, str]:
     """Run ``python -c code args`` to completion in the environment ``mode`` (see
     :func:`child_env`) updated by ``env``: (wall seconds, peak RSS in bytes, stdout)."""
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env={**child_env(mode), **(env or {})})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**child_env(mode), **(env or {})},
+    )
     out = proc.stdout.read()
     err = proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)

@@ -6,6 +6,7 @@ The hand-written way: ``torch.load``, transpose every 2-D tensor, ``paddle.to_te
 ``paddle.save``. Both run as fresh processes, interleaved; the table gives the medians of the
 whole process (imports included) and of its peak RSS, and the ratios.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,12 @@ def main(argv: list[str] | None = None) -> int:
         src = args.checkpoint
         if src is None:  # made by a child: a parent holding torch would inflate the children's
             src = Path(tmp) / f"{args.variant}.pth"  # peak RSS (it counts until they exec)
-            subprocess.run([sys.executable, "-m", "reference.make_checkpoint", args.variant, str(src)],
-                           cwd=ROOT, check=True, capture_output=True)
+            subprocess.run(
+                [sys.executable, "-m", "reference.make_checkpoint", args.variant, str(src)],
+                cwd=ROOT,
+                check=True,
+                capture_output=True,
+            )
         size = src.stat().st_size
         runs = {"hand-written": [], "convert.py": []}
         for _ in range(args.repeats):

@@ -27,6 +27,7 @@ the shell running this has):
   in the graph) through Paddle Inference with oneDNN, ``--deployed-ops`` the portable export
   (Paddle's ops only).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,7 +40,9 @@ from _common import CHILD_TIMINGS, child_timings, load, machine, median, run_chi
 
 ROOT = Path(__file__).resolve().parents[1]
 
-PRELUDE = CHILD_TIMINGS + f"""
+PRELUDE = (
+    CHILD_TIMINGS
+    + f"""
 import json, sys, warnings
 warnings.filterwarnings("ignore")
 sys.path.insert(0, {str(ROOT)!r})
@@ -51,8 +54,11 @@ x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.f
 def timed(run):
     print(json.dumps(timings(run, repeats)))
 """
+)
 
-TORCH = PRELUDE + """
+TORCH = (
+    PRELUDE
+    + """
 import torch
 from reference.timm_model import build_timm
 model = build_timm(name)
@@ -60,8 +66,11 @@ xt = torch.from_numpy(x)
 with torch.no_grad():
     timed(lambda: model(xt))
 """
+)
 
-PADDLE = PRELUDE + """
+PADDLE = (
+    PRELUDE
+    + """
 import paddle
 import paddle_model
 model = paddle_model.create_model(name)
@@ -70,6 +79,7 @@ xp = paddle.to_tensor(x)
 with paddle.no_grad():
     timed(lambda: model(xp).numpy())
 """
+)
 
 ORT_EXPORT = f"""
 import sys, warnings
@@ -86,7 +96,9 @@ with torch.no_grad():
                       output_names=["logits"], dynamic_axes={{"x": {{0: "batch"}}, "logits": {{0: "batch"}}}})
 """
 
-ORT = PRELUDE + """
+ORT = (
+    PRELUDE
+    + """
 import onnxruntime as ort
 options = ort.SessionOptions()
 options.intra_op_num_threads = int(sys.argv[5])
@@ -94,8 +106,11 @@ options.inter_op_num_threads = 1
 session = ort.InferenceSession(sys.argv[4], options, providers=["CPUExecutionProvider"])
 timed(lambda: session.run(None, {"x": x}))
 """
+)
 
-DEPLOYED = PRELUDE + """
+DEPLOYED = (
+    PRELUDE
+    + """
 import os, tempfile
 from paddle_model.export import create_predictor, export
 kernels = sys.argv[4] == "kernels"
@@ -112,6 +127,7 @@ def run():
     output.copy_to_cpu()
 timed(run)
 """
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,15 +138,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     p.add_argument("--batch", nargs="+", type=int, default=[1, 8])
     p.add_argument("--repeats", type=int, default=5, help="timed passes per process")
-    p.add_argument("--rounds", type=int, default=1,
-                   help="processes per side, alternating; the median is over all their passes")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="processes per side, alternating; the median is over all their passes",
+    )
     p.add_argument("--no-tuned", action="store_true", help="leave out Paddle with the variables set by hand")
     p.add_argument("--no-ort", action="store_true", help="leave out ONNX Runtime on timm's export")
     p.add_argument("--ort-threads", type=int, default=2, help="ONNX Runtime's intra-op threads")
-    p.add_argument("--deployed", action="store_true",
-                   help="also time the export with kernels through Paddle Inference (oneDNN)")
-    p.add_argument("--deployed-ops", action="store_true",
-                   help="also time the portable export (Paddle's ops) through Paddle Inference")
+    p.add_argument(
+        "--deployed",
+        action="store_true",
+        help="also time the export with kernels through Paddle Inference (oneDNN)",
+    )
+    p.add_argument(
+        "--deployed-ops",
+        action="store_true",
+        help="also time the portable export (Paddle's ops) through Paddle Inference",
+    )
     args = p.parse_args(argv)
     # (column, child code, extra arguments, environment mode); timm first: the ratios' base
     sides = [("timm", TORCH, (), "installed"), ("paddle", PADDLE, (), "installed")]
@@ -142,9 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     sides += [("deployed-ops", DEPLOYED, ("ops",), "installed")] * args.deployed_ops
     print(machine())
     print(f"load average at the start: {load()}")
-    print(f"{args.repeats} timed forward passes after one warm-up, each side in its own process, "
-          f"{args.rounds} round(s) of the sides in turn; timm, paddle, ort and deployed with none of "
-          f"the thread variables set, tuned with _common.TUNED_ENV\n")
+    print(
+        f"{args.repeats} timed forward passes after one warm-up, each side in its own process, "
+        f"{args.rounds} round(s) of the sides in turn; timm, paddle, ort and deployed with none of "
+        f"the thread variables set, tuned with _common.TUNED_ENV\n"
+    )
     timed_sides = [side for side, *_ in sides[1:]]
     header = f"{'variant':22} {'batch':>5} {'timm ms':>9}"
     for side in timed_sides:

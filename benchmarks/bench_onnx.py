@@ -12,6 +12,7 @@ timm (eager torch), Paddle Inference (oneDNN) on the exported ``.json`` and onnx
 provider) on the ``.onnx`` of that same export. Medians over all timed passes; thread settings
 as ``bench_inference.py`` (``--env tuned``): two threads for every side.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,7 +29,9 @@ from _common import CHILD_TIMINGS, TUNED_ENV, child_timings, machine, median, ru
 
 ROOT = Path(__file__).resolve().parents[1]
 
-PRELUDE = CHILD_TIMINGS + f"""
+PRELUDE = (
+    CHILD_TIMINGS
+    + f"""
 import json, sys, warnings
 warnings.filterwarnings("ignore")
 sys.path.insert(0, {str(ROOT)!r})
@@ -40,8 +43,11 @@ x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.f
 def timed(run):
     print(json.dumps(timings(run, repeats)))
 """
+)
 
-TORCH = PRELUDE + """
+TORCH = (
+    PRELUDE
+    + """
 import torch
 torch.set_num_threads(2)
 from reference.timm_model import build_timm
@@ -50,8 +56,11 @@ xt = torch.from_numpy(x)
 with torch.no_grad():
     timed(lambda: model(xt))
 """
+)
 
-PADDLE_INFERENCE = PRELUDE + """
+PADDLE_INFERENCE = (
+    PRELUDE
+    + """
 from paddle_model.export import create_predictor
 predictor = create_predictor(prefix, threads=2)
 handle = predictor.get_input_handle(predictor.get_input_names()[0])
@@ -63,8 +72,11 @@ def run():
     output.copy_to_cpu()
 timed(run)
 """
+)
 
-ORT = PRELUDE + """
+ORT = (
+    PRELUDE
+    + """
 import onnxruntime
 options = onnxruntime.SessionOptions()
 options.intra_op_num_threads, options.inter_op_num_threads = 2, 1
@@ -73,6 +85,7 @@ session = onnxruntime.InferenceSession(prefix + ".onnx", options, providers=["CP
 feed = {session.get_inputs()[0].name: x}
 timed(lambda: session.run(None, feed))
 """
+)
 
 SIDES = (("timm", TORCH), ("paddle inference", PADDLE_INFERENCE), ("onnxruntime", ORT))
 _CHECK = re.compile(r"input (\[[^]]*\]): logits max\|d\|/max\|ref\| (\S+)")
@@ -80,11 +93,14 @@ _CHECK = re.compile(r"input (\[[^]]*\]): logits max\|d\|/max\|ref\| (\S+)")
 
 def export_onnx(name: str, prefix: str) -> tuple[float, list[tuple[str, float]]]:
     """Run the export command as a user does: (wall seconds, [(input shape, relative difference)])."""
-    code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); import paddle; paddle.seed(0); " \
-           "from paddle_model.export import main; sys.exit(main(sys.argv[1:]))"
+    code = (
+        f"import sys; sys.path.insert(0, {str(ROOT)!r}); import paddle; paddle.seed(0); "
+        "from paddle_model.export import main; sys.exit(main(sys.argv[1:]))"
+    )
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", code, name, prefix, "--onnx"], capture_output=True,
-                          text=True, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, "-c", code, name, prefix, "--onnx"], capture_output=True, text=True, cwd=ROOT
+    )
     wall = time.perf_counter() - start
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
@@ -101,15 +117,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", nargs="+", type=int, default=[1])
     p.add_argument("--repeats", type=int, default=5, help="timed passes per process")
     p.add_argument("--rounds", type=int, default=2, help="processes per side, in turn")
-    p.add_argument("--env", choices=["tuned", "default"], default="tuned",
-                   help="thread settings for the measured processes (see bench_inference.py)")
+    p.add_argument(
+        "--env",
+        choices=["tuned", "default"],
+        default="tuned",
+        help="thread settings for the measured processes (see bench_inference.py)",
+    )
     args = p.parse_args(argv)
     if args.env == "tuned":
         os.environ.update(TUNED_ENV)
     print(machine())
-    print(f"{args.repeats} timed passes after one warm-up, each side in its own process, {args.rounds} "
-          "round(s) of the sides in turn; torch.set_num_threads(2), Paddle Inference 2 threads (oneDNN), "
-          "onnxruntime intra_op_num_threads=2\n")
+    print(
+        f"{args.repeats} timed passes after one warm-up, each side in its own process, {args.rounds} "
+        "round(s) of the sides in turn; torch.set_num_threads(2), Paddle Inference 2 threads (oneDNN), "
+        "onnxruntime intra_op_num_threads=2\n"
+    )
     print(f"{'variant':22} {'export+onnx s':>13} {'ort vs eager, default size':>27} {'at 230x200':>11}")
     rows = []
     for name in args.variants:
@@ -124,8 +146,10 @@ def main(argv: list[str] | None = None) -> int:
                         _, _, out = run_child(code, name, str(batch), str(args.repeats), prefix)
                         times[side] += child_timings(out)
                 rows.append((name, batch, *(median(times[side]) * 1000 for side, _ in SIDES)))
-    print(f"\n{'variant':22} {'batch':>5} {'timm ms':>9} {'paddle inf ms':>14} {'ort ms':>8} "
-          f"{'ort/timm':>9} {'ort/paddle inf':>15}")
+    print(
+        f"\n{'variant':22} {'batch':>5} {'timm ms':>9} {'paddle inf ms':>14} {'ort ms':>8} "
+        f"{'ort/timm':>9} {'ort/paddle inf':>15}"
+    )
     for name, batch, t, pi, ort in rows:
         print(f"{name:22} {batch:>5} {t:>9.1f} {pi:>14.1f} {ort:>8.1f} {ort / t:>9.2f} {ort / pi:>15.2f}")
     return 0

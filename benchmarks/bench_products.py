@@ -14,6 +14,7 @@ shape's median times the number of times a pass computes it. The thread settings
 bench_inference.py's (``MKL_NUM_THREADS=2 OMP_NUM_THREADS=1 MKL_DEBUG_CPU_TYPE=5``, the
 malloc thresholds; ``torch.set_num_threads(2)``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,7 +29,9 @@ from _common import CHILD_TIMINGS, TUNED_ENV, child_timings, machine, median, ru
 
 ROOT = Path(__file__).resolve().parents[1]
 
-CHILD = CHILD_TIMINGS + f"""
+CHILD = (
+    CHILD_TIMINGS
+    + f"""
 import json, sys, warnings
 warnings.filterwarnings("ignore")
 sys.path.insert(0, {str(ROOT)!r})
@@ -50,6 +53,7 @@ else:
         return lambda: linear(x, w, b, False)
 print(json.dumps([timings(product(m, k, n), repeats) for m, k, n in shapes]))
 """
+)
 
 
 def pass_products(name: str, batch: int) -> Counter:
@@ -86,30 +90,38 @@ def main(argv: list[str] | None = None) -> int:
     counts = pass_products(args.variant, args.batch)
     shapes = sorted(counts, key=lambda s: (-s[0], s[1], s[2]))
     print(machine())
-    print(f"{args.variant} batch {args.batch}: {len(shapes)} product shapes; {args.repeats} timed calls "
-          f"each after one warm-up, each side in its own process, {args.rounds} round(s) in turn\n",
-          flush=True)
+    print(
+        f"{args.variant} batch {args.batch}: {len(shapes)} product shapes; {args.repeats} timed calls "
+        f"each after one warm-up, each side in its own process, {args.rounds} round(s) in turn\n",
+        flush=True,
+    )
     times = {"torch": [[] for _ in shapes], "paddle": [[] for _ in shapes]}
     for _ in range(args.rounds):  # the sides alternate, round after round
         for side in times:
             _, _, out = run_child(CHILD, json.dumps(shapes), str(args.repeats), side)
             for runs, new in zip(times[side], child_timings(out)):
                 runs += new
-    print(f"{'rows':>6} {'in':>5} {'out':>5} {'count':>5} {'torch ms':>9} {'GF/s':>6} "
-          f"{'coat ms':>9} {'GF/s':>6} {'ratio':>6}")
+    print(
+        f"{'rows':>6} {'in':>5} {'out':>5} {'count':>5} {'torch ms':>9} {'GF/s':>6} "
+        f"{'coat ms':>9} {'GF/s':>6} {'ratio':>6}"
+    )
     total = {"torch": 0.0, "paddle": 0.0}
     flops = 0.0
     for i, (m, k, n) in enumerate(shapes):
         t, c = (median(times[side][i]) for side in ("torch", "paddle"))
         f = 2.0 * m * k * n
-        print(f"{m:>6} {k:>5} {n:>5} {counts[(m, k, n)]:>5} {t * 1e3:>9.2f} {f / t / 1e9:>6.1f} "
-              f"{c * 1e3:>9.2f} {f / c / 1e9:>6.1f} {c / t:>6.2f}")
+        print(
+            f"{m:>6} {k:>5} {n:>5} {counts[(m, k, n)]:>5} {t * 1e3:>9.2f} {f / t / 1e9:>6.1f} "
+            f"{c * 1e3:>9.2f} {f / c / 1e9:>6.1f} {c / t:>6.2f}"
+        )
         total["torch"] += counts[(m, k, n)] * t
         total["paddle"] += counts[(m, k, n)] * c
         flops += counts[(m, k, n)] * f
     t, c = total["torch"], total["paddle"]
-    print(f"\none pass, {flops / 1e9:.1f} GFLOP: torch {t * 1e3:.0f} ms ({flops / t / 1e9:.0f} GF/s), "
-          f"coat_linear {c * 1e3:.0f} ms ({flops / c / 1e9:.0f} GF/s), ratio {c / t:.2f}")
+    print(
+        f"\none pass, {flops / 1e9:.1f} GFLOP: torch {t * 1e3:.0f} ms ({flops / t / 1e9:.0f} GF/s), "
+        f"coat_linear {c * 1e3:.0f} ms ({flops / c / 1e9:.0f} GF/s), ratio {c / t:.2f}"
+    )
     return 0
 
 

@@ -11,6 +11,7 @@ read exactly, tracebacks (any other exception), hangs (over 20 s) and crashes (t
 died), and reports the child's peak RSS. ``--classes`` runs ``convert.py`` once per class of
 the hostile-input tests in a fresh bounded process: exit code, time, peak RSS.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -117,13 +118,16 @@ def _sources(folder: Path) -> dict[str, Path]:
     from reference.checkpoints import official_state_dict, seeded_model
 
     model = seeded_model("coat_lite_tiny", seed=0)
-    paths = {f: folder / f / name for f, name in zip(FORMATS, (
-        "src.pth", "src.pth", "src.safetensors", "src.pdparams"))}
+    paths = {
+        f: folder / f / name
+        for f, name in zip(FORMATS, ("src.pth", "src.pth", "src.safetensors", "src.pdparams"))
+    }
     for path in paths.values():
         path.parent.mkdir()
     torch.save({"model": official_state_dict(model)}, paths["zip-pth"])
-    torch.save({"model": official_state_dict(model)}, paths["legacy-pth"],
-               _use_new_zipfile_serialization=False)
+    torch.save(
+        {"model": official_state_dict(model)}, paths["legacy-pth"], _use_new_zipfile_serialization=False
+    )
     save_model(model, str(paths["safetensors"]))
     convert_checkpoint(paths["zip-pth"], paths["pdparams"])
     return paths
@@ -132,20 +136,36 @@ def _sources(folder: Path) -> dict[str, Path]:
 def soak(count: int, seed: int) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         paths = _sources(Path(tmp))
-        print(f"{'format':12} {'cases':>6} {'refused':>8} {'identical':>9} {'different':>9} "
-              f"{'loaded':>7} {'tracebacks':>10} {'hangs':>6} {'crashes':>7} {'peak RSS':>9}")
+        print(
+            f"{'format':12} {'cases':>6} {'refused':>8} {'identical':>9} {'different':>9} "
+            f"{'loaded':>7} {'tracebacks':>10} {'hangs':>6} {'crashes':>7} {'peak RSS':>9}"
+        )
         bad = 0
         for fmt, src in paths.items():
             report = src.parent / "report.json"
-            done = subprocess.run([sys.executable, "-c", _CHILD.format(limit=LIMIT), fmt, str(src),
-                                   str(count), str(seed), str(report)], capture_output=True, text=True)
+            done = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    _CHILD.format(limit=LIMIT),
+                    fmt,
+                    str(src),
+                    str(count),
+                    str(seed),
+                    str(report),
+                ],
+                capture_output=True,
+                text=True,
+            )
             result = json.loads(report.read_text()) if report.exists() else {"done": 0, "counts": {}}
             crashed = done.returncode != 0
             c = result["counts"]
-            print(f"{fmt:12} {result['done']:>6} {c.get('refused', 0):>8} {c.get('identical', 0):>9} "
-                  f"{c.get('different', 0):>9} {c.get('loaded', 0):>7} {c.get('tracebacks', 0):>10} "
-                  f"{c.get('hangs', 0):>6} {int(crashed):>7} "
-                  f"{result.get('peak_rss_mb', float('nan')):>7.0f} MB")
+            print(
+                f"{fmt:12} {result['done']:>6} {c.get('refused', 0):>8} {c.get('identical', 0):>9} "
+                f"{c.get('different', 0):>9} {c.get('loaded', 0):>7} {c.get('tracebacks', 0):>10} "
+                f"{c.get('hangs', 0):>6} {int(crashed):>7} "
+                f"{result.get('peak_rss_mb', float('nan')):>7.0f} MB"
+            )
             for example in result.get("examples", []):
                 print(f"    case {example[0]}: {example[1]}")
             if crashed:
@@ -179,46 +199,78 @@ def classes() -> int:
         deep = h.EMPTY_DICT + h.EMPTY_TUPLE + h.TUPLE1 * 200_000 + h.i(1) + h.SETITEM
         for legacy in (False, True):
             kind = "legacy" if legacy else "zip"
-            make = (lambda p, b, st=None: h.legacy_torch(p, h.pickle_of(b), st or {})) if legacy \
+            make = (
+                (lambda p, b, st=None: h.legacy_torch(p, h.pickle_of(b), st or {}))
+                if legacy
                 else (lambda p, b, st=None: h.torch_zip(p, h.pickle_of(b), st))
+            )
             src = make(folder / f"deep-{kind}.pth", deep)
-            rows.append((f"1 nesting: 200k-deep tuple key ({kind} .pth)",
-                         h.convert_bounded(src, folder / "o.pdparams")))
+            rows.append(
+                (
+                    f"1 nesting: 200k-deep tuple key ({kind} .pth)",
+                    h.convert_bounded(src, folder / "o.pdparams"),
+                )
+            )
             body = h.EMPTY_DICT + h.s("optimizer") + h.numpy_array((500_000_000,), "O8", b"") + h.SETITEM
             src = make(folder / f"obj-{kind}.pth", body)
-            rows.append((f"2 memory: object array in 'optimizer' ({kind} .pth)",
-                         h.convert_bounded(src, folder / "o.pdparams")))
+            rows.append(
+                (
+                    f"2 memory: object array in 'optimizer' ({kind} .pth)",
+                    h.convert_bounded(src, folder / "o.pdparams"),
+                )
+            )
             attack = _state_attacks()["BUILD on a storage type"]
             src = make(folder / f"state-{kind}.pth", attack, {"0": bytes(16)})
-            rows.append((f"4 state: BUILD on torch.FloatStorage ({kind} .pth)",
-                         h.convert_bounded(src, folder / "o.pdparams")))
+            rows.append(
+                (
+                    f"4 state: BUILD on torch.FloatStorage ({kind} .pth)",
+                    h.convert_bounded(src, folder / "o.pdparams"),
+                )
+            )
             body = h.EMPTY_DICT + h.s("w") + h.tensor("0", 4, h.f(0.5), (h.i(4),), (h.i(1),)) + h.SETITEM
             src = make(folder / f"geom-{kind}.pth", body, {"0": bytes(16)})
-            rows.append((f"5 fields: storage offset 0.5 ({kind} .pth)",
-                         h.convert_bounded(src, folder / "o.pdparams")))
+            rows.append(
+                (f"5 fields: storage offset 0.5 ({kind} .pth)", h.convert_bounded(src, folder / "o.pdparams"))
+            )
         import zipfile
 
         bomb = folder / "bomb.pth"
-        h.torch_zip(bomb, h.pickle_of(h.EMPTY_DICT + h.s("w") + h.tensor(
-            "0", 512 << 20, h.i(0), (h.i(512 << 20),), (h.i(1),)) + h.SETITEM))
+        h.torch_zip(
+            bomb,
+            h.pickle_of(
+                h.EMPTY_DICT
+                + h.s("w")
+                + h.tensor("0", 512 << 20, h.i(0), (h.i(512 << 20),), (h.i(1),))
+                + h.SETITEM
+            ),
+        )
         info = zipfile.ZipInfo("archive/data/0")
         info.compress_type = zipfile.ZIP_DEFLATED
         with zipfile.ZipFile(bomb, "a", compresslevel=1) as z, z.open(info, "w", force_zip64=True) as m:
             for _ in range(2048):
                 m.write(bytes(1 << 20))
-        rows.append((f"3 zip bomb: storage inflating to 2 GiB ({bomb.stat().st_size >> 10} KiB file)",
-                     h.convert_bounded(bomb, folder / "o.pdparams")))
+        rows.append(
+            (
+                f"3 zip bomb: storage inflating to 2 GiB ({bomb.stat().st_size >> 10} KiB file)",
+                h.convert_bounded(bomb, folder / "o.pdparams"),
+            )
+        )
         for name, header in SAFETENSORS_CASES.items():
             src = folder / "s.safetensors"
-            src.write_bytes(_safetensors("{}", length=1 << 40) if header is None
-                            else _safetensors(header, bytes(4)))
+            src.write_bytes(
+                _safetensors("{}", length=1 << 40) if header is None else _safetensors(header, bytes(4))
+            )
             rows.append((f"5 fields: safetensors {name}", h.convert_bounded(src, folder / "o.pdparams")))
         huge = folder / "huge.pth"
         with open(huge, "wb") as f:
             f.write(b"PK\x03\x04")
             f.truncate(20 << 30)
-        rows.append(("10 --json: 20 GiB invalid (sparse) file",
-                     h.convert_bounded(huge, folder / "o.pdparams", "--json")))
+        rows.append(
+            (
+                "10 --json: 20 GiB invalid (sparse) file",
+                h.convert_bounded(huge, folder / "o.pdparams", "--json"),
+            )
+        )
     print(f"{'class: attack':70} {'exit':>4} {'time':>7} {'peak RSS':>9}  message")
     for name, o in rows:
         line = o.stderr.strip().splitlines()

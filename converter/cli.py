@@ -7,6 +7,7 @@ one line naming the file and exit 2, Ctrl-C (SIGINT) into one line and exit 130,
 into one line and exit 143. Interrupts arrive as exceptions, so the writers' cleanup runs.
 :class:`ArgumentParser` gives every command one-line usage errors (exit 2) and ``--version``.
 """
+
 from __future__ import annotations
 
 import argparse

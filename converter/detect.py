@@ -4,6 +4,7 @@ One fitting for both directions: a PyTorch checkpoint (torch shapes, mapped by t
 :mod:`converter.mapping`) and Paddle weights on their way back to torch (``paddle=True``: Paddle
 shapes, every key already named as the layout names it).
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -13,8 +14,12 @@ from .mapping import Plan, plan_mapping
 from .variants import VARIANTS, CoatVariant
 
 
-def detect_variant(shapes: Mapping[str, tuple[int, ...]], origin: str = "checkpoint",
-                   name_hint: str = "", paddle: bool = False) -> Plan:
+def detect_variant(
+    shapes: Mapping[str, tuple[int, ...]],
+    origin: str = "checkpoint",
+    name_hint: str = "",
+    paddle: bool = False,
+) -> Plan:
     """The mapping plan of the one variant the tensors fit.
 
     Variants with identical tensors (coat_lite_medium and coat_lite_medium_384) are told
@@ -23,7 +28,8 @@ def detect_variant(shapes: Mapping[str, tuple[int, ...]], origin: str = "checkpo
     if "patch_embed1.proj.weight" not in shapes:
         raise ConversionError(
             f"{origin}: not a CoaT checkpoint: expected keys such as patch_embed1.proj.weight, "
-            f"cls_token1 and serial_blocks1.0.*, found {preview(shapes)}")
+            f"cls_token1 and serial_blocks1.0.*, found {preview(shapes)}"
+        )
     plans = {name: plan_mapping(shapes, v, paddle) for name, v in VARIANTS.items()}
     fits = [name for name, plan in plans.items() if not plan.problems]
     if fits:
@@ -31,7 +37,9 @@ def detect_variant(shapes: Mapping[str, tuple[int, ...]], origin: str = "checkpo
     closest = min(plans.values(), key=lambda p: p.misfits)
     raise ConversionError(
         f"{origin}: the tensors fit no CoaT variant; closest is {closest.variant.name}: "
-        + "; ".join(closest.problems) + " (pass --variant to force one)")
+        + "; ".join(closest.problems)
+        + " (pass --variant to force one)"
+    )
 
 
 def choose_variant(fits: list[str], origin: str, name_hint: str) -> str:
@@ -43,11 +51,17 @@ def choose_variant(fits: list[str], origin: str, name_hint: str) -> str:
         return named[-1]
     raise ConversionError(
         f"{origin}: the tensors fit {' and '.join(fits)} alike (they differ only in default "
-        "input size); pass --variant to choose")
+        "input size); pass --variant to choose"
+    )
 
 
-def plan_for(shapes: Mapping[str, tuple[int, ...]], variant: CoatVariant | None,
-             origin: str = "checkpoint", name_hint: str = "", paddle: bool = False) -> Plan:
+def plan_for(
+    shapes: Mapping[str, tuple[int, ...]],
+    variant: CoatVariant | None,
+    origin: str = "checkpoint",
+    name_hint: str = "",
+    paddle: bool = False,
+) -> Plan:
     """The plan for ``variant`` when given, checked; else the detected one."""
     if variant is None:
         return detect_variant(shapes, origin, name_hint, paddle)

@@ -3,6 +3,7 @@
 Messages are sentences that name the file or key and say what to do; command-line tools print
 them as one line and exit with code 2.
 """
+
 from __future__ import annotations
 
 

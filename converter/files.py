@@ -1,4 +1,5 @@
 """The checks every input file gets before it is opened: one place, for sources and weights."""
+
 from __future__ import annotations
 
 import os

@@ -8,6 +8,7 @@ Shapes are Paddle's; a Linear weight is stored ``[in, out]`` here and ``[out, in
 Aliases are keys that name the same tensor as another key: the per-stage ``cpeN``/``crpeN``
 shared by every block of stage N, and ``mlp3``/``mlp4`` that are ``mlp2`` in parallel blocks.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -77,7 +78,7 @@ class _Builder:
         """Alias every key under ``canonical_prefix`` (already added) as ``prefix``."""
         start = canonical_prefix + "."
         for key in [k for k in self.tensors if k.startswith(start)]:
-            self.alias(prefix + key[len(canonical_prefix):], key)
+            self.alias(prefix + key[len(canonical_prefix) :], key)
 
     def linear(self, prefix: str, n_in: int, n_out: int) -> None:
         self.add(f"{prefix}.weight", (n_in, n_out), LINEAR, transposed=True)

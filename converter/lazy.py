@@ -3,6 +3,7 @@
 Conversion streams: a checkpoint's tensors are read one at a time, mapped and written, so
 memory stays near the size of the largest tensor instead of the whole model.
 """
+
 from __future__ import annotations
 
 from collections import deque
@@ -21,8 +22,13 @@ class Lazy:
 
     __slots__ = ("shape", "dtype", "_load", "identity")
 
-    def __init__(self, shape: tuple[int, ...], dtype: np.dtype, load: Callable[[], np.ndarray],
-                 identity: Hashable | None = None) -> None:
+    def __init__(
+        self,
+        shape: tuple[int, ...],
+        dtype: np.dtype,
+        load: Callable[[], np.ndarray],
+        identity: Hashable | None = None,
+    ) -> None:
         self.shape = tuple(shape)
         self.dtype = np.dtype(dtype)
         self._load = load

@@ -11,6 +11,7 @@ detection runs it for every variant), :func:`apply_plan` moves the data. The sam
 fits Paddle-layout weights (the way back to torch, :mod:`converter.reverse`): with
 ``PADDLE_RULES`` every key already has its name, and shapes are compared in Paddle's layout.
 """
+
 from __future__ import annotations
 
 import re
@@ -43,10 +44,17 @@ def _lite(variant: CoatVariant) -> bool:
 
 
 RULES: tuple[Rule, ...] = (
-    Rule(r"norm1\.(weight|bias)", DROP,
-         reason="norm1: built but unused by the official CoaT and CoaT-Lite (timm drops it)"),
-    Rule(r"norm[23]\.(weight|bias)", DROP, applies=_lite,
-         reason="norm2/norm3: unused by CoaT-Lite, which classifies from the last scale alone"),
+    Rule(
+        r"norm1\.(weight|bias)",
+        DROP,
+        reason="norm1: built but unused by the official CoaT and CoaT-Lite (timm drops it)",
+    ),
+    Rule(
+        r"norm[23]\.(weight|bias)",
+        DROP,
+        applies=_lite,
+        reason="norm2/norm3: unused by CoaT-Lite, which classifies from the last scale alone",
+    ),
     Rule(r"serial_blocks([1-4])\.\d+\.cpe\.(.+)", TIE, r"cpe\1.\2"),
     Rule(r"serial_blocks([1-4])\.\d+\.factoratt_crpe\.crpe\.(.+)", TIE, r"crpe\1.\2"),
     Rule(r"parallel_blocks\.\d+\.factoratt_crpe([2-4])\.crpe\.(.+)", TIE, r"crpe\1.\2"),
@@ -95,8 +103,7 @@ class Plan:
 
     def check(self, source: str) -> None:
         if self.problems:
-            raise ConversionError(
-                f"{source} does not fit {self.variant.name}: " + "; ".join(self.problems))
+            raise ConversionError(f"{source} does not fit {self.variant.name}: " + "; ".join(self.problems))
 
 
 def check_declared_ties(plan: Plan, declared: Mapping[str, str], origin: str) -> None:
@@ -106,11 +113,16 @@ def check_declared_ties(plan: Plan, declared: Mapping[str, str], origin: str) ->
         if plan.layout.aliases.get(alias) != canonical.get(kept):
             raise ConversionError(
                 f"{origin}: its metadata says {alias} is {kept}, but in "
-                f"{plan.variant.name} they are different tensors")
+                f"{plan.variant.name} they are different tensors"
+            )
 
 
-def plan_mapping(shapes: Mapping[str, tuple[int, ...]], variant: CoatVariant, paddle: bool = False,
-                 rules: tuple[Rule, ...] | None = None) -> Plan:
+def plan_mapping(
+    shapes: Mapping[str, tuple[int, ...]],
+    variant: CoatVariant,
+    paddle: bool = False,
+    rules: tuple[Rule, ...] | None = None,
+) -> Plan:
     """Decide each source key's fate from names and shapes alone.
 
     The shapes are torch's (a PyTorch checkpoint, mapped by ``RULES``), or with ``paddle``
@@ -167,9 +179,13 @@ class MappingReport:
     ties_filled: list[str]  # aliases absent from the source, written from their canonical tensor
 
 
-def apply_plan(plan: Plan, source: Mapping[str, Lazy], origin: str = "checkpoint",
-               allow_nonfinite: bool = False, dtype: np.dtype | None = None,
-               ) -> tuple[dict[str, Lazy], MappingReport]:
+def apply_plan(
+    plan: Plan,
+    source: Mapping[str, Lazy],
+    origin: str = "checkpoint",
+    allow_nonfinite: bool = False,
+    dtype: np.dtype | None = None,
+) -> tuple[dict[str, Lazy], MappingReport]:
     """The Paddle state dict, in layout order, aliases sharing one tensor.
 
     Names, shapes, dtypes and ties are checked now; each tensor is read, checked for NaN/Inf,
@@ -195,7 +211,8 @@ def apply_plan(plan: Plan, source: Mapping[str, Lazy], origin: str = "checkpoint
         if not (alias.same_as(kept) or np.array_equal(alias.load(), kept.load())):
             raise ConversionError(
                 f"{origin}: {key} should be the same tensor as {target} but holds other values; "
-                "the checkpoint is inconsistent")
+                "the checkpoint is inconsistent"
+            )
     out = {key: canonical[layout.aliases.get(key, key)] for key in layout.order}
     report = MappingReport(
         tensors=len(canonical),
@@ -208,8 +225,9 @@ def apply_plan(plan: Plan, source: Mapping[str, Lazy], origin: str = "checkpoint
     return out, report
 
 
-def _prepare(tensor: Lazy, where: str, transpose: bool, dtype: np.dtype | None,
-             allow_nonfinite: bool) -> np.ndarray:
+def _prepare(
+    tensor: Lazy, where: str, transpose: bool, dtype: np.dtype | None, allow_nonfinite: bool
+) -> np.ndarray:
     array = tensor.load()
     if not allow_nonfinite and not np.isfinite(array).all():
         raise ConversionError(f"{where} contains NaN or Inf values; pass --allow-nonfinite to convert anyway")
@@ -225,5 +243,5 @@ def _transposed(array: np.ndarray, rows: int = 16) -> np.ndarray:
     for the large Linear weights, whose plain transposed copy misses the cache."""
     out = np.empty(array.shape[::-1], dtype=array.dtype)
     for start in range(0, array.shape[0], rows):
-        out[:, start:start + rows] = array[start:start + rows].T
+        out[:, start : start + rows] = array[start : start + rows].T
     return out

@@ -7,6 +7,7 @@ always means bfloat16 here). ``.safetensors`` files may omit aliased tensors and
 in their metadata (``alias -> kept name``), as ``safetensors.torch.save_model`` does; reading
 fills them back in.
 """
+
 from __future__ import annotations
 
 import os
@@ -44,8 +45,7 @@ def read_pdparams(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise WeightsError(f"{path}: {e}") from None
     except Exception as e:  # truncated or corrupt pickles fail in many ways
         raise WeightsError(
-            f"{path}: not a readable .pdparams file ({type(e).__name__}: {e}); "
-            "it may be truncated or corrupt"
+            f"{path}: not a readable .pdparams file ({type(e).__name__}: {e}); it may be truncated or corrupt"
         ) from None
     if not isinstance(obj, dict):
         raise WeightsError(f"{path}: holds a {type(obj).__name__}, expected a state dict")
@@ -54,8 +54,7 @@ def read_pdparams(path: str | os.PathLike) -> dict[str, np.ndarray]:
         if key == _PADDLE_NAME_TABLE:
             continue
         if not isinstance(key, str) or not isinstance(value, np.ndarray):
-            raise WeightsError(
-                f"{path}: entry {key!r} is a {type(value).__name__}, expected an array")
+            raise WeightsError(f"{path}: entry {key!r} is a {type(value).__name__}, expected an array")
         state[key] = value.view(BFLOAT16) if value.dtype == np.uint16 else value
     return state
 
@@ -63,10 +62,7 @@ def read_pdparams(path: str | os.PathLike) -> dict[str, np.ndarray]:
 def safetensors_aliases(metadata: Mapping[str, str] | None, names) -> dict[str, str]:
     """``alias -> kept name`` entries of a safetensors header, as ``save_model`` writes them."""
     names = set(names)
-    return {
-        k: v for k, v in (metadata or {}).items()
-        if v in names and k not in names
-    }
+    return {k: v for k, v in (metadata or {}).items() if v in names and k not in names}
 
 
 def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:

@@ -1,4 +1,5 @@
 """Checkpoint in, Paddle weights out: read, detect, map, check, write."""
+
 from __future__ import annotations
 
 import hashlib
@@ -83,15 +84,15 @@ def sha256_file(path: Path, stop: threading.Event | None = None) -> str:
 
 
 def convert_checkpoint(
-        src: str | Path,
-        dst: str | Path,
-        variant: str | CoatVariant | None = None,
-        force: bool = False,
-        ema: bool = False,
-        allow_nonfinite: bool = False,
-        dtype: str | None = None,
-        to: str | None = None,
-        hash_source: bool = True,
+    src: str | Path,
+    dst: str | Path,
+    variant: str | CoatVariant | None = None,
+    force: bool = False,
+    ema: bool = False,
+    allow_nonfinite: bool = False,
+    dtype: str | None = None,
+    to: str | None = None,
+    hash_source: bool = True,
 ) -> ConversionResult:
     """Convert the PyTorch CoaT checkpoint ``src`` into Paddle weights at ``dst``.
 
@@ -119,7 +120,8 @@ def convert_checkpoint(
         sha256 = pool.submit(sha256_file, src, stop) if hash_source and src.is_file() else None
         try:
             name, container, state, report, num_classes = step(
-                src, dst, variant, ema, allow_nonfinite, _cast_dtype(dtype), timings, force)
+                src, dst, variant, ema, allow_nonfinite, _cast_dtype(dtype), timings, force
+            )
         except BaseException:
             stop.set()
             raise
@@ -143,8 +145,9 @@ def _to_paddle(src, dst, variant, ema, allow_nonfinite, dtype, timings, force):
     shapes = {k: tuple(v.shape) for k, v in checkpoint.state.items()}
     plan = plan_for(shapes, variant, origin=str(src), name_hint=src.name)
     check_declared_ties(plan, checkpoint.declared_ties, str(src))
-    state, report = apply_plan(plan, checkpoint.state, origin=str(src),
-                               allow_nonfinite=allow_nonfinite, dtype=dtype)
+    state, report = apply_plan(
+        plan, checkpoint.state, origin=str(src), allow_nonfinite=allow_nonfinite, dtype=dtype
+    )
     t2 = time.perf_counter()
     metadata = {"format": "paddle", "variant": plan.variant.name}
     write_state_dict(state, dst, plan.layout.aliases, metadata, force)
@@ -171,7 +174,8 @@ def _to_torch(src, dst, variant, ema, allow_nonfinite, dtype, timings, force):
         bad = [k for k in layout.tensors if not np.isfinite(source[k].astype(np.float32)).all()]
         if bad:
             raise ConversionError(
-                f"{src}: {preview(bad)} contain NaN or Inf values; pass --allow-nonfinite to convert anyway")
+                f"{src}: {preview(bad)} contain NaN or Inf values; pass --allow-nonfinite to convert anyway"
+            )
     state = to_torch_layout(source, layout, str(src))
     t2 = time.perf_counter()
     if dst.suffix == ".safetensors":  # timm's hub layout: aliases named in the metadata
@@ -180,9 +184,13 @@ def _to_torch(src, dst, variant, ema, allow_nonfinite, dtype, timings, force):
         write_torch(state, dst, force)
     timings.update(read_s=t1 - t0, map_s=t2 - t1, write_s=time.perf_counter() - t2)
     report = MappingReport(
-        tensors=len(layout.tensors), written=len(state),
+        tensors=len(layout.tensors),
+        written=len(state),
         transposed=[k for k, spec in layout.tensors.items() if spec.transposed],
-        dropped={}, ties_checked=sorted(layout.aliases), ties_filled=[])
+        dropped={},
+        ties_checked=sorted(layout.aliases),
+        ties_filled=[],
+    )
     head = state.get("head.weight")
     num_classes = 0 if head is None else int(head.shape[0])
     return v.name, "paddle weights", state, report, num_classes

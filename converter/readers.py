@@ -6,6 +6,7 @@ comes inside: the official
 ``{"model": ...}`` release files and training checkpoints, ``state_dict`` wrappers, EMA copies,
 and the ``module.`` / ``_orig_mod.`` prefixes of DDP and ``torch.compile``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -45,21 +46,24 @@ class Checkpoint:
 
 
 def _is_state_dict(obj: Any) -> bool:
-    return isinstance(obj, dict) and bool(obj) and all(
-        isinstance(k, str) and isinstance(v, Lazy) for k, v in obj.items())
+    return (
+        isinstance(obj, dict)
+        and bool(obj)
+        and all(isinstance(k, str) and isinstance(v, Lazy) for k, v in obj.items())
+    )
 
 
 def _unwrap(obj: Any, path: Path, ema: bool) -> tuple[dict[str, np.ndarray], str]:
     if not isinstance(obj, dict):
-        raise ConversionError(
-            f"{path}: holds a {type(obj).__name__}, not a state dict or a checkpoint dict")
+        raise ConversionError(f"{path}: holds a {type(obj).__name__}, not a state dict or a checkpoint dict")
     if ema:
         for key in _EMA_WRAPPERS:
             if obj.get(key) is not None:
                 return obj[key], f"'{key}' entry"
         raise ConversionError(
             f"{path}: --ema was given but the checkpoint has no EMA weights "
-            f"(no non-empty {' or '.join(_EMA_WRAPPERS)} entry); drop --ema to take the model weights")
+            f"(no non-empty {' or '.join(_EMA_WRAPPERS)} entry); drop --ema to take the model weights"
+        )
     if _is_state_dict(obj):
         return obj, "bare state dict"
     for key in _WRAPPERS:
@@ -68,7 +72,8 @@ def _unwrap(obj: Any, path: Path, ema: bool) -> tuple[dict[str, np.ndarray], str
     raise ConversionError(
         f"{path}: found no state dict; expected tensors at the top level or under "
         f"{', '.join(repr(k) for k in _WRAPPERS + _EMA_WRAPPERS)}; the file has "
-        f"{preview(str(k) for k in obj)}")
+        f"{preview(str(k) for k in obj)}"
+    )
 
 
 def _strip_prefixes(state: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
@@ -78,7 +83,7 @@ def _strip_prefixes(state: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         changed = False
         for prefix in _PREFIXES:
             if state and all(k.startswith(prefix) for k in state):
-                state = {k[len(prefix):]: v for k, v in state.items()}
+                state = {k[len(prefix) :]: v for k, v in state.items()}
                 stripped.append(prefix)
                 changed = True
     return state, stripped
@@ -90,12 +95,15 @@ def read_checkpoint(path: str | Path, ema: bool = False) -> Checkpoint:
     check_input_file(path, ConversionError, "the checkpoint file")
     if safetensors_io.is_safetensors(path):
         if ema:
-            raise ConversionError(f"{path}: --ema needs a training checkpoint; a .safetensors file "
-                                  "has one state dict")
+            raise ConversionError(
+                f"{path}: --ema needs a training checkpoint; a .safetensors file has one state dict"
+            )
         state, metadata = safetensors_io.open_file(path)
         if metadata.get("format") == "paddle":
-            raise ConversionError(f"{path}: holds Paddle weights (written by this converter); to "
-                                  "turn them back into timm's layout pass --to torch")
+            raise ConversionError(
+                f"{path}: holds Paddle weights (written by this converter); to "
+                "turn them back into timm's layout pass --to torch"
+            )
         container, declared = "safetensors", safetensors_aliases(metadata, state)
     elif is_torch_zip(path):
         state, entry = _unwrap(load_torch_file(path), path, ema)
@@ -104,11 +112,14 @@ def read_checkpoint(path: str | Path, ema: bool = False) -> Checkpoint:
         state, entry = _unwrap(load_legacy_torch_file(path), path, ema)
         container, declared = f"legacy torch file, {entry}", {}
     elif path.suffix == ".pdparams":
-        raise ConversionError(f"{path}: is Paddle weights (.pdparams), not a PyTorch checkpoint; to "
-                              "turn them into timm's layout pass --to torch")
+        raise ConversionError(
+            f"{path}: is Paddle weights (.pdparams), not a PyTorch checkpoint; to "
+            "turn them into timm's layout pass --to torch"
+        )
     else:
         raise ConversionError(
-            f"{path}: neither a PyTorch checkpoint (zip or legacy format) nor a .safetensors file")
+            f"{path}: neither a PyTorch checkpoint (zip or legacy format) nor a .safetensors file"
+        )
     state, stripped = _strip_prefixes(state)
     if stripped:
         container += f", prefix {' '.join(stripped)} removed"

@@ -5,6 +5,7 @@ with ``paddle=True``): the same keys (timm lists every alias, so they are all wr
 one tensor), Linear weights transposed back, dtypes kept. A round trip torch -> paddle ->
 torch gives back timm's tensors bit for bit.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -22,8 +23,9 @@ if TYPE_CHECKING:
     import torch
 
 
-def paddle_layout_for(shapes: Mapping[str, tuple[int, ...]], variant: CoatVariant | None,
-                      origin: str, name_hint: str = "") -> tuple[CoatVariant, Layout]:
+def paddle_layout_for(
+    shapes: Mapping[str, tuple[int, ...]], variant: CoatVariant | None, origin: str, name_hint: str = ""
+) -> tuple[CoatVariant, Layout]:
     """The variant and layout a Paddle-layout state dict fits exactly (keys and shapes)."""
     plan = plan_for(shapes, variant, origin, name_hint, paddle=True)
     return VARIANTS[plan.variant.name], plan.layout
@@ -62,7 +64,8 @@ def write_torch(state: Mapping[str, np.ndarray], path: Path, force: bool = False
     except ImportError:
         raise ConversionError(
             f"{path}: writing a .pth file needs torch; install it, or write a .safetensors "
-            "file with --to torch, which needs no torch") from None
+            "file with --to torch, which needs no torch"
+        ) from None
     from .writers import atomic_write
 
     tensors: dict[int, torch.Tensor] = {}

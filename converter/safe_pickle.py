@@ -15,6 +15,7 @@ them as data with its own interpreter of the opcodes (decoded by the standard li
 - numpy arrays must have a numeric dtype and exactly as many bytes as their shape needs; they
   are views of the bytes read from the file (read-only), never allocations a header asks for.
 """
+
 from __future__ import annotations
 
 import io
@@ -138,8 +139,10 @@ def inert_class(name: str) -> type:
 
 # --- numpy: arrays, dtypes and scalars, as numpy 1 and 2 pickle them -------------------------
 
-_NUMERIC_DTYPES = {np.dtype(c).str[1:]: np.dtype(c) for c in
-                   ("f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "b1")}
+_NUMERIC_DTYPES = {
+    np.dtype(c).str[1:]: np.dtype(c)
+    for c in ("f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "b1")
+}
 
 
 class _NDArrayClass:
@@ -167,29 +170,41 @@ class _DType(Buildable):
 
     def __init__(self, spec: Any, align: Any = False, copy: Any = True) -> None:
         if type(spec) is not str or spec.lstrip("<>|=") not in _NUMERIC_DTYPES:
-            raise _refuse(f"the pickle asks for numpy dtype {brief(spec)}; only numeric dtypes are read "
-                          "(no objects, no structured dtypes)")
+            raise _refuse(
+                f"the pickle asks for numpy dtype {brief(spec)}; only numeric dtypes are read "
+                "(no objects, no structured dtypes)"
+            )
         self.dtype = _NUMERIC_DTYPES[spec.lstrip("<>|=")]
 
     def build(self, state: Any) -> np.dtype:
         # (version, byteorder, subarray, names, fields, elsize, alignment, flags[, metadata])
-        if not (isinstance(state, tuple) and len(state) in (8, 9) and state[0] in (3, 4)
-                and state[1] in ("<", ">", "|", "=") and state[2:5] == (None, None, None)
-                and all(type(x) is int for x in state[5:8])):
+        if not (
+            isinstance(state, tuple)
+            and len(state) in (8, 9)
+            and state[0] in (3, 4)
+            and state[1] in ("<", ">", "|", "=")
+            and state[2:5] == (None, None, None)
+            and all(type(x) is int for x in state[5:8])
+        ):
             raise _refuse(f"numpy dtype state {brief(state)} is not a plain numeric dtype")
         byteorder = state[1]
-        return self.dtype.newbyteorder(byteorder) if byteorder in "<>" and self.dtype.itemsize > 1 \
+        return (
+            self.dtype.newbyteorder(byteorder)
+            if byteorder in "<>" and self.dtype.itemsize > 1
             else self.dtype
+        )
 
     def __repr__(self) -> str:
         return f"dtype({self.dtype})"
 
 
 def _shape(value: Any, limits: Limits, what: str) -> tuple[int, ...]:
-    if not (isinstance(value, tuple) and len(value) <= limits.ndim
-            and all(type(n) is int and 0 <= n < 1 << 62 for n in value)):
-        raise _refuse(f"{what} has shape {brief(value)}; expected up to {limits.ndim} "
-                      "non-negative integers")
+    if not (
+        isinstance(value, tuple)
+        and len(value) <= limits.ndim
+        and all(type(n) is int and 0 <= n < 1 << 62 for n in value)
+    ):
+        raise _refuse(f"{what} has shape {brief(value)}; expected up to {limits.ndim} non-negative integers")
     return value
 
 
@@ -212,8 +227,10 @@ class _Array(Buildable):
         for n in shape:
             count *= n
         if count * dtype.itemsize != len(raw):
-            raise _refuse(f"a numpy array of shape {shape} and dtype {dtype} needs "
-                          f"{count * dtype.itemsize} bytes, the file gives {len(raw)}")
+            raise _refuse(
+                f"a numpy array of shape {shape} and dtype {dtype} needs "
+                f"{count * dtype.itemsize} bytes, the file gives {len(raw)}"
+            )
         return np.frombuffer(raw, dtype=dtype).reshape(shape, order="F" if fortran else "C")
 
 
@@ -264,9 +281,13 @@ _MUTABLE = (list, dict, set, Buildable)
 _REFUSED_OPCODES = {"INST", "OBJ", "EXT1", "EXT2", "EXT4", "NEXT_BUFFER", "READONLY_BUFFER"}
 
 
-def load(file: IO[bytes], allowed: Mapping[tuple[str, str], Any],
-         persistent_load: Callable[[Any], Any] | None = None, limits: Limits = LIMITS,
-         end: int | None = None) -> Any:
+def load(
+    file: IO[bytes],
+    allowed: Mapping[tuple[str, str], Any],
+    persistent_load: Callable[[Any], Any] | None = None,
+    limits: Limits = LIMITS,
+    end: int | None = None,
+) -> Any:
     """The object of one pickle read from ``file`` (up to ``end``, default its end), as data.
 
     ``allowed`` maps ``(module, name)`` to the stand-in a global names; ``persistent_load``
@@ -369,8 +390,15 @@ class _Machine:
                 self.step(name, arg)
                 if len(self.stack) > self.limits.stack:
                     raise _refuse(f"the pickle holds more than {self.limits.stack} items on its stack")
-        except (ValueError, EOFError, IndexError, KeyError, TypeError, OverflowError,
-                UnicodeDecodeError) as e:
+        except (
+            ValueError,
+            EOFError,
+            IndexError,
+            KeyError,
+            TypeError,
+            OverflowError,
+            UnicodeDecodeError,
+        ) as e:
             if isinstance(e, CorruptPickle):
                 raise
             raise CorruptPickle(f"{type(e).__name__}: {e}") from None
@@ -378,9 +406,27 @@ class _Machine:
 
     def step(self, name: str, arg: Any) -> None:
         stack = self.stack
-        if name in ("INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4", "FLOAT",
-                    "BINFLOAT", "STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE",
-                    "SHORT_BINUNICODE", "BINUNICODE8", "BINBYTES", "SHORT_BINBYTES", "BINBYTES8"):
+        if name in (
+            "INT",
+            "BININT",
+            "BININT1",
+            "BININT2",
+            "LONG",
+            "LONG1",
+            "LONG4",
+            "FLOAT",
+            "BINFLOAT",
+            "STRING",
+            "BINSTRING",
+            "SHORT_BINSTRING",
+            "UNICODE",
+            "BINUNICODE",
+            "SHORT_BINUNICODE",
+            "BINUNICODE8",
+            "BINBYTES",
+            "SHORT_BINBYTES",
+            "BINBYTES8",
+        ):
             stack.append(arg)
         elif name == "BYTEARRAY8":
             stack.append(bytes(arg))

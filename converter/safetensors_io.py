@@ -6,6 +6,7 @@ tensor bytes. Reading is the ``safetensors`` package's (validated by its fuzzed 
 writing is :func:`serialize` here, which streams tensor by tensor (the package's writers take
 every tensor in memory at once), and is tested against the package's reader.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,10 +22,16 @@ from .errors import WeightsError
 from .lazy import Lazy
 
 DTYPES = {
-    "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
+    "F64": np.dtype("<f8"),
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
     "BF16": np.dtype(ml_dtypes.bfloat16),
-    "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
-    "U8": np.dtype("u1"), "BOOL": np.dtype("?"),
+    "I64": np.dtype("<i8"),
+    "I32": np.dtype("<i4"),
+    "I16": np.dtype("<i2"),
+    "I8": np.dtype("i1"),
+    "U8": np.dtype("u1"),
+    "BOOL": np.dtype("?"),
 }
 _NAMES = {dtype: name for name, dtype in DTYPES.items()}
 
@@ -49,8 +56,11 @@ def open_file(path: str | os.PathLike) -> tuple[dict[str, Lazy], dict[str, str]]
             view = handle.get_slice(name)
             dtype = DTYPES.get(view.get_dtype())
             if dtype is None:
-                raise _fail(path, f"tensor {name!r} has dtype {view.get_dtype()}, which CoaT weights "
-                                  f"never use (expected one of {', '.join(DTYPES)})")
+                raise _fail(
+                    path,
+                    f"tensor {name!r} has dtype {view.get_dtype()}, which CoaT weights "
+                    f"never use (expected one of {', '.join(DTYPES)})",
+                )
             state[name] = Lazy(tuple(view.get_shape()), dtype, _loader(handle, name, dtype, path))
     except WeightsError:
         raise
@@ -66,6 +76,7 @@ def _loader(handle, name: str, dtype: np.dtype, path):
         except Exception as e:
             raise _fail(path, f"tensor {name!r} is unreadable: {one_line(str(e))}") from None
         return array.view(dtype) if array.dtype != dtype else array
+
     return load
 
 
@@ -89,8 +100,7 @@ def _load_each(tensors):
         yield tensor.load() if hasattr(tensor, "load") else tensor
 
 
-def serialize(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None,
-              load=None):
+def serialize(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None, load=None):
     """The bytes of a safetensors file holding ``tensors`` in the given order, as chunks.
 
     A value may also be any object with ``shape``, ``dtype`` and ``load()`` (a lazily read
@@ -106,8 +116,11 @@ def serialize(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | N
         if dtype not in _NAMES:
             raise WeightsError(f"{name}: dtype {tensor.dtype} cannot be stored in safetensors")
         nbytes = int(np.prod(tensor.shape, dtype=np.int64)) * dtype.itemsize
-        header[name] = {"dtype": _NAMES[dtype], "shape": list(tensor.shape),
-                        "data_offsets": [offset, offset + nbytes]}
+        header[name] = {
+            "dtype": _NAMES[dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + nbytes],
+        }
         offset += nbytes
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned

@@ -11,6 +11,7 @@ turned into inert data); tensors become :class:`~converter.lazy.Lazy` arrays, re
 storages only when loaded, and every storage is checked to lie inside the file before any of
 it is read.
 """
+
 from __future__ import annotations
 
 import struct
@@ -78,8 +79,10 @@ class _Storage:
         except CoatError:
             raise
         except Exception as e:
-            raise ConversionError(f"{self.path}: tensor data {self.name} is unreadable "
-                                  f"({type(e).__name__}: {e}); the file may be corrupt") from None
+            raise ConversionError(
+                f"{self.path}: tensor data {self.name} is unreadable "
+                f"({type(e).__name__}: {e}); the file may be corrupt"
+            ) from None
         return np.frombuffer(raw, dtype=self.dtype, count=self.numel)
 
 
@@ -99,22 +102,30 @@ def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, *_unused:
     """The tensor that ``storage``, ``offset``, ``size``, ``stride`` describe, read on demand."""
     if not isinstance(storage, _Storage):
         raise UnsafePickleError(f"a tensor is rebuilt from {safe_pickle.brief(storage)}, not a storage")
-    if not (_positive_int(offset) and isinstance(size, tuple) and isinstance(stride, tuple)
-            and len(size) == len(stride) <= 32 and all(map(_positive_int, size + stride))):
+    if not (
+        _positive_int(offset)
+        and isinstance(size, tuple)
+        and isinstance(stride, tuple)
+        and len(size) == len(stride) <= 32
+        and all(map(_positive_int, size + stride))
+    ):
         raise UnsafePickleError(
             f"tensor geometry size={safe_pickle.brief(size)} stride={safe_pickle.brief(stride)} "
             f"offset={safe_pickle.brief(offset)} is invalid; sizes, strides and the offset must be "
-            "non-negative integers")
+            "non-negative integers"
+        )
     if 0 not in size and offset + sum((n - 1) * s for n, s in zip(size, stride)) >= storage.numel:
         raise UnsafePickleError(
-            f"tensor of size {size} reads past its storage {storage.name} of {storage.numel} elements")
+            f"tensor of size {size} reads past its storage {storage.name} of {storage.numel} elements"
+        )
 
     def load() -> np.ndarray:
         if 0 in size:
             return np.zeros(size, dtype=storage.dtype)
         data = storage.read()
         view = np.lib.stride_tricks.as_strided(
-            data[offset:], shape=size, strides=[s * data.itemsize for s in stride], writeable=False)
+            data[offset:], shape=size, strides=[s * data.itemsize for s in stride], writeable=False
+        )
         return np.ascontiguousarray(view)
 
     return Lazy(size, storage.dtype, load, identity=(storage.name, offset, size, stride))
@@ -145,8 +156,9 @@ def _storage_pid(pid: Any, length: int) -> tuple[np.dtype, str, int, Any]:
     if not isinstance(storage_type, _StorageType):
         raise UnsafePickleError(f"storage of unknown type {safe_pickle.brief(storage_type)}")
     if type(key) is not str or len(key) > 256 or not _positive_int(numel):
-        raise UnsafePickleError(f"storage key {safe_pickle.brief(key)} or size "
-                                f"{safe_pickle.brief(numel)} is invalid")
+        raise UnsafePickleError(
+            f"storage key {safe_pickle.brief(key)} or size {safe_pickle.brief(numel)} is invalid"
+        )
     return storage_type.dtype, key, numel, rest
 
 
@@ -156,10 +168,12 @@ def _in_context(path: Path, e: Exception) -> CoatError:
         return type(e)(f"{path}: {e}")
     return ConversionError(
         f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e}); "
-        "the file may be truncated or corrupt")
+        "the file may be truncated or corrupt"
+    )
 
 
 # --- zip archives (torch >= 1.6) ------------------------------------------------------------
+
 
 class _ZipStorage(_Storage):
     def __init__(self, path: Path, info: zipfile.ZipInfo, dtype: np.dtype, numel: int) -> None:
@@ -197,7 +211,7 @@ def _zip_directory_size(f: BinaryIO, size: int) -> tuple[int, int]:
     at = data.rfind(b"PK\x05\x06")
     if at < 0 or len(data) - at < 22:
         raise ValueError("no zip end-of-central-directory record")
-    _, _, _, _, entries, cd_size, _, _ = struct.unpack("<4s4H2LH", data[at:at + 22])
+    _, _, _, _, entries, cd_size, _, _ = struct.unpack("<4s4H2LH", data[at : at + 22])
     if entries == 0xFFFF or cd_size == 0xFFFFFFFF:  # zip64: the locator sits just before
         locator = size - tail + at - 20
         if locator < 0:
@@ -220,13 +234,15 @@ def _open_archive(path: Path, size: int) -> zipfile.ZipFile:
     if entries > MAX_MEMBERS or cd_size > min(size, MAX_MEMBERS * 1024):
         raise ConversionError(
             f"the zip archive lists {entries} members in {cd_size} bytes; a torch checkpoint has "
-            f"at most {MAX_MEMBERS}, so it was refused unread")
+            f"at most {MAX_MEMBERS}, so it was refused unread"
+        )
     archive = zipfile.ZipFile(path)
     for info in archive.infolist():
         if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 1:
             raise ConversionError(
                 f"member {info.filename!r} is compressed or encrypted; torch.save never compresses, "
-                "so this is not a torch checkpoint (and a compressed member can inflate without bound)")
+                "so this is not a torch checkpoint (and a compressed member can inflate without bound)"
+            )
         if info.file_size != info.compress_size or info.header_offset + info.file_size > size:
             raise ConversionError(f"member {info.filename!r} does not fit inside the file")
     return archive
@@ -246,8 +262,10 @@ class _ZipStorages:
             except KeyError:
                 raise ConversionError(f"the archive lacks the storage member {member}") from None
             if info.file_size < numel * dtype.itemsize:
-                raise ConversionError(f"storage {member} holds {info.file_size} bytes, "
-                                      f"{numel} elements of {dtype} expected; the file is corrupt")
+                raise ConversionError(
+                    f"storage {member} holds {info.file_size} bytes, "
+                    f"{numel} elements of {dtype} expected; the file is corrupt"
+                )
             self.storages[key] = _ZipStorage(self.path, info, dtype, numel)
         storage = self.storages[key]
         if storage.dtype != dtype or storage.numel != numel:
@@ -276,12 +294,13 @@ def load_torch_file(path: str | Path) -> Any:
                 raise ConversionError("big-endian checkpoints are not supported")
             info = archive.getinfo(pickles[0])
             if info.file_size > MAX_PICKLE_BYTES:
-                raise ConversionError(f"data.pkl has {info.file_size} bytes, more than the "
-                                      f"{MAX_PICKLE_BYTES} any checkpoint needs")
+                raise ConversionError(
+                    f"data.pkl has {info.file_size} bytes, more than the "
+                    f"{MAX_PICKLE_BYTES} any checkpoint needs"
+                )
             with open(path, "rb") as f:
                 data = _member_bytes(f, info, size).tobytes()
-            return safe_pickle.loads(data, TORCH_ALLOWED,
-                                     persistent_load=_ZipStorages(path, archive, root))
+            return safe_pickle.loads(data, TORCH_ALLOWED, persistent_load=_ZipStorages(path, archive, root))
     except Exception as e:  # corrupt zips and pickles fail in many ways
         raise _in_context(path, e) from None
 
@@ -309,7 +328,7 @@ class _LegacyView(_Storage):
         self.base, self.offset = base, offset
 
     def raw(self) -> np.ndarray:
-        return self.base.read()[self.offset:self.offset + self.numel].view(np.uint8)
+        return self.base.read()[self.offset : self.offset + self.numel].view(np.uint8)
 
 
 class _LegacyStorages:
@@ -324,8 +343,13 @@ class _LegacyStorages:
             raise ConversionError(f"storage {key} is described twice, differently")
         if view is None:
             return storage
-        if not (isinstance(view, tuple) and len(view) == 3 and _positive_int(view[1])
-                and _positive_int(view[2]) and view[1] + view[2] <= numel):
+        if not (
+            isinstance(view, tuple)
+            and len(view) == 3
+            and _positive_int(view[1])
+            and _positive_int(view[2])
+            and view[1] + view[2] <= numel
+        ):
             raise UnsafePickleError(f"storage view {safe_pickle.brief(view)} is invalid")
         return _LegacyView(storage, view[1], view[2])
 
@@ -361,8 +385,9 @@ def load_legacy_torch_file(path: str | Path) -> Any:
             if not (isinstance(keys, list) and all(type(k) is str for k in keys)):
                 raise ConversionError("the list of storage keys is missing or malformed")
             if set(keys) != storages.storages.keys() or len(keys) != len(set(keys)):
-                raise ConversionError("the list of storage keys does not match the storages the "
-                                      "pickle refers to")
+                raise ConversionError(
+                    "the list of storage keys does not match the storages the pickle refers to"
+                )
             position = f.tell()
             for key in keys:
                 storage = storages.storages[key]
@@ -374,7 +399,8 @@ def load_legacy_torch_file(path: str | Path) -> Any:
                 if numel != storage.numel or position + 8 + nbytes > size:
                     raise ConversionError(
                         f"storage {key} records {numel} elements, {storage.numel} expected, or runs "
-                        "past the end of the file; the file is truncated or corrupt")
+                        "past the end of the file; the file is truncated or corrupt"
+                    )
                 storage.start = position + 8
                 position = f.seek(storage.start + nbytes)
             return obj

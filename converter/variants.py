@@ -3,6 +3,7 @@
 The Paddle model builds from it, the converter detects variants from it and the reference
 side builds timm's model from it; ``tests/test_variants.py`` checks it against timm.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -51,24 +52,78 @@ def _variants(*variants: CoatVariant) -> Mapping[str, CoatVariant]:
 
 
 VARIANTS: Mapping[str, CoatVariant] = _variants(
-    CoatVariant("coat_tiny", (152, 152, 152, 152), (2, 2, 2, 2), parallel_depth=6,
-                release_sha256="c6efc33c", top1=78.3, top5=94.0),
-    CoatVariant("coat_mini", (152, 216, 216, 216), (2, 2, 2, 2), parallel_depth=6,
-                release_sha256="40667eec", top1=81.0, top5=95.2),
-    CoatVariant("coat_small", (152, 320, 320, 320), (2, 2, 2, 2), parallel_depth=6,
-                release_sha256="7479cf9b", top1=82.1, top5=96.1),
-    CoatVariant("coat_lite_tiny", (64, 128, 256, 320), (2, 2, 2, 2), mlp_ratios=(8, 8, 4, 4),
-                release_sha256="e88e96b0", top1=77.5, top5=93.8),
-    CoatVariant("coat_lite_mini", (64, 128, 320, 512), (2, 2, 2, 2), mlp_ratios=(8, 8, 4, 4),
-                release_sha256="6b4a8ae5", top1=79.1, top5=94.5),
-    CoatVariant("coat_lite_small", (64, 128, 320, 512), (3, 4, 6, 3), mlp_ratios=(8, 8, 4, 4),
-                release_sha256="8d362f48", top1=81.9, top5=95.5),
-    CoatVariant("coat_lite_medium", (128, 256, 320, 512), (3, 6, 10, 8),
-                release_sha256="a750cd63", top1=83.6, top5=96.7),
     CoatVariant(
-        "coat_lite_medium_384", (128, 256, 320, 512), (3, 6, 10, 8),
-        img_size=384, crop_pct=1.0, crop_mode="squash",
-        release_sha256="f9129688", top1=84.5, top5=97.1,
+        "coat_tiny",
+        (152, 152, 152, 152),
+        (2, 2, 2, 2),
+        parallel_depth=6,
+        release_sha256="c6efc33c",
+        top1=78.3,
+        top5=94.0,
+    ),
+    CoatVariant(
+        "coat_mini",
+        (152, 216, 216, 216),
+        (2, 2, 2, 2),
+        parallel_depth=6,
+        release_sha256="40667eec",
+        top1=81.0,
+        top5=95.2,
+    ),
+    CoatVariant(
+        "coat_small",
+        (152, 320, 320, 320),
+        (2, 2, 2, 2),
+        parallel_depth=6,
+        release_sha256="7479cf9b",
+        top1=82.1,
+        top5=96.1,
+    ),
+    CoatVariant(
+        "coat_lite_tiny",
+        (64, 128, 256, 320),
+        (2, 2, 2, 2),
+        mlp_ratios=(8, 8, 4, 4),
+        release_sha256="e88e96b0",
+        top1=77.5,
+        top5=93.8,
+    ),
+    CoatVariant(
+        "coat_lite_mini",
+        (64, 128, 320, 512),
+        (2, 2, 2, 2),
+        mlp_ratios=(8, 8, 4, 4),
+        release_sha256="6b4a8ae5",
+        top1=79.1,
+        top5=94.5,
+    ),
+    CoatVariant(
+        "coat_lite_small",
+        (64, 128, 320, 512),
+        (3, 4, 6, 3),
+        mlp_ratios=(8, 8, 4, 4),
+        release_sha256="8d362f48",
+        top1=81.9,
+        top5=95.5,
+    ),
+    CoatVariant(
+        "coat_lite_medium",
+        (128, 256, 320, 512),
+        (3, 6, 10, 8),
+        release_sha256="a750cd63",
+        top1=83.6,
+        top5=96.7,
+    ),
+    CoatVariant(
+        "coat_lite_medium_384",
+        (128, 256, 320, 512),
+        (3, 6, 10, 8),
+        img_size=384,
+        crop_pct=1.0,
+        crop_mode="squash",
+        release_sha256="f9129688",
+        top1=84.5,
+        top5=97.1,
     ),
 )
 
@@ -78,6 +133,4 @@ def get_variant(name: str) -> CoatVariant:
     try:
         return VARIANTS[name]
     except KeyError:
-        raise KeyError(
-            f"unknown CoaT variant {name!r}; known variants: {', '.join(VARIANTS)}"
-        ) from None
+        raise KeyError(f"unknown CoaT variant {name!r}; known variants: {', '.join(VARIANTS)}") from None

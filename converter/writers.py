@@ -7,6 +7,7 @@ once, and bfloat16 is stored as uint16 bits, as Paddle does. A ``.safetensors`` 
 name per shared tensor and records the others in its metadata (``alias -> kept name``), as
 ``safetensors.torch.save_model`` does.
 """
+
 from __future__ import annotations
 
 import errno
@@ -32,7 +33,8 @@ def check_destination(path: Path, force: bool, formats=PADDLE_FORMATS) -> None:
     """Refuse a destination that cannot or should not be written."""
     if path.suffix not in formats:
         raise ConversionError(
-            f"{path}: unknown output format {path.suffix!r}; name it {' or '.join(formats)}")
+            f"{path}: unknown output format {path.suffix!r}; name it {' or '.join(formats)}"
+        )
     if not path.parent.is_dir():
         raise ConversionError(f"{path}: the directory {path.parent} does not exist; create it first")
     if path.is_dir():
@@ -185,9 +187,13 @@ def write_pdparams(state: Mapping[str, np.ndarray], path: Path, force: bool = Fa
         arrays.close()
 
 
-def write_safetensors(state: Mapping[str, np.ndarray], path: Path,
-                      aliases: Mapping[str, str], metadata: Mapping[str, str],
-                      force: bool = False) -> None:
+def write_safetensors(
+    state: Mapping[str, np.ndarray],
+    path: Path,
+    aliases: Mapping[str, str],
+    metadata: Mapping[str, str],
+    force: bool = False,
+) -> None:
     kept = {k: v for k, v in state.items() if k not in aliases}
     header = {**metadata, **aliases}
 
@@ -198,8 +204,13 @@ def write_safetensors(state: Mapping[str, np.ndarray], path: Path,
     atomic_write(path, write, force)
 
 
-def write_state_dict(state: Mapping[str, np.ndarray], path: Path, aliases: Mapping[str, str],
-                     metadata: Mapping[str, str], force: bool = False) -> None:
+def write_state_dict(
+    state: Mapping[str, np.ndarray],
+    path: Path,
+    aliases: Mapping[str, str],
+    metadata: Mapping[str, str],
+    force: bool = False,
+) -> None:
     """Write ``state`` in the format ``path``'s suffix names (replacing it only if ``force``)."""
     if path.suffix == ".safetensors":
         write_safetensors(state, path, aliases, metadata, force)

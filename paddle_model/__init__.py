@@ -6,6 +6,7 @@ without importing Paddle, that a supported Paddle is there, and says what to ins
 The model (``create_model``, ``CoaT``, the per-variant factories) imports paddle on first use;
 the conversion (:mod:`converter`) needs no Paddle at all.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -15,8 +16,10 @@ from importlib import metadata
 
 OLDEST_PADDLE = (3, 0, 0)  # the oldest release the tests run on (the torch-free CI job)
 PADDLE_DISTRIBUTIONS = ("paddlepaddle", "paddlepaddle-gpu")
-_INSTALL = ("pip install 'coat-paddle[cpu]' for the CPU build, or paddlepaddle-gpu>=3.0 for a GPU "
-            "(https://www.paddlepaddle.org.cn/install)")
+_INSTALL = (
+    "pip install 'coat-paddle[cpu]' for the CPU build, or paddlepaddle-gpu>=3.0 for a GPU "
+    "(https://www.paddlepaddle.org.cn/install)"
+)
 
 
 def _release(version: str) -> tuple[int, ...]:
@@ -60,8 +63,17 @@ _LAZY = {
     "load_state_dict": ".weights",
 }
 
-__all__ = ["VARIANTS", "CoatVariant", "get_variant", "CoatError", "WeightsError",
-           "UnsafePickleError", "set_cpu_threads", "paddle_problem", *_LAZY]
+__all__ = [
+    "VARIANTS",
+    "CoatVariant",
+    "get_variant",
+    "CoatError",
+    "WeightsError",
+    "UnsafePickleError",
+    "set_cpu_threads",
+    "paddle_problem",
+    *_LAZY,
+]
 
 
 def __getattr__(name: str):

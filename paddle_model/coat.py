@@ -8,6 +8,7 @@ to one, and the blocks read side by side with timm's ``timm/models/coat.py``. Li
 code, and unlike timm's port, the parallel blocks resample between scales to the target scale's
 size, so the model runs at any input size.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,14 +32,16 @@ _ones = nn.initializer.Constant(1.0)
 def _linear(n_in: int, n_out: int) -> nn.Linear:
     """A Linear initialised as timm's CoaT does: truncated normal (std .02), zero bias."""
     return nn.Linear(
-        n_in, n_out,
+        n_in,
+        n_out,
         weight_attr=paddle.ParamAttr(initializer=_trunc_normal),
         bias_attr=paddle.ParamAttr(initializer=_zeros),
     )
 
 
-def _conv(c_in: int, c_out: int, kernel: int, stride: int = 1, padding: int = 0,
-          groups: int = 1, conv=nn.Conv2D) -> nn.Layer:
+def _conv(
+    c_in: int, c_out: int, kernel: int, stride: int = 1, padding: int = 0, groups: int = 1, conv=nn.Conv2D
+) -> nn.Layer:
     """A convolution with torch's default initialisation, as timm's CoaT leaves it.
 
     torch draws weight and bias from U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
@@ -47,7 +50,12 @@ def _conv(c_in: int, c_out: int, kernel: int, stride: int = 1, padding: int = 0,
     bound = 1.0 / math.sqrt(fan_in)
     init = nn.initializer.Uniform(-bound, bound)
     return conv(
-        c_in, c_out, kernel, stride=stride, padding=padding, groups=groups,
+        c_in,
+        c_out,
+        kernel,
+        stride=stride,
+        padding=padding,
+        groups=groups,
         weight_attr=paddle.ParamAttr(initializer=init),
         bias_attr=paddle.ParamAttr(initializer=init),
     )
@@ -61,8 +69,12 @@ class LayerNorm(nn.LayerNorm):
     """
 
     def __init__(self, dim: int, eps: float) -> None:
-        super().__init__(dim, epsilon=eps, weight_attr=paddle.ParamAttr(initializer=_ones),
-                         bias_attr=paddle.ParamAttr(initializer=_zeros))
+        super().__init__(
+            dim,
+            epsilon=eps,
+            weight_attr=paddle.ParamAttr(initializer=_ones),
+            bias_attr=paddle.ParamAttr(initializer=_zeros),
+        )
         self.dim = dim
         self.eps = eps
 
@@ -119,8 +131,9 @@ class PatchEmbed(nn.Layer):
         self.proj = _conv(in_chans, embed_dim, patch_size, stride=patch_size)
         self.norm = LayerNorm(embed_dim, eps)
 
-    def forward(self, x: paddle.Tensor, size: tuple[int, int] | None = None
-                ) -> tuple[paddle.Tensor, tuple[int, int]]:
+    def forward(
+        self, x: paddle.Tensor, size: tuple[int, int] | None = None
+    ) -> tuple[paddle.Tensor, tuple[int, int]]:
         """Images [B, C, H, W], or with ``size`` the previous stage's tokens [B, 1 + H*W, C]
         of an image that size -> ([B, H/p * W/p, out] tokens, their grid size)."""
         if size is not None:
@@ -185,13 +198,19 @@ class ConvRelPosEnc(nn.Layer):
 class FactorAttnConvRelPosEnc(nn.Layer):
     """Factorised attention, softmax(K)^T V taken first, plus the conv relative encoding."""
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool, proj_drop: float,
-                 shared_crpe: ConvRelPosEnc) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, qkv_bias: bool, proj_drop: float, shared_crpe: ConvRelPosEnc
+    ) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.scale = (dim // num_heads) ** -0.5
-        self.qkv = _linear(dim, dim * 3) if qkv_bias else nn.Linear(
-            dim, dim * 3, weight_attr=paddle.ParamAttr(initializer=_trunc_normal), bias_attr=False)
+        self.qkv = (
+            _linear(dim, dim * 3)
+            if qkv_bias
+            else nn.Linear(
+                dim, dim * 3, weight_attr=paddle.ParamAttr(initializer=_trunc_normal), bias_attr=False
+            )
+        )
         self.proj = _linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         self.crpe = shared_crpe
@@ -212,14 +231,22 @@ class FactorAttnConvRelPosEnc(nn.Layer):
 class SerialBlock(nn.Layer):
     """cpe -> LN -> factorised conv-attention -> residual; LN -> MLP -> residual."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_hidden: int, qkv_bias: bool,
-                 proj_drop: float, drop_path: float, eps: float,
-                 shared_cpe: ConvPosEnc, shared_crpe: ConvRelPosEnc) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_hidden: int,
+        qkv_bias: bool,
+        proj_drop: float,
+        drop_path: float,
+        eps: float,
+        shared_cpe: ConvPosEnc,
+        shared_crpe: ConvRelPosEnc,
+    ) -> None:
         super().__init__()
         self.cpe = shared_cpe
         self.norm1 = LayerNorm(dim, eps)
-        self.factoratt_crpe = FactorAttnConvRelPosEnc(
-            dim, num_heads, qkv_bias, proj_drop, shared_crpe)
+        self.factoratt_crpe = FactorAttnConvRelPosEnc(dim, num_heads, qkv_bias, proj_drop, shared_crpe)
         self.drop_path = DropPath(drop_path)
         self.norm2 = LayerNorm(dim, eps)
         self.mlp = Mlp(dim, mlp_hidden, proj_drop)
@@ -292,9 +319,17 @@ def resample_tokens(x: paddle.Tensor, size: tuple[int, int], target: tuple[int, 
 class ParallelBlock(nn.Layer):
     """Scales 2-4 attend in parallel, exchange by resampling to each other's size, share an MLP."""
 
-    def __init__(self, dims: Sequence[int], num_heads: int, mlp_hidden: int, qkv_bias: bool,
-                 proj_drop: float, drop_path: float, eps: float,
-                 shared_crpes: Sequence[ConvRelPosEnc]) -> None:
+    def __init__(
+        self,
+        dims: Sequence[int],
+        num_heads: int,
+        mlp_hidden: int,
+        qkv_bias: bool,
+        proj_drop: float,
+        drop_path: float,
+        eps: float,
+        shared_crpes: Sequence[ConvRelPosEnc],
+    ) -> None:
         super().__init__()
         if not dims[1] == dims[2] == dims[3]:
             raise ValueError(f"parallel blocks need equal dims for scales 2-4, got {list(dims)}")
@@ -336,16 +371,16 @@ class CoaT(nn.Layer):
     """CoaT and CoaT-Lite: four serial stages, then (CoaT only) parallel blocks over scales 2-4."""
 
     def __init__(
-            self,
-            variant: CoatVariant,
-            num_classes: int = 1000,
-            in_chans: int = 3,
-            drop_rate: float = 0.0,
-            proj_drop_rate: float = 0.0,
-            drop_path_rate: float = 0.0,
-            global_pool: str = "token",
-            return_interm_layers: bool = False,
-            out_features: Sequence[str] | None = None,
+        self,
+        variant: CoatVariant,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        drop_rate: float = 0.0,
+        proj_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        global_pool: str = "token",
+        return_interm_layers: bool = False,
+        out_features: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         if global_pool not in ("token", "avg"):
@@ -362,30 +397,56 @@ class CoaT(nn.Layer):
         self.num_features = dims[3]
 
         for i in range(4):
-            self.add_parameter(f"cls_token{i + 1}", self.create_parameter(
-                [1, 1, dims[i]], default_initializer=_trunc_normal))
+            self.add_parameter(
+                f"cls_token{i + 1}", self.create_parameter([1, 1, dims[i]], default_initializer=_trunc_normal)
+            )
         for i in range(4):
-            self.add_sublayer(f"patch_embed{i + 1}", PatchEmbed(
-                variant.patch_size if i == 0 else 2, in_chans if i == 0 else dims[i - 1],
-                dims[i], variant.patch_norm_eps))
+            self.add_sublayer(
+                f"patch_embed{i + 1}",
+                PatchEmbed(
+                    variant.patch_size if i == 0 else 2,
+                    in_chans if i == 0 else dims[i - 1],
+                    dims[i],
+                    variant.patch_norm_eps,
+                ),
+            )
         cpes = [self.add_sublayer(f"cpe{i + 1}", ConvPosEnc(dims[i])) for i in range(4)]
         crpes = [
-            self.add_sublayer(f"crpe{i + 1}", ConvRelPosEnc(
-                dims[i] // variant.num_heads, variant.num_heads, dict(variant.crpe_window)))
+            self.add_sublayer(
+                f"crpe{i + 1}",
+                ConvRelPosEnc(dims[i] // variant.num_heads, variant.num_heads, dict(variant.crpe_window)),
+            )
             for i in range(4)
         ]
-        block_args = dict(num_heads=variant.num_heads, qkv_bias=variant.qkv_bias,
-                          proj_drop=proj_drop_rate, drop_path=drop_path_rate, eps=variant.norm_eps)
+        block_args = dict(
+            num_heads=variant.num_heads,
+            qkv_bias=variant.qkv_bias,
+            proj_drop=proj_drop_rate,
+            drop_path=drop_path_rate,
+            eps=variant.norm_eps,
+        )
         for i in range(4):
-            self.add_sublayer(f"serial_blocks{i + 1}", nn.LayerList([
-                SerialBlock(dims[i], mlp_hidden=variant.mlp_hidden(i),
-                            shared_cpe=cpes[i], shared_crpe=crpes[i], **block_args)
-                for _ in range(variant.serial_depths[i])
-            ]))
-        self.parallel_blocks = nn.LayerList([
-            ParallelBlock(dims, mlp_hidden=variant.mlp_hidden(1), shared_crpes=crpes, **block_args)
-            for _ in range(variant.parallel_depth)
-        ])
+            self.add_sublayer(
+                f"serial_blocks{i + 1}",
+                nn.LayerList(
+                    [
+                        SerialBlock(
+                            dims[i],
+                            mlp_hidden=variant.mlp_hidden(i),
+                            shared_cpe=cpes[i],
+                            shared_crpe=crpes[i],
+                            **block_args,
+                        )
+                        for _ in range(variant.serial_depths[i])
+                    ]
+                ),
+            )
+        self.parallel_blocks = nn.LayerList(
+            [
+                ParallelBlock(dims, mlp_hidden=variant.mlp_hidden(1), shared_crpes=crpes, **block_args)
+                for _ in range(variant.parallel_depth)
+            ]
+        )
 
         self.norm2 = self.norm3 = self.norm4 = self.aggregate = self.head = None
         if not return_interm_layers:
@@ -426,7 +487,8 @@ class CoaT(nn.Layer):
         if self.return_interm_layers:
             return {
                 name: _tokens_to_map(xs[i], sizes[i])
-                for i, name in enumerate(FEATURE_NAMES) if name in self.out_features
+                for i, name in enumerate(FEATURE_NAMES)
+                if name in self.out_features
             }
         if self.variant.is_lite:
             return self.norm4(xs[3])

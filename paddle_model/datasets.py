@@ -11,6 +11,7 @@ directory is visited twice (a symlink ``class/loop -> .`` would count the class 
 again). :class:`EvalImages` is the dataset the DataLoader's workers receive, so it is defined
 here at module level: workers started with *spawn* (macOS, Windows) get it by pickling.
 """
+
 from __future__ import annotations
 
 import os
@@ -45,8 +46,13 @@ def imagenet_wnids() -> list[str]:
 
 
 def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"),
-                       (stat.S_ISBLK, "a device"), (stat.S_ISDIR, "a directory")):
+    for test, name in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a device"),
+        (stat.S_ISBLK, "a device"),
+        (stat.S_ISDIR, "a directory"),
+    ):
         if test(mode):
             return name
     return "not a regular file"
@@ -79,8 +85,14 @@ def load_image(path: str | os.PathLike, transform=None):
                 if transform is not None:
                     transform.check_size(*image.size)
                 return image.convert("RGB")
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError,
-                Image.DecompressionBombError) as e:  # PIL reports damage in all of these
+        except (
+            UnidentifiedImageError,
+            OSError,
+            SyntaxError,
+            ValueError,
+            EOFError,
+            Image.DecompressionBombError,
+        ) as e:  # PIL reports damage in all of these
             raise CoatError(f"{path}: not a readable image ({e})") from None
         except CoatError as e:
             raise CoatError(f"{path}: {e}") from None
@@ -165,8 +177,9 @@ def _identity(path: str | os.PathLike) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
-def scan_folder(root: str | os.PathLike, num_classes: int, skip_bad: bool = False,
-                wnids: list[str] | None = None) -> EvalData:
+def scan_folder(
+    root: str | os.PathLike, num_classes: int, skip_bad: bool = False, wnids: list[str] | None = None
+) -> EvalData:
     """An ImageFolder tree ``root/<class>/<image>``: one folder per class, in sorted order.
 
     When every folder is named by an ImageNet wnid (``n01440764``, ...) and ``wnids`` (the
@@ -175,20 +188,26 @@ def scan_folder(root: str | os.PathLike, num_classes: int, skip_bad: bool = Fals
     """
     root = Path(root)
     if not root.is_dir():
-        raise CoatError(f"{root}: no such folder; give an ImageFolder tree (ROOT/<class>/<image>) "
-                        "or a file list with --list")
+        raise CoatError(
+            f"{root}: no such folder; give an ImageFolder tree (ROOT/<class>/<image>) "
+            "or a file list with --list"
+        )
     classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
     if not classes:
-        raise CoatError(f"{root}: no class folders in it; an ImageFolder tree is ROOT/<class>/<image> "
-                        "(or give a file list with --list)")
+        raise CoatError(
+            f"{root}: no class folders in it; an ImageFolder tree is ROOT/<class>/<image> "
+            "(or give a file list with --list)"
+        )
     if wnids is not None and set(classes) <= set(wnids):
         index = {w: i for i, w in enumerate(wnids)}
         labels, labelling = [index[c] for c in classes], "ImageNet wnids"
     else:
         labels, labelling = list(range(len(classes))), "sorted folders"
     if max(labels) >= num_classes:
-        raise CoatError(f"{root}: {len(classes)} class folders but the model has {num_classes} classes; "
-                        "point DATA at the folder whose subfolders are the classes")
+        raise CoatError(
+            f"{root}: {len(classes)} class folders but the model has {num_classes} classes; "
+            "point DATA at the folder whose subfolders are the classes"
+        )
     samples, skipped = [], []
     seen = {_identity(root), *(_identity(root / name) for name in classes)}
     for name, label in zip(classes, labels):
@@ -199,8 +218,9 @@ def scan_folder(root: str | os.PathLike, num_classes: int, skip_bad: bool = Fals
     return EvalData(root, samples, labelling, classes, skipped)
 
 
-def read_list(list_file: str | os.PathLike, root: str | os.PathLike, num_classes: int,
-              skip_bad: bool = False) -> EvalData:
+def read_list(
+    list_file: str | os.PathLike, root: str | os.PathLike, num_classes: int, skip_bad: bool = False
+) -> EvalData:
     """A file list: ``<path relative to root> <label>`` per line (Paddle's ``val_list.txt``)."""
     list_file, root = Path(list_file), Path(root)
     try:
@@ -214,8 +234,9 @@ def read_list(list_file: str | os.PathLike, root: str | os.PathLike, num_classes
         where = f"{list_file}:{number}"
         parts = line.rsplit(None, 1)
         if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-            _problem(skipped, skip_bad, where,
-                     f"cannot parse {line.strip()!r}; expected '<relative path> <label>'")
+            _problem(
+                skipped, skip_bad, where, f"cannot parse {line.strip()!r}; expected '<relative path> <label>'"
+            )
             continue
         label = int(parts[1])
         if not 0 <= label < num_classes:

@@ -1,4 +1,5 @@
 """The project's typed user errors, as :mod:`converter.errors` defines them."""
+
 from __future__ import annotations
 
 from converter.errors import CoatError, ConversionError, UnsafePickleError, WeightsError, preview

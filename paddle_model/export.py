@@ -11,6 +11,7 @@ the variant's); such a model runs only where those ops are built and registered,
 paddle2onnx (dynamic batch, height and width) and checks it in onnxruntime against the eager
 model on seeded inputs; above 1e-5 of the largest logit the file is removed and the exit code 1.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,8 +34,13 @@ ONNX_TOLERANCE = 1e-5  # max |onnxruntime - eager| / max |eager|, over the logit
 ONNX_CHECK_SIZE = (230, 200)  # besides the variant's own: not a multiple of 32, not square
 
 
-def export(variant: str, weights: str | Path | None, prefix: str | Path, kernels: bool = False,
-           size: int | None = None):
+def export(
+    variant: str,
+    weights: str | Path | None,
+    prefix: str | Path,
+    kernels: bool = False,
+    size: int | None = None,
+):
     """Trace ``variant`` (with ``weights``) to a static graph and save it at ``prefix``.
 
     The input is float32 [N, 3, H, W]: any N, H, W; with ``kernels``, H = W = ``size`` (default
@@ -47,11 +53,15 @@ def export(variant: str, weights: str | Path | None, prefix: str | Path, kernels
     from .kernels import fast
 
     if kernels and not compiled.available():
-        raise CoatError("the compiled kernels are not available here (see the warning above, or "
-                        "COAT_PADDLE_KERNELS=0); export without --kernels")
+        raise CoatError(
+            "the compiled kernels are not available here (see the warning above, or "
+            "COAT_PADDLE_KERNELS=0); export without --kernels"
+        )
     if size is not None and not kernels:
-        raise CoatError("--size fixes the input size of a --kernels export; without --kernels the "
-                        "exported model takes any size")
+        raise CoatError(
+            "--size fixes the input size of a --kernels export; without --kernels the "
+            "exported model takes any size"
+        )
     model = create_model(variant, pretrained=weights)
     model.eval()
     side = (size or get_variant(variant).img_size) if kernels else None
@@ -71,8 +81,10 @@ def require_onnx() -> None:
         except ImportError:
             missing.append(name)
     if missing:
-        raise CoatError(f"--onnx needs {', '.join(missing)}, not installed here: pip install "
-                        "'coat-paddle[onnx]' (paddle2onnx, onnx <= 1.17, onnxruntime)")
+        raise CoatError(
+            f"--onnx needs {', '.join(missing)}, not installed here: pip install "
+            "'coat-paddle[onnx]' (paddle2onnx, onnx <= 1.17, onnxruntime)"
+        )
 
 
 def export_onnx(prefix: str | Path, opset: int = ONNX_OPSET) -> Path:
@@ -85,13 +97,21 @@ def export_onnx(prefix: str | Path, opset: int = ONNX_OPSET) -> Path:
     import paddle2onnx
 
     if uses_kernels(prefix):
-        raise CoatError(f"{prefix}.json holds compiled kernels, which ONNX cannot express; export "
-                        "without --kernels for --onnx")
+        raise CoatError(
+            f"{prefix}.json holds compiled kernels, which ONNX cannot express; export "
+            "without --kernels for --onnx"
+        )
     out = Path(f"{prefix}.onnx")
     tmp = out.with_name(f".{out.name}.part")
     try:
-        paddle2onnx.export(f"{prefix}.json", f"{prefix}.pdiparams", str(tmp), opset_version=opset,
-                           auto_upgrade_opset=False, optimize_tool="None")
+        paddle2onnx.export(
+            f"{prefix}.json",
+            f"{prefix}.pdiparams",
+            str(tmp),
+            opset_version=opset,
+            auto_upgrade_opset=False,
+            optimize_tool="None",
+        )
         if not tmp.is_file():
             raise CoatError(f"paddle2onnx wrote no model for {prefix}.json (see its log above)")
         _repair_pad_values(tmp, Path(f"{prefix}.json"))
@@ -130,8 +150,10 @@ def _repair_pad_values(model_path: Path, program: Path) -> None:
     modes = [next((a.s for a in n.attribute if a.name == "mode"), b"constant") for n in pads]
     paired = len(pads) == len(values) and all(len(n.input) >= 3 for n in pads)
     if not paired or any(mode != b"constant" for mode in modes):
-        raise CoatError(f"{program}: its {len(values)} pad3d ops do not pair with the {len(pads)} Pad nodes "
-                        "paddle2onnx wrote; cannot give them their fill values")
+        raise CoatError(
+            f"{program}: its {len(values)} pad3d ops do not pair with the {len(pads)} Pad nodes "
+            "paddle2onnx wrote; cannot give them their fill values"
+        )
     producers = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
     initializers = {t.name: t for t in graph.initializer}
     for node, value in zip(pads, values):
@@ -144,8 +166,10 @@ def _repair_pad_values(model_path: Path, program: Path) -> None:
             old = numpy_helper.to_array(initializers[name])
             initializers[name].CopyFrom(numpy_helper.from_array(np.full_like(old, value), name))
         else:
-            raise CoatError(f"{model_path}: the fill value of Pad node {node.name} is computed, not a "
-                            "constant; cannot set it")
+            raise CoatError(
+                f"{model_path}: the fill value of Pad node {node.name} is computed, not a "
+                "constant; cannot set it"
+            )
     onnx.save(model, str(model_path))
 
 
@@ -168,15 +192,18 @@ def check_onnx(path: str | Path, eager, sizes: list[tuple[int, int, int]]) -> li
         with paddle.no_grad():
             expected = eager(paddle.to_tensor(x)).numpy()
         if got.shape != expected.shape:
-            raise CoatError(f"{path}: gives shape {list(got.shape)} for {list(x.shape)}, the eager "
-                            f"model {list(expected.shape)}")
+            raise CoatError(
+                f"{path}: gives shape {list(got.shape)} for {list(x.shape)}, the eager "
+                f"model {list(expected.shape)}"
+            )
         rel = float(np.abs(got - expected).max()) / max(float(np.abs(expected).max()), 1e-30)
         results.append((list(x.shape), rel))
     return results
 
 
-def export_and_check_onnx(variant: str, static,
-                          prefix: str | Path) -> tuple[Path, list[tuple[list[int], float]]]:
+def export_and_check_onnx(
+    variant: str, static, prefix: str | Path
+) -> tuple[Path, list[tuple[list[int], float]]]:
     """``prefix.onnx`` from the model just saved at ``prefix``, checked against an eager model with
     the same parameters as ``static`` (the traced layer) at the variant's size and 230x200."""
     from .coat import CoaT
@@ -214,16 +241,21 @@ def create_predictor(prefix: str | Path, threads: int = 1):
 
     for suffix in (".json", ".pdiparams"):
         if not Path(f"{prefix}{suffix}").is_file():
-            raise CoatError(f"{prefix}{suffix}: no such file; export the model first "
-                            "(python -m paddle_model.export)")
+            raise CoatError(
+                f"{prefix}{suffix}: no such file; export the model first (python -m paddle_model.export)"
+            )
     used = kernel_ops(prefix)
     if used and not compiled.available():
-        raise CoatError(f"{prefix}.json was exported with --kernels, and the compiled kernels are "
-                        "not available here; export it again without --kernels")
+        raise CoatError(
+            f"{prefix}.json was exported with --kernels, and the compiled kernels are "
+            "not available here; export it again without --kernels"
+        )
     missing = [name for name in used if not compiled.has_op(name)]
     if missing:  # coat_linear needs the MKL of an x86 Paddle build
-        raise CoatError(f"{prefix}.json uses {', '.join(missing)}, which this Paddle build cannot "
-                        "provide (no MKL in its wheel); export it again here")
+        raise CoatError(
+            f"{prefix}.json uses {', '.join(missing)}, which this Paddle build cannot "
+            "provide (no MKL in its wheel); export it again here"
+        )
     config = inference.Config(f"{prefix}.json", f"{prefix}.pdiparams")
     config.disable_gpu()
     config.enable_mkldnn()
@@ -237,24 +269,35 @@ def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m paddle_model.export", description=__doc__.split("\n")[0])
     p.add_argument("variant", choices=list(VARIANTS))
     p.add_argument("prefix", type=Path, help="output path prefix (without suffix)")
-    p.add_argument("--weights", help=".pdparams or .safetensors file, 'pretrained' for the variant's "
-                                      "published weights, 'hf-hub:<repo_id>' (default: random init)")
-    p.add_argument("--kernels", action="store_true",
-                   help="use the compiled ops in the graph (faster on CPU; fixed input size; the "
-                        "model then loads through paddle_model.export.create_predictor)")
-    p.add_argument("--size", type=int, help="input height and width of a --kernels export "
-                                            "(default: the variant's)")
-    p.add_argument("--onnx", action="store_true",
-                   help="also write PREFIX.onnx (paddle2onnx) and check it in onnxruntime against the "
-                        "eager model; needs the onnx extra")
+    p.add_argument(
+        "--weights",
+        help=".pdparams or .safetensors file, 'pretrained' for the variant's "
+        "published weights, 'hf-hub:<repo_id>' (default: random init)",
+    )
+    p.add_argument(
+        "--kernels",
+        action="store_true",
+        help="use the compiled ops in the graph (faster on CPU; fixed input size; the "
+        "model then loads through paddle_model.export.create_predictor)",
+    )
+    p.add_argument(
+        "--size", type=int, help="input height and width of a --kernels export (default: the variant's)"
+    )
+    p.add_argument(
+        "--onnx",
+        action="store_true",
+        help="also write PREFIX.onnx (paddle2onnx) and check it in onnxruntime against the "
+        "eager model; needs the onnx extra",
+    )
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore", message="No ccache found")
     if not args.prefix.parent.is_dir():
         raise CoatError(f"{args.prefix.parent}: no such directory; create it first")
     if args.onnx:
         if args.kernels:
-            raise CoatError("--onnx needs the portable export: the compiled kernels of --kernels "
-                            "are not ONNX operators")
+            raise CoatError(
+                "--onnx needs the portable export: the compiled kernels of --kernels are not ONNX operators"
+            )
         require_onnx()
     from .hub import resolve_cli_weights
 
@@ -279,10 +322,15 @@ def _report_onnx(path: Path, checks: list[tuple[list[int], float]]) -> int:
     worst_shape, worst = max(checks, key=lambda c: c[1])
     if not worst <= ONNX_TOLERANCE:
         path.unlink()
-        return fail(f"{path} differs from the eager model by {worst:.2e} of the largest logit at input "
-                    f"{worst_shape} (tolerance {ONNX_TOLERANCE:.0e}); it was removed", 1)
-    print(f"exported {path} (opset {ONNX_OPSET}, input float32 [N, 3, H, W]; at parity within "
-          f"{ONNX_TOLERANCE:.0e})")
+        return fail(
+            f"{path} differs from the eager model by {worst:.2e} of the largest logit at input "
+            f"{worst_shape} (tolerance {ONNX_TOLERANCE:.0e}); it was removed",
+            1,
+        )
+    print(
+        f"exported {path} (opset {ONNX_OPSET}, input float32 [N, 3, H, W]; at parity within "
+        f"{ONNX_TOLERANCE:.0e})"
+    )
     return 0
 
 

@@ -1,4 +1,5 @@
 """``create_model`` and one entry point per released variant."""
+
 from __future__ import annotations
 
 import os
@@ -11,12 +12,12 @@ from .weights import HEAD_PREFIXES, load_state_dict, read_weights
 
 
 def create_model(
-        name: str,
-        pretrained: bool | str | os.PathLike | None = None,
-        num_classes: int = 1000,
-        *,
-        weights_url: str | os.PathLike | None = None,
-        **kwargs,
+    name: str,
+    pretrained: bool | str | os.PathLike | None = None,
+    num_classes: int = 1000,
+    *,
+    weights_url: str | os.PathLike | None = None,
+    **kwargs,
 ) -> CoaT:
     """Build the CoaT variant ``name``; with ``pretrained``, load those weights strictly.
 

@@ -19,6 +19,7 @@ variables and takes a timeout, so no extra dependency is needed; ``paddle.utils.
 md5 only and has no timeout. ``hf-hub:`` goes through ``huggingface_hub`` (the ``hub`` extra),
 which honours ``HF_ENDPOINT``, ``HF_HUB_OFFLINE`` and the Hub's redirects and authentication.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -63,8 +64,10 @@ def cache_root() -> Path:
 
 def is_offline() -> bool:
     """Whether ``COAT_PADDLE_OFFLINE`` or ``HF_HUB_OFFLINE`` asks for the cache only."""
-    return any(os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-               for name in (OFFLINE_ENV, "HF_HUB_OFFLINE"))
+    return any(
+        os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+        for name in (OFFLINE_ENV, "HF_HUB_OFFLINE")
+    )
 
 
 def weights_location(variant: str, location: str | os.PathLike | None = None) -> str:
@@ -74,7 +77,8 @@ def weights_location(variant: str, location: str | os.PathLike | None = None) ->
         raise WeightsError(
             f"{variant}: no published weights location is set in this version of coat-paddle; set "
             f"{LOCATION_ENV} to a folder written by `python -m reference.release` (http(s)://, file:// "
-            "or a path), pass pretrained='hf-hub:<repo_id>', or pass the path of a weights file")
+            "or a path), pass pretrained='hf-hub:<repo_id>', or pass the path of a weights file"
+        )
     base = str(base)
     if "://" not in base:  # a folder on this machine
         base = Path(base).expanduser().resolve().as_uri()
@@ -93,12 +97,14 @@ def resolve_weights(variant: str, pretrained, location: str | os.PathLike | None
     if pretrained is True:
         return fetch(variant, location)
     if isinstance(pretrained, str) and pretrained.startswith(HF_PREFIX):
-        repo_id, _, revision = pretrained[len(HF_PREFIX):].partition("@")
+        repo_id, _, revision = pretrained[len(HF_PREFIX) :].partition("@")
         return fetch_hf(repo_id, variant, revision=revision or None)
     if isinstance(pretrained, (str, os.PathLike)):
         return Path(pretrained)
-    raise WeightsError(f"pretrained={pretrained!r}: expected True, 'hf-hub:<repo_id>' or the path "
-                       "of a .pdparams or .safetensors file")
+    raise WeightsError(
+        f"pretrained={pretrained!r}: expected True, 'hf-hub:<repo_id>' or the path "
+        "of a .pdparams or .safetensors file"
+    )
 
 
 def resolve_cli_weights(variant: str, value: str | None) -> Path | None:
@@ -106,8 +112,13 @@ def resolve_cli_weights(variant: str, value: str | None) -> Path | None:
     return resolve_weights(variant, True if value == CLI_PRETRAINED else value)
 
 
-def fetch(variant: str, location: str | os.PathLike | None = None, *, timeout: float | None = None,
-          progress: bool = True) -> Path:
+def fetch(
+    variant: str,
+    location: str | os.PathLike | None = None,
+    *,
+    timeout: float | None = None,
+    progress: bool = True,
+) -> Path:
     """The verified local copy of ``variant``'s weights from a weights location.
 
     Reads ``<base>/<variant>/manifest.json``, then uses the cached file if its sha256 matches,
@@ -133,7 +144,8 @@ def fetch(variant: str, location: str | os.PathLike | None = None, *, timeout: f
         if not cached_manifest.is_file():
             raise WeightsError(
                 f"{variant}: {why}, and the cache has no copy: download {manifest_url} and the "
-                f"{variant}{WEIGHT_SUFFIXES[0]} it lists into {folder}/, or pass the path of a weights file")
+                f"{variant}{WEIGHT_SUFFIXES[0]} it lists into {folder}/, or pass the path of a weights file"
+            )
         manifest = _parse_manifest(cached_manifest.read_bytes(), str(cached_manifest), variant)
     name, expected = _choose_file(manifest, manifest_url, variant, cached_in=None if online else folder)
     target = folder / name
@@ -149,11 +161,13 @@ def fetch(variant: str, location: str | os.PathLike | None = None, *, timeout: f
             target.unlink()
             raise WeightsError(
                 f"{target}: sha256 is {actual}, the manifest says {expected}; the damaged copy was "
-                "removed from the cache, run again to download it")
+                "removed from the cache, run again to download it"
+            )
     if not online:
         raise WeightsError(
             f"{variant}: {why}, and the cache has no {name}: download {base}/{variant}/{name} into "
-            f"{folder}/, or pass the path of a weights file")
+            f"{folder}/, or pass the path of a weights file"
+        )
     folder.mkdir(parents=True, exist_ok=True)
     _download(f"{base}/{variant}/{name}", target, expected, timeout, progress)
     _write_atomically(cached_manifest, manifest_bytes)
@@ -172,8 +186,10 @@ def fetch_hf(repo_id: str, variant: str, *, revision: str | None = None) -> Path
         from huggingface_hub import hf_hub_download
         from huggingface_hub.errors import EntryNotFoundError
     except ImportError:
-        raise WeightsError(f"pretrained='{HF_PREFIX}{repo_id}' needs the huggingface_hub package: "
-                           "pip install 'coat-paddle[hub]'") from None
+        raise WeightsError(
+            f"pretrained='{HF_PREFIX}{repo_id}' needs the huggingface_hub package: "
+            "pip install 'coat-paddle[hub]'"
+        ) from None
     where = f"{HF_PREFIX}{repo_id}"
     cache = cache_root() / "hf-hub"
 
@@ -187,13 +203,17 @@ def fetch_hf(repo_id: str, variant: str, *, revision: str | None = None) -> Path
 
     def download(filename: str) -> Path:
         try:
-            return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache,
-                                        etag_timeout=_timeout()))
+            return Path(
+                hf_hub_download(
+                    repo_id, filename, revision=revision, cache_dir=cache, etag_timeout=_timeout()
+                )
+            )
         except errors as e:
             reason = " ".join(str(e).split())[:300] or type(e).__name__
             hint = "; it is not in the cache: go online, or unset HF_HUB_OFFLINE" if is_offline() else ""
             raise WeightsError(
-                f"{where}: cannot get {filename} ({type(e).__name__}: {reason}){hint}") from None
+                f"{where}: cannot get {filename} ({type(e).__name__}: {reason}){hint}"
+            ) from None
 
     manifest = _parse_manifest(download("manifest.json").read_bytes(), f"{where}/manifest.json", variant)
     name, expected = _choose_file(manifest, f"{where}/manifest.json", variant)
@@ -203,8 +223,9 @@ def fetch_hf(repo_id: str, variant: str, *, revision: str | None = None) -> Path
         blob = path.resolve()
         path.unlink(missing_ok=True)
         blob.unlink(missing_ok=True)
-        raise WeightsError(f"{where}/{name}: sha256 is {actual}, the manifest says {expected}; "
-                           "removed it from the cache")
+        raise WeightsError(
+            f"{where}/{name}: sha256 is {actual}, the manifest says {expected}; removed it from the cache"
+        )
     return path
 
 
@@ -239,19 +260,24 @@ def _location_key(base: str) -> str:
 def _open(url: str, timeout: float):
     """urlopen, with a missing file told apart from a location that cannot be reached."""
     try:
-        return urllib.request.urlopen(urllib.request.Request(url, headers={"User-Agent": "coat-paddle"}),
-                                      timeout=timeout)
+        return urllib.request.urlopen(
+            urllib.request.Request(url, headers={"User-Agent": "coat-paddle"}), timeout=timeout
+        )
     except urllib.error.HTTPError as e:
         if e.code == 404:
-            raise WeightsError(f"{url}: not found (HTTP 404); the weights location holds no such "
-                               "release (check the location and the variant)") from None
+            raise WeightsError(
+                f"{url}: not found (HTTP 404); the weights location holds no such "
+                "release (check the location and the variant)"
+            ) from None
         if e.code >= 500:  # the server is in trouble, not the request: a cached copy may serve
             raise _Unreachable(f"HTTP {e.code} {e.reason}") from None
         raise WeightsError(f"{url}: the server answered HTTP {e.code} {e.reason}") from None
     except urllib.error.URLError as e:
         if url.startswith("file:"):  # a folder on this machine: never unreachable, only missing
-            raise WeightsError(f"{url}: no such file; the weights location holds no such release "
-                               "(check the location and the variant)") from None
+            raise WeightsError(
+                f"{url}: no such file; the weights location holds no such release "
+                "(check the location and the variant)"
+            ) from None
         raise _Unreachable(str(e.reason)) from None
     except (TimeoutError, ConnectionError) as e:
         raise _Unreachable(f"{type(e).__name__}: {e or 'timed out'}") from None
@@ -280,8 +306,7 @@ def _parse_manifest(data: bytes, where: str, variant: str) -> dict:
     return manifest
 
 
-def _choose_file(manifest: dict, where: str, variant: str,
-                 cached_in: Path | None = None) -> tuple[str, str]:
+def _choose_file(manifest: dict, where: str, variant: str, cached_in: Path | None = None) -> tuple[str, str]:
     """The weights file to use and its sha256: the first of WEIGHT_SUFFIXES the manifest lists,
     or offline (``cached_in``) the first of those already in the cache."""
     listed = []
@@ -294,8 +319,7 @@ def _choose_file(manifest: dict, where: str, variant: str,
         listed.sort(key=lambda item: not (cached_in / item[0]).is_file())  # stable: cached first
     if listed:
         return listed[0]
-    raise WeightsError(f"{where}: lists no {' or '.join(variant + s for s in WEIGHT_SUFFIXES)} "
-                       "with a sha256")
+    raise WeightsError(f"{where}: lists no {' or '.join(variant + s for s in WEIGHT_SUFFIXES)} with a sha256")
 
 
 def _listed_digest(manifest_path: Path, name: str) -> str | None:
@@ -315,8 +339,16 @@ def _download(url: str, target: Path, expected: str, timeout: float, progress: b
     try:
         with os.fdopen(fd, "wb") as out, _open(url, timeout) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
-                      desc=f"downloading {target.name}", disable=not progress, leave=False) as bar:
+            with tqdm(
+                total=total,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                file=sys.stderr,
+                desc=f"downloading {target.name}",
+                disable=not progress,
+                leave=False,
+            ) as bar:
                 size = 0
                 while chunk := response.read(_CHUNK):
                     size += len(chunk)
@@ -327,12 +359,16 @@ def _download(url: str, target: Path, expected: str, timeout: float, progress: b
                     bar.update(len(chunk))
         actual = digest.hexdigest()
         if actual != expected:
-            raise WeightsError(f"{url}: sha256 is {actual}, the manifest says {expected}; nothing was "
-                               "kept (the location's file is damaged or was changed: tell its publisher)")
+            raise WeightsError(
+                f"{url}: sha256 is {actual}, the manifest says {expected}; nothing was "
+                "kept (the location's file is damaged or was changed: tell its publisher)"
+            )
         os.replace(tmp, target)
     except (TimeoutError, ConnectionError) as e:
-        raise WeightsError(f"{url}: the download broke off ({type(e).__name__}: {e or 'timed out'}); "
-                           "nothing was kept, run again") from None
+        raise WeightsError(
+            f"{url}: the download broke off ({type(e).__name__}: {e or 'timed out'}); "
+            "nothing was kept, run again"
+        ) from None
     except _Unreachable as e:
         raise WeightsError(f"{url}: cannot reach it ({e}); nothing was kept, run again") from None
     finally:

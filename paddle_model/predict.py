@@ -4,6 +4,7 @@
 
 Preprocessing is the variant's evaluation transform (the one its accuracy was measured with).
 """
+
 from __future__ import annotations
 
 import sys
@@ -45,9 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m paddle_model.predict", description=__doc__.split("\n")[0])
     p.add_argument("images", nargs="+", type=Path)
     p.add_argument("--variant", required=True, choices=list(VARIANTS))
-    p.add_argument("--weights", required=True,
-                   help=".pdparams or .safetensors file; 'pretrained' for the variant's published weights, "
-                        "'hf-hub:<repo_id>' for a release folder on the Hugging Face Hub")
+    p.add_argument(
+        "--weights",
+        required=True,
+        help=".pdparams or .safetensors file; 'pretrained' for the variant's published weights, "
+        "'hf-hub:<repo_id>' for a release folder on the Hugging Face Hub",
+    )
     p.add_argument("--top", type=int, default=5)
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore", message="No ccache found")

@@ -25,6 +25,7 @@ the code path, either ``MALLOC_*_THRESHOLD_`` the allocator.
 ``paddle_model.kernels`` calls :func:`configure` at the first eager CPU float32 inference call;
 training, graphs and models on a GPU never reach it.
 """
+
 from __future__ import annotations
 
 import ctypes

@@ -6,6 +6,7 @@ the centre 224x224; the 384 model squashes the image to 384x384. Then /255 and I
 mean/std normalisation, in float32. Sizes whose resize would exceed PIL's pixel limit are
 refused (:meth:`EvalTransform.check_size`).
 """
+
 from __future__ import annotations
 
 import math
@@ -36,8 +37,12 @@ class EvalTransform:
     @classmethod
     def for_variant(cls, variant: str | CoatVariant) -> EvalTransform:
         v = get_variant(variant) if isinstance(variant, str) else variant
-        return cls(size=v.img_size, resize=math.floor(v.img_size / v.crop_pct),
-                   crop_mode=v.crop_mode, interpolation=v.interpolation)
+        return cls(
+            size=v.img_size,
+            resize=math.floor(v.img_size / v.crop_pct),
+            crop_mode=v.crop_mode,
+            interpolation=v.interpolation,
+        )
 
     def describe(self) -> dict:
         """The settings, for manifests and model cards."""
@@ -66,7 +71,8 @@ class EvalTransform:
             raise CoatError(
                 f"the image is {width}x{height} pixels, so resizing its shorter side to {self.resize} "
                 f"would make {new_w}x{new_h} = {new_w * new_h:,} pixels, more than PIL's limit of "
-                f"{limit:,}; crop or pad it to a less extreme aspect ratio")
+                f"{limit:,}; crop or pad it to a less extreme aspect ratio"
+            )
 
     def __call__(self, image: Image.Image) -> np.ndarray:
         self.check_size(*image.size)

@@ -1,4 +1,5 @@
 """The variant table, as :mod:`converter.variants` defines it (that layer needs no paddle)."""
+
 from __future__ import annotations
 
 from converter.variants import DEFAULT_CRPE_WINDOW, VARIANTS, CoatVariant, get_variant

@@ -4,6 +4,7 @@ Reading the files (``.pdparams`` without running pickle code, ``.safetensors``) 
 :mod:`converter.paddle_weights`, which needs no paddle; this module copies what it read into a
 model and refuses anything that does not fit.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -16,8 +17,9 @@ from converter.paddle_weights import FLOAT_DTYPES, HEAD_PREFIXES, read_weights
 __all__ = ["HEAD_PREFIXES", "load_state_dict", "read_weights"]
 
 
-def load_state_dict(model, state: Mapping[str, np.ndarray], source: str = "weights",
-                    ignore_prefixes: tuple[str, ...] = ()) -> None:
+def load_state_dict(
+    model, state: Mapping[str, np.ndarray], source: str = "weights", ignore_prefixes: tuple[str, ...] = ()
+) -> None:
     """Copy ``state`` into ``model``; raise unless every key fits exactly.
 
     Missing, unexpected or mis-shaped keys raise :class:`WeightsError`, and so do two keys of
@@ -40,8 +42,7 @@ def load_state_dict(model, state: Mapping[str, np.ndarray], source: str = "weigh
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected ({preview(unexpected)})")
         raise WeightsError(
-            f"{source}: keys do not match the model: {'; '.join(parts)}; "
-            "check the variant and num_classes"
+            f"{source}: keys do not match the model: {'; '.join(parts)}; check the variant and num_classes"
         )
     first_key_of: dict[int, str] = {}
     for key, param in targets.items():

@@ -5,6 +5,7 @@ so a port that swapped two of them would still agree, and its small Linear weigh
 residual path drown a misplaced one. Seeding perturbs all of them (and the CLS tokens) away
 from their initial values, deterministically.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -10,6 +10,7 @@ accuracy, the top-1 agreement of the two frameworks, the largest logit differenc
 image where they disagree with timm's margin between its top two classes (a disagreement
 should be a near tie).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,11 +31,16 @@ from .timm_model import build_timm, load_timm_state, timm_from_checkpoint
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = build_parser("python -m reference.evaluate", __doc__.split("\n")[0])
-    p.add_argument("--reference", action="store_true",
-                   help="accepted for the old spelling: this command always runs timm beside Paddle")
-    p.add_argument("--reference-weights", type=Path,
-                   help="the original PyTorch checkpoint for timm (default: the Paddle weights, "
-                        "converted back)")
+    p.add_argument(
+        "--reference",
+        action="store_true",
+        help="accepted for the old spelling: this command always runs timm beside Paddle",
+    )
+    p.add_argument(
+        "--reference-weights",
+        type=Path,
+        help="the original PyTorch checkpoint for timm (default: the Paddle weights, converted back)",
+    )
     return check_args(p, p.parse_args(argv))
 
 
@@ -63,8 +69,9 @@ def timm_reference(variant: str, paddle_state: dict, weights: Path, source: Path
 def main(argv: list[str] | None = None) -> int:
     """``python -m reference.evaluate``: parse, evaluate beside timm, report."""
     args = parse_args(argv)
-    result = evaluate(args, lambda state: timm_reference(args.variant, state, args.weights,
-                                                         args.reference_weights))
+    result = evaluate(
+        args, lambda state: timm_reference(args.variant, state, args.weights, args.reference_weights)
+    )
     return report(args, result)
 
 

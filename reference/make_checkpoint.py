@@ -6,6 +6,7 @@
 ``--logits FILE.npy`` also saves timm's logits on the seeded input batch
 (``reference.parity.seeded_input(2, default size, seed=0)``), for parity checks elsewhere.
 """
+
 from __future__ import annotations
 
 import sys
@@ -24,8 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m reference.make_checkpoint", description=__doc__.split("\n")[0])
     p.add_argument("variant", choices=list(VARIANTS))
     p.add_argument("path", type=Path)
-    p.add_argument("--layout", choices=["official", "timm"], default="official",
-                   help="official: {'model': state_dict} with the unused norms; timm: timm's state dict")
+    p.add_argument(
+        "--layout",
+        choices=["official", "timm"],
+        default="official",
+        help="official: {'model': state_dict} with the unused norms; timm: timm's state dict",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="overwrite PATH if it exists")
     p.add_argument("--logits", type=Path, help="also save timm's logits on the seeded batch here (.npy)")

@@ -6,6 +6,7 @@ official code resizes each scale to the *target* scale's size, so it runs at any
 (230x230, 240x320, ...). :func:`resample_to_target_size` gives a timm model that behaviour;
 at multiples of 32 both give the same numbers.
 """
+
 from __future__ import annotations
 
 import types

@@ -8,6 +8,7 @@ scale's output x1..x4 (after the parallel blocks for CoaT), the backbone feature
 names the first block, in execution order, whose outputs differ beyond tolerance, which is
 where a port goes wrong.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -39,16 +40,23 @@ class Comparison:
 
     def line(self) -> str:
         top1 = "" if self.top1_agree is None else f", top-1 agreement {self.top1_agree:.0%}"
-        return (f"{self.name}: max|d| {self.max_abs:.3e}, max|d|/max|ref| {self.max_rel:.3e} "
-                f"(tolerance {self.tolerance:.0e}), cosine {self.cosine:.9f}{top1}: "
-                f"{'ok' if self.ok else 'FAIL'}")
+        return (
+            f"{self.name}: max|d| {self.max_abs:.3e}, max|d|/max|ref| {self.max_rel:.3e} "
+            f"(tolerance {self.tolerance:.0e}), cosine {self.cosine:.9f}{top1}: "
+            f"{'ok' if self.ok else 'FAIL'}"
+        )
 
     def to_dict(self) -> dict:
         return {**asdict(self), "ok": self.ok}
 
 
-def compare(name: str, reference: np.ndarray, candidate: np.ndarray,
-            tolerance: float = DEFAULT_RTOL, top1: bool = False) -> Comparison:
+def compare(
+    name: str,
+    reference: np.ndarray,
+    candidate: np.ndarray,
+    tolerance: float = DEFAULT_RTOL,
+    top1: bool = False,
+) -> Comparison:
     """Compare ``candidate`` against ``reference`` (same shape)."""
     ref = np.asarray(reference, dtype=np.float64)
     cand = np.asarray(candidate, dtype=np.float64)
@@ -96,26 +104,34 @@ class ParityReport:
 
     def table(self) -> str:
         h, w = self.input_size
-        rows = [f"{self.variant} at {h}x{w}, batch {self.batch}:",
-                f"  {'tensor':14} {'max|d|':>10} {'max|d|/max|ref|':>16} {'cosine':>12} {'top-1':>6}"
-                "  verdict"]
+        rows = [
+            f"{self.variant} at {h}x{w}, batch {self.batch}:",
+            f"  {'tensor':14} {'max|d|':>10} {'max|d|/max|ref|':>16} {'cosine':>12} {'top-1':>6}  verdict",
+        ]
         for c in self.outputs:
             top1 = "" if c.top1_agree is None else f"{c.top1_agree:.0%}"
-            rows.append(f"  {c.name:14} {c.max_abs:>10.3e} {c.max_rel:>16.3e} {c.cosine:>12.9f} "
-                        f"{top1:>6}  {'ok' if c.ok else 'FAIL'}")
+            rows.append(
+                f"  {c.name:14} {c.max_abs:>10.3e} {c.max_rel:>16.3e} {c.cosine:>12.9f} "
+                f"{top1:>6}  {'ok' if c.ok else 'FAIL'}"
+            )
         worst = max(self.blocks, key=lambda c: c.max_rel, default=None)
         if worst is not None:
-            rows.append(f"  {len(self.blocks)} blocks traced, worst {worst.name} at "
-                        f"{worst.max_rel:.3e}")
+            rows.append(f"  {len(self.blocks)} blocks traced, worst {worst.name} at {worst.max_rel:.3e}")
         first = self.first_divergence
-        rows.append(f"  parity {'ok' if first is None else 'FAILED: first divergence at ' + first}"
-                    f" (tolerance {self.tolerance:.0e})")
+        rows.append(
+            f"  parity {'ok' if first is None else 'FAILED: first divergence at ' + first}"
+            f" (tolerance {self.tolerance:.0e})"
+        )
         return "\n".join(rows)
 
     def to_dict(self) -> dict:
         return {
-            "variant": self.variant, "input_size": list(self.input_size), "batch": self.batch,
-            "tolerance": self.tolerance, "ok": self.ok, "first_divergence": self.first_divergence,
+            "variant": self.variant,
+            "input_size": list(self.input_size),
+            "batch": self.batch,
+            "tolerance": self.tolerance,
+            "ok": self.ok,
+            "first_divergence": self.first_divergence,
             "outputs": [c.to_dict() for c in self.outputs],
             "blocks": [c.to_dict() for c in self.blocks],
         }
@@ -129,11 +145,13 @@ def seeded_input(batch: int, size: int | tuple[int, int], seed: int = 0) -> np.n
 
 # --- running each side with hooks --------------------------------------------------------
 
+
 def _is_traced(name: str) -> bool:
     """Blocks whose outputs are recorded: each patch embedding, serial and parallel block."""
     parts = name.split(".")
     return (len(parts) == 1 and name.startswith("patch_embed")) or (
-        len(parts) == 2 and (name.startswith("serial_blocks") or name == f"parallel_blocks.{parts[-1]}"))
+        len(parts) == 2 and (name.startswith("serial_blocks") or name == f"parallel_blocks.{parts[-1]}")
+    )
 
 
 def _record(trace: list, name: str, output, to_numpy: Callable) -> None:
@@ -152,8 +170,9 @@ def run_torch(model, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, list]:
     to_numpy = lambda t: t.detach().numpy().copy()  # noqa: E731
     for name, module in model.named_modules():
         if _is_traced(name):
-            handles.append(module.register_forward_hook(
-                lambda m, i, o, name=name: _record(trace, name, o, to_numpy)))
+            handles.append(
+                module.register_forward_hook(lambda m, i, o, name=name: _record(trace, name, o, to_numpy))
+            )
     handles.append(model.head.register_forward_pre_hook(lambda m, i: head_input.append(to_numpy(i[0]))))
     try:
         with torch.no_grad():
@@ -172,8 +191,9 @@ def run_paddle(model, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, list]:
     to_numpy = lambda t: t.numpy().copy()  # noqa: E731
     for name, layer in model.named_sublayers():
         if _is_traced(name):
-            handles.append(layer.register_forward_post_hook(
-                lambda m, i, o, name=name: _record(trace, name, o, to_numpy)))
+            handles.append(
+                layer.register_forward_post_hook(lambda m, i, o, name=name: _record(trace, name, o, to_numpy))
+            )
     handles.append(model.head.register_forward_pre_hook(lambda m, i: head_input.append(to_numpy(i[0]))))
     model.eval()
     try:
@@ -196,18 +216,35 @@ def _stage_outputs(trace: list) -> dict[str, np.ndarray]:
     return dict(sorted(stages.items()))
 
 
-def compare_models(reference, candidate, x: np.ndarray, variant: str,
-                   reference_backbone=None, candidate_backbone=None,
-                   tolerance: float = DEFAULT_RTOL) -> ParityReport:
+def compare_models(
+    reference,
+    candidate,
+    x: np.ndarray,
+    variant: str,
+    reference_backbone=None,
+    candidate_backbone=None,
+    tolerance: float = DEFAULT_RTOL,
+) -> ParityReport:
     """Run both classifiers (and backbones, if given) on ``x`` and compare everything."""
     ref_logits, ref_head, ref_trace = run_torch(reference, x)
     cand_logits, cand_head, cand_trace = run_paddle(candidate, x)
-    blocks = [compare(rn, rv, cv, tolerance) if rn == cn else
-              Comparison(f"{rn} vs {cn}", float("inf"), float("inf"), float("nan"), None, tolerance)
-              for (rn, rv), (cn, cv) in zip(ref_trace, cand_trace)]
+    blocks = [
+        compare(rn, rv, cv, tolerance)
+        if rn == cn
+        else Comparison(f"{rn} vs {cn}", float("inf"), float("inf"), float("nan"), None, tolerance)
+        for (rn, rv), (cn, cv) in zip(ref_trace, cand_trace)
+    ]
     if len(ref_trace) != len(cand_trace):
-        blocks.append(Comparison(f"block count {len(ref_trace)} vs {len(cand_trace)}",
-                                 float("inf"), float("inf"), float("nan"), None, tolerance))
+        blocks.append(
+            Comparison(
+                f"block count {len(ref_trace)} vs {len(cand_trace)}",
+                float("inf"),
+                float("inf"),
+                float("nan"),
+                None,
+                tolerance,
+            )
+        )
     ref_stages, cand_stages = _stage_outputs(ref_trace), _stage_outputs(cand_trace)
     outputs = [compare(k, ref_stages[k], cand_stages.get(k, np.empty(0)), tolerance) for k in ref_stages]
     if reference_backbone is not None and candidate_backbone is not None:
@@ -227,6 +264,7 @@ def compare_models(reference, candidate, x: np.ndarray, variant: str,
 
 # --- from files ----------------------------------------------------------------------------
 
+
 def _size_pair(size: int | tuple[int, int]) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else tuple(size)
 
@@ -245,8 +283,10 @@ def reference_models(src: str | Path, variant: CoatVariant, size: tuple[int, int
     head = state.get("head.weight")
     official = any(s % 32 for s in size)
     models = []
-    for kwargs in ({"num_classes": 0 if head is None else head.shape[0]},
-                   {"return_interm_layers": True, "out_features": list(FEATURE_NAMES)}):
+    for kwargs in (
+        {"num_classes": 0 if head is None else head.shape[0]},
+        {"return_interm_layers": True, "out_features": list(FEATURE_NAMES)},
+    ):
         model = build_timm(variant, img_size=size, **kwargs)
         load_timm_state(model, state)
         models.append(resample_to_target_size(model) if official else model)
@@ -257,13 +297,22 @@ def candidate_models(dst: str | Path, variant: CoatVariant, num_classes: int):
     """The Paddle classifier and backbone with the weights of ``dst``."""
     from paddle_model.factory import create_model
 
-    return (create_model(variant.name, pretrained=dst, num_classes=num_classes),
-            create_model(variant.name, pretrained=dst, return_interm_layers=True))
+    return (
+        create_model(variant.name, pretrained=dst, num_classes=num_classes),
+        create_model(variant.name, pretrained=dst, return_interm_layers=True),
+    )
 
 
-def verify_conversion(src: str | Path, dst: str | Path, variant: str | CoatVariant,
-                      size: int | tuple[int, int] | None = None, batch: int = 2, seed: int = 0,
-                      tolerance: float = DEFAULT_RTOL, ema: bool = False) -> ParityReport:
+def verify_conversion(
+    src: str | Path,
+    dst: str | Path,
+    variant: str | CoatVariant,
+    size: int | tuple[int, int] | None = None,
+    batch: int = 2,
+    seed: int = 0,
+    tolerance: float = DEFAULT_RTOL,
+    ema: bool = False,
+) -> ParityReport:
     """Full parity of timm's model with ``src`` against the Paddle model with ``dst``.
 
     Runs both on the same seeded batch, at the variant's default input size unless given.
@@ -273,5 +322,4 @@ def verify_conversion(src: str | Path, dst: str | Path, variant: str | CoatVaria
     reference, reference_backbone = reference_models(src, v, size, ema=ema)
     candidate, candidate_backbone = candidate_models(dst, v, reference.num_classes)
     x = seeded_input(batch, size, seed)
-    return compare_models(reference, candidate, x, v.name, reference_backbone,
-                          candidate_backbone, tolerance)
+    return compare_models(reference, candidate, x, v.name, reference_backbone, candidate_backbone, tolerance)

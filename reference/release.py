@@ -18,6 +18,7 @@ release publishes in its file name (``coat_tiny_c6efc33c.pth``): the full hash i
 published, so that prefix is all there is to compare, and the manifest says so. The full
 sha256 of what was converted is recorded beside it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -59,7 +60,8 @@ def find_checkpoints(src_dir: Path) -> list[Path]:
     found = sorted(p for p in src_dir.iterdir() if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES)
     if not found:
         raise ConversionError(
-            f"{src_dir}: no checkpoints found (looked for {', '.join(CHECKPOINT_SUFFIXES)} files)")
+            f"{src_dir}: no checkpoints found (looked for {', '.join(CHECKPOINT_SUFFIXES)} files)"
+        )
     return found
 
 
@@ -83,8 +85,10 @@ def official_match(sha256: str, known: CoatVariant | None) -> str | None:
     """What "official" rests on, in words for the manifest (None for other files)."""
     if known is None:
         return None
-    return (f"the first 8 hex digits of its sha256 equal those published in the official "
-            f"{known.name} release's file name ({known.release_sha256}); the full hash is not published")
+    return (
+        f"the first 8 hex digits of its sha256 equal those published in the official "
+        f"{known.name} release's file name ({known.release_sha256}); the full hash is not published"
+    )
 
 
 def _planned_variant(source: Path, sha256: str, allow_unofficial: bool) -> str | None:
@@ -114,26 +118,42 @@ def _refuse_duplicates(src_dir: Path, planned: dict[Path, str | None]) -> None:
         variant, names = next(iter(twice.items()))
         raise ConversionError(
             f"{src_dir}: {' and '.join(names)} are all {variant}; a release holds one checkpoint per "
-            "variant, so move the others out of the folder (nothing was written)")
+            "variant, so move the others out of the folder (nothing was written)"
+        )
 
 
 def _file_hashes(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
 
 
-def _manifest(v: CoatVariant, source: Path, sha256: str, official: bool, files: dict[str, str],
-              params: int, parity: dict) -> dict:
+def _manifest(
+    v: CoatVariant,
+    source: Path,
+    sha256: str,
+    official: bool,
+    files: dict[str, str],
+    params: int,
+    parity: dict,
+) -> dict:
     return {
         "variant": v.name,
-        "source": {"file": source.name, "sha256": sha256, "official": official,
-                   "official_match": official_match(sha256, v if official else None)},
+        "source": {
+            "file": source.name,
+            "sha256": sha256,
+            "official": official,
+            "official_match": official_match(sha256, v if official else None),
+        },
         "files": files,
         "params": params,
         "parity": parity,
         "preprocessing": eval_transform(v).describe(),
         "input_size": [3, v.img_size, v.img_size],
-        "accuracy": {"dataset": "ImageNet-1k val", "top1": v.top1, "top5": v.top5,
-                     "reported_by": "official CoaT release (mlpc-ucsd)"},
+        "accuracy": {
+            "dataset": "ImageNet-1k val",
+            "top1": v.top1,
+            "top5": v.top5,
+            "reported_by": "official CoaT release (mlpc-ucsd)",
+        },
         "license": "Apache-2.0",
         "versions": _versions(),
     }
@@ -144,15 +164,17 @@ def _model_card(m: dict) -> str:
     if pre["crop_mode"] == "squash":
         how = f"resize to {pre['size']}x{pre['size']} ({pre['interpolation']}), no crop"
     else:
-        how = (f"resize the shorter side to {pre['resize']} ({pre['interpolation']}), "
-               f"centre crop {pre['size']}x{pre['size']}")
+        how = (
+            f"resize the shorter side to {pre['resize']} ({pre['interpolation']}), "
+            f"centre crop {pre['size']}x{pre['size']}"
+        )
     logits = next(o for o in m["parity"]["outputs"] if o["name"] == "logits")
     source = m["source"]
     official = f"yes: {source['official_match']}" if source["official"] else "no"
     return f"""# {v} for PaddlePaddle
 
 CoaT (Co-Scale Conv-Attentional Image Transformers, Xu et al., ICCV 2021), variant `{v}`,
-{m['params'] / 1e6:.1f}M parameters, ImageNet-1k classifier, converted from PyTorch with
+{m["params"] / 1e6:.1f}M parameters, ImageNet-1k classifier, converted from PyTorch with
 this project's `convert.py` and verified against timm's implementation.
 
 ## Load it
@@ -167,19 +189,19 @@ model.eval()
 
 ## Preprocessing
 
-RGB, {how}, scale to [0, 1], normalise with mean {list(pre['mean'])} and std {list(pre['std'])}
+RGB, {how}, scale to [0, 1], normalise with mean {list(pre["mean"])} and std {list(pre["std"])}
 (`paddle_model.transforms.eval_transform("{v}")`).
 
 ## Accuracy
 
-ImageNet-1k validation, as published by the authors: top-1 {m['accuracy']['top1']}%,
-top-5 {m['accuracy']['top5']}%.
+ImageNet-1k validation, as published by the authors: top-1 {m["accuracy"]["top1"]}%,
+top-5 {m["accuracy"]["top5"]}%.
 
 ## Provenance
 
-- source: `{source['file']}`, sha256 `{source['sha256']}`, official release: {official}
-- parity against timm on a seeded batch at {m['input_size'][1]}x{m['input_size'][2]}: logits max|d|/max|ref|
-  {logits['max_rel']:.2e}, every scale and block within {m['parity']['tolerance']:.0e}
+- source: `{source["file"]}`, sha256 `{source["sha256"]}`, official release: {official}
+- parity against timm on a seeded batch at {m["input_size"][1]}x{m["input_size"][2]}: logits max|d|/max|ref|
+  {logits["max_rel"]:.2e}, every scale and block within {m["parity"]["tolerance"]:.0e}
 - file hashes: see `manifest.json`
 
 ## License
@@ -188,10 +210,14 @@ Apache-2.0, as the original weights. CoaT by Weijian Xu, Yifan Xu, Tyler Chang a
 https://github.com/mlpc-ucsd/CoaT.
 """
 
+
 # Where the class names come from: the ImageNet-1k order of timm's ImageNet info, as shipped.
-CLASS_NAMES = {"dataset": "imagenet-1k", "file": "paddle_model/imagenet_classes.tsv",
-               "names": "WordNet lemmas in label order (sorted wnids), as timm's ImageNet info lists them",
-               "function": "paddle_model.predict.imagenet_classes"}
+CLASS_NAMES = {
+    "dataset": "imagenet-1k",
+    "file": "paddle_model/imagenet_classes.tsv",
+    "names": "WordNet lemmas in label order (sorted wnids), as timm's ImageNet info lists them",
+    "function": "paddle_model.predict.imagenet_classes",
+}
 EVAL_FIELDS = ("variant", "top1", "top5", "evaluated")
 IMAGENET_VAL_IMAGES = 50_000
 
@@ -242,8 +268,10 @@ def check_eval_result(result: dict | None, files: dict[str, str], v: CoatVariant
         return
     evaluated = Path(str(result.get("weights", "")))
     if evaluated.is_file() and sha256_file(evaluated) not in files.values():
-        raise ConversionError(f"--eval-results for {v.name}: {evaluated} is not the file being released "
-                              "(its sha256 differs); evaluate the released weights")
+        raise ConversionError(
+            f"--eval-results for {v.name}: {evaluated} is not the file being released "
+            "(its sha256 differs); evaluate the released weights"
+        )
 
 
 def model_card(manifest: dict, eval_result: dict | None = None) -> str:
@@ -261,10 +289,18 @@ def model_card(manifest: dict, eval_result: dict | None = None) -> str:
         n = int(eval_result["evaluated"])
         name = "ImageNet-1k validation" + ("" if n == IMAGENET_VAL_IMAGES else f" ({n} images)")
         eval_results = [
-            EvalResult(task_type="image-classification", task_name="Image Classification",
-                       dataset_type="imagenet-1k", dataset_name=name, dataset_split="validation",
-                       metric_type="accuracy", metric_name=metric, metric_value=float(eval_result[key]))
-            for key, metric in (("top1", "top-1 accuracy"), ("top5", "top-5 accuracy"))]
+            EvalResult(
+                task_type="image-classification",
+                task_name="Image Classification",
+                dataset_type="imagenet-1k",
+                dataset_name=name,
+                dataset_split="validation",
+                metric_type="accuracy",
+                metric_name=metric,
+                metric_value=float(eval_result[key]),
+            )
+            for key, metric in (("top1", "top-1 accuracy"), ("top5", "top-5 accuracy"))
+        ]
     data = ModelCardData(
         license="apache-2.0",
         library_name="paddlepaddle",
@@ -275,13 +311,20 @@ def model_card(manifest: dict, eval_result: dict | None = None) -> str:
         model_name=v if eval_results else None,  # the model-index's name; no field of its own
         eval_results=eval_results,
     )
-    card = ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n{{ text }}",
-                                   text=_model_card(manifest))
+    card = ModelCard.from_template(
+        data, template_str="---\n{{ card_data }}\n---\n{{ text }}", text=_model_card(manifest)
+    )
     return str(card)
 
 
-def release_one(source: Path, out_dir: Path, allow_unofficial: bool, force: bool,
-                sha256: str | None = None, eval_results: dict[str, dict] | None = None) -> Entry:
+def release_one(
+    source: Path,
+    out_dir: Path,
+    allow_unofficial: bool,
+    force: bool,
+    sha256: str | None = None,
+    eval_results: dict[str, dict] | None = None,
+) -> Entry:
     """Convert, verify and package one checkpoint (``sha256``: its hash, if already known;
     ``eval_results``: ``evaluate --result`` JSON by variant, for the model card)."""
     from .parity import verify_conversion
@@ -290,8 +333,10 @@ def release_one(source: Path, out_dir: Path, allow_unofficial: bool, force: bool
     sha256 = sha256 or sha256_file(source)
     known = official_variant(sha256)
     if known is None and not allow_unofficial:
-        entry.status, entry.detail = "refused", (
-            f"sha256 {sha256[:8]} matches no official release; pass --allow-unofficial")
+        entry.status, entry.detail = (
+            "refused",
+            (f"sha256 {sha256[:8]} matches no official release; pass --allow-unofficial"),
+        )
         return entry
     staging = out_dir / f".{source.name}.staging"
     shutil.rmtree(staging, ignore_errors=True)
@@ -337,9 +382,14 @@ def release_one(source: Path, out_dir: Path, allow_unofficial: bool, force: bool
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def release(src_dir: Path, out_dir: Path, allow_unofficial: bool = False,
-            force: bool = False, progress: bool = True,
-            eval_results: dict[str, dict] | None = None) -> list[Entry]:
+def release(
+    src_dir: Path,
+    out_dir: Path,
+    allow_unofficial: bool = False,
+    force: bool = False,
+    progress: bool = True,
+    eval_results: dict[str, dict] | None = None,
+) -> list[Entry]:
     """Release every checkpoint in ``src_dir`` into ``out_dir``; ``eval_results`` maps a variant
     to its ``evaluate --result`` JSON, for the model card's model-index.
 
@@ -360,8 +410,10 @@ def release(src_dir: Path, out_dir: Path, allow_unofficial: bool = False,
 def summary(entries: list[Entry]) -> str:
     rows = [f"{'source':40} {'variant':22} {'logits max|d|/max|ref|':>23}  status"]
     for e in entries:
-        rows.append(f"{e.source.name:40} {e.variant:22} {e.logits_rel:>23.3e}  {e.status}"
-                    + (f": {e.detail}" if e.detail else ""))
+        rows.append(
+            f"{e.source.name:40} {e.variant:22} {e.logits_rel:>23.3e}  {e.status}"
+            + (f": {e.detail}" if e.detail else "")
+        )
     return "\n".join(rows)
 
 
@@ -370,17 +422,27 @@ def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m reference.release", description=__doc__.split("\n")[0])
     p.add_argument("src_dir", type=Path)
     p.add_argument("out_dir", type=Path)
-    p.add_argument("--allow-unofficial", action="store_true",
-                   help="release checkpoints that are not the official files (marked official: false)")
+    p.add_argument(
+        "--allow-unofficial",
+        action="store_true",
+        help="release checkpoints that are not the official files (marked official: false)",
+    )
     p.add_argument("--force", action="store_true", help="replace variants already in OUT_DIR")
-    p.add_argument("--eval-results", type=Path, nargs="+", default=[], metavar="FILE",
-                   help="JSON written by `python -m paddle_model.evaluate --result`, one per variant: "
-                        "their top-1/top-5 go into the model card's model-index")
+    p.add_argument(
+        "--eval-results",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="FILE",
+        help="JSON written by `python -m paddle_model.evaluate --result`, one per variant: "
+        "their top-1/top-5 go into the model card's model-index",
+    )
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore", message="No ccache found")
     eval_results = read_eval_results(args.eval_results)
-    entries = release(args.src_dir, args.out_dir, args.allow_unofficial, args.force,
-                      eval_results=eval_results)
+    entries = release(
+        args.src_dir, args.out_dir, args.allow_unofficial, args.force, eval_results=eval_results
+    )
     released = {e.variant for e in entries if e.status == "released"}
     for variant in sorted(eval_results.keys() - released):
         print(f"note: the --eval-results of {variant} matched no released checkpoint", file=sys.stderr)

@@ -5,6 +5,7 @@
 Each variant: seeded official-layout checkpoint -> conversion -> timm vs Paddle logits at
 the default input size.
 """
+
 from __future__ import annotations
 
 import sys
@@ -26,8 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     p.add_argument("--batch", type=int, default=2)
     args = p.parse_args(argv)
-    print(f"{'variant':22} {'size':>5} {'logits max|d|':>14} {'max|d|/max|ref|':>16} {'top-1':>6} "
-          f"{'worst tensor':>22} {'its max|d|/max|ref|':>20}  verdict")
+    print(
+        f"{'variant':22} {'size':>5} {'logits max|d|':>14} {'max|d|/max|ref|':>16} {'top-1':>6} "
+        f"{'worst tensor':>22} {'its max|d|/max|ref|':>20}  verdict"
+    )
     failed = 0
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.variants:
@@ -39,9 +42,12 @@ def main(argv: list[str] | None = None) -> int:
             failed += not report.ok
             logits = report.logits
             worst = max(report.outputs + report.blocks, key=lambda c: c.max_rel)
-            print(f"{name:22} {VARIANTS[name].img_size:>5} {logits.max_abs:>14.3e} {logits.max_rel:>16.3e} "
-                  f"{logits.top1_agree:>6.0%} {worst.name:>22} {worst.max_rel:>20.3e}  "
-                  f"{'ok' if report.ok else 'FAIL'} ({time.perf_counter() - t0:.0f} s)", flush=True)
+            print(
+                f"{name:22} {VARIANTS[name].img_size:>5} {logits.max_abs:>14.3e} {logits.max_rel:>16.3e} "
+                f"{logits.top1_agree:>6.0%} {worst.name:>22} {worst.max_rel:>20.3e}  "
+                f"{'ok' if report.ok else 'FAIL'} ({time.perf_counter() - t0:.0f} s)",
+                flush=True,
+            )
     return 1 if failed else 0
 
 

@@ -1,4 +1,5 @@
 """timm's CoaT, built from this project's variant table and loaded from any checkpoint."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -14,12 +15,14 @@ from converter.reverse import torch_tensor
 from converter.variants import CoatVariant, get_variant
 
 
-def build_timm(variant: str | CoatVariant, img_size: int | None = None,
-               num_classes: int = 1000, **kwargs) -> torch.nn.Module:
+def build_timm(
+    variant: str | CoatVariant, img_size: int | None = None, num_classes: int = 1000, **kwargs
+) -> torch.nn.Module:
     """timm's model for ``variant`` at ``img_size`` (its default size unless given), in eval mode."""
     v = get_variant(variant) if isinstance(variant, str) else variant
     model = timm.create_model(
-        v.name, pretrained=False, img_size=img_size or v.img_size, num_classes=num_classes, **kwargs)
+        v.name, pretrained=False, img_size=img_size or v.img_size, num_classes=num_classes, **kwargs
+    )
     return model.eval()
 
 
@@ -42,8 +45,9 @@ def load_timm_state(model: torch.nn.Module, state: Mapping[str, np.ndarray]) -> 
         raise ValueError(f"missing keys for timm's model: {really_missing[:5]}")
 
 
-def timm_from_checkpoint(path: str | Path, variant: str | CoatVariant, img_size: int | None = None,
-                         ema: bool = False) -> torch.nn.Module:
+def timm_from_checkpoint(
+    path: str | Path, variant: str | CoatVariant, img_size: int | None = None, ema: bool = False
+) -> torch.nn.Module:
     """timm's model for ``variant`` with the weights of the PyTorch checkpoint at ``path``."""
     state = read_checkpoint(path, ema=ema).arrays()
     head = state.get("head.weight")

@@ -1,4 +1,5 @@
 """Shared fixtures: seeded checkpoints built once per session, and a way to run the CLI."""
+
 from __future__ import annotations
 
 import subprocess
@@ -15,7 +16,10 @@ def run_cli(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedP
     """Run ``python convert.py ARGS`` as a user would; text output captured."""
     return subprocess.run(
         [sys.executable, str(ROOT / "convert.py"), *map(str, args)],
-        capture_output=True, text=True, cwd=cwd or ROOT, timeout=600,
+        capture_output=True,
+        text=True,
+        cwd=cwd or ROOT,
+        timeout=600,
     )
 
 
@@ -40,8 +44,9 @@ def checkpoints(tmp_path_factory):
 
 def run_module(module: str, *args) -> subprocess.CompletedProcess:
     """Run ``python -m module ARGS`` from the repository root; text output captured."""
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True,
-                          text=True, cwd=ROOT, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True, cwd=ROOT, timeout=900
+    )
 
 
 RELEASED_VARIANTS = ("coat_tiny", "coat_lite_tiny")  # a CoaT and a CoaT-Lite

@@ -4,6 +4,7 @@ Each builder writes a small file that attacks one limit of the readers (nesting,
 zip members, shared state, header fields); :func:`run_bounded` runs a command on it in a fresh
 process under an address-space limit and reports its exit code, stderr, time and peak RSS.
 """
+
 from __future__ import annotations
 
 import io
@@ -81,15 +82,29 @@ def many_opcodes(n: int) -> bytes:
 
 def numpy_array(shape: tuple[int, ...], dtype: str, raw: bytes, reconstruct_shape=(0,)) -> bytes:
     """A numpy array as numpy pickles it: ``_reconstruct(ndarray, (0,), b'b')`` then BUILD."""
-    return (g("numpy.core.multiarray", "_reconstruct") + g("numpy", "ndarray")
-            + tup(*(i(n) for n in reconstruct_shape)) + binbytes(b"b") + TUPLE3 + REDUCE
-            + tup(i(1), tup(*(i(n) for n in shape)), numpy_dtype(dtype), FALSE, binbytes(raw))
-            + BUILD)
+    return (
+        g("numpy.core.multiarray", "_reconstruct")
+        + g("numpy", "ndarray")
+        + tup(*(i(n) for n in reconstruct_shape))
+        + binbytes(b"b")
+        + TUPLE3
+        + REDUCE
+        + tup(i(1), tup(*(i(n) for n in shape)), numpy_dtype(dtype), FALSE, binbytes(raw))
+        + BUILD
+    )
 
 
 def numpy_dtype(spec: str, byteorder: str = "<") -> bytes:
-    return (g("numpy", "dtype") + s(spec) + FALSE + TRUE + TUPLE3 + REDUCE
-            + tup(i(3), s(byteorder), NONE, NONE, NONE, i(-1), i(-1), i(0)) + BUILD)
+    return (
+        g("numpy", "dtype")
+        + s(spec)
+        + FALSE
+        + TRUE
+        + TUPLE3
+        + REDUCE
+        + tup(i(3), s(byteorder), NONE, NONE, NONE, i(-1), i(-1), i(0))
+        + BUILD
+    )
 
 
 def object_array_pdparams(n: int) -> bytes:
@@ -103,26 +118,39 @@ def state_dict_pickle(entries: dict[str, bytes]) -> bytes:
 
 # --- torch files -----------------------------------------------------------------------------
 
+
 def storage_pid(key: str, numel: int, kind: str = "FloatStorage") -> bytes:
     return tup(s("storage"), g("torch", kind), s(key), s("cpu"), i(numel)) + BINPERSID
 
 
-def tensor(key: str, numel: int, offset: bytes, size: tuple, stride: tuple,
-           kind: str = "FloatStorage") -> bytes:
+def tensor(
+    key: str, numel: int, offset: bytes, size: tuple, stride: tuple, kind: str = "FloatStorage"
+) -> bytes:
     """``_rebuild_tensor_v2(storage, offset, size, stride, False, OrderedDict())``."""
-    return (g("torch._utils", "_rebuild_tensor_v2")
-            + tup(storage_pid(key, numel, kind), offset, tup(*size), tup(*stride), FALSE,
-                  g("collections", "OrderedDict") + EMPTY_TUPLE + REDUCE)
-            + REDUCE)
+    return (
+        g("torch._utils", "_rebuild_tensor_v2")
+        + tup(
+            storage_pid(key, numel, kind),
+            offset,
+            tup(*size),
+            tup(*stride),
+            FALSE,
+            g("collections", "OrderedDict") + EMPTY_TUPLE + REDUCE,
+        )
+        + REDUCE
+    )
 
 
-def torch_zip(path: Path, data_pkl: bytes, storages: dict[str, bytes] | None = None,
-              compress: set[str] = frozenset()) -> Path:
+def torch_zip(
+    path: Path, data_pkl: bytes, storages: dict[str, bytes] | None = None, compress: set[str] = frozenset()
+) -> Path:
     """A ``torch.save``-like archive; members named in ``compress`` are deflated."""
     with zipfile.ZipFile(path, "w") as z:
+
         def add(name: str, data: bytes) -> None:
             method = zipfile.ZIP_DEFLATED if name in compress else zipfile.ZIP_STORED
             z.writestr(zipfile.ZipInfo(f"archive/{name}"), data, compress_type=method)
+
         add("data.pkl", data_pkl)
         add("byteorder", b"little")
         for key, data in (storages or {}).items():
@@ -136,8 +164,9 @@ def legacy_torch(path: Path, main_pickle: bytes, storages: dict[str, bytes], num
 
     The storage ids of :func:`storage_pid` get the legacy format's sixth field (no view)."""
     main_pickle = main_pickle.replace(TUPLE + BINPERSID, NONE + TUPLE + BINPERSID)
-    info = pickle_of(EMPTY_DICT + s("protocol_version") + i(1001) + SETITEM
-                     + s("little_endian") + TRUE + SETITEM)
+    info = pickle_of(
+        EMPTY_DICT + s("protocol_version") + i(1001) + SETITEM + s("little_endian") + TRUE + SETITEM
+    )
     keys = pickle_of(EMPTY_LIST + MARK + b"".join(s(k) for k in storages) + APPENDS)
     out = io.BytesIO()
     out.write(pickle_of(i(0x1950A86A20F9469CFC6C)) + pickle_of(i(1001)) + info + main_pickle + keys)
@@ -149,6 +178,7 @@ def legacy_torch(path: Path, main_pickle: bytes, storages: dict[str, bytes], num
 
 
 # --- running ---------------------------------------------------------------------------------
+
 
 @dataclass
 class Outcome:
@@ -177,8 +207,9 @@ finally:  # VmHWM: this process's own peak (ru_maxrss would start from the forki
 """
 
 
-def run_bounded(*args: str | Path, limit: int = ADDRESS_SPACE, timeout: float = 120,
-                env: dict | None = None) -> Outcome:
+def run_bounded(
+    *args: str | Path, limit: int = ADDRESS_SPACE, timeout: float = 120, env: dict | None = None
+) -> Outcome:
     """Run ``python ARGS`` (a script path or ``-c CODE``) in a fresh process whose address space
     is capped at ``limit``; its exit code, output, wall time and peak RSS (its VmHWM)."""
     import tempfile
@@ -189,8 +220,12 @@ def run_bounded(*args: str | Path, limit: int = ADDRESS_SPACE, timeout: float = 
         try:
             done = subprocess.run(
                 [sys.executable, "-c", _BOUNDED.format(limit=limit), report, *map(str, args)],
-                capture_output=True, text=True, cwd=ROOT, timeout=timeout,
-                env={**os.environ, **(env or {})})
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+                timeout=timeout,
+                env={**os.environ, **(env or {})},
+            )
         except subprocess.TimeoutExpired as e:
             raise AssertionError(f"still running after {timeout} s: {e.stderr!r:.2000}") from None
         seconds = time.perf_counter() - start

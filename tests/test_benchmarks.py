@@ -1,4 +1,5 @@
 """The benchmarks' own bookkeeping, checked against the model (their timings are not tested)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -33,8 +34,13 @@ def test_bench_products_lists_every_product_of_a_forward_pass(name):
     def record(layer, inputs, output):
         if isinstance(layer, paddle.nn.Conv2D):  # a patch embedding: one row per patch
             rows = output.shape[0] * output.shape[2] * output.shape[3]
-            seen[(rows, layer.weight.shape[1] * layer.weight.shape[2] * layer.weight.shape[3],
-                  layer.weight.shape[0])] += 1
+            seen[
+                (
+                    rows,
+                    layer.weight.shape[1] * layer.weight.shape[2] * layer.weight.shape[3],
+                    layer.weight.shape[0],
+                )
+            ] += 1
         else:
             x = inputs[0]
             seen[(x.numel().item() // x.shape[-1], x.shape[-1], output.shape[-1])] += 1

@@ -1,4 +1,5 @@
 """convert.py as a user meets it: summaries, and one clear line with exit code 2 on bad input."""
+
 from __future__ import annotations
 
 import pytest

@@ -7,6 +7,7 @@ classifier: from the Paddle model's own features of each image, a head is solved
 put a chosen class first, so each image is designed to be right, right only in the top 5, or
 wrong.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,13 @@ from .conftest import ROOT, assert_refused, run_cli, sample_image_paths, timm_ev
 VARIANT = "coat_lite_tiny"
 # tabby cat, coffee mug, space shuttle, motor scooter: ImageNet indices 281, 504, 812, 670
 CLASSES = {"n02123045": 9, "n03063599": 9, "n04266014": 9, "n03791053": 8}
-PHOTOS = [*sample_image_paths(), *(sample_image_paths()[0].parent / n for n in
-                                   ("camera.png", "logo.png", "hubble_deep_field.jpg", "coins.png"))]
+PHOTOS = [
+    *sample_image_paths(),
+    *(
+        sample_image_paths()[0].parent / n
+        for n in ("camera.png", "logo.png", "hubble_deep_field.jpg", "coins.png")
+    ),
+]
 N = sum(CLASSES.values())  # 35: odd, so two ranks need DistributedBatchSampler's padding
 
 
@@ -71,7 +77,7 @@ def tree(tmp_path_factory):
 def val_list(tree):
     """The same images as a Paddle-style list file: '<relative path> <label>'."""
     data = scan_folder(tree, 1000, wnids=imagenet_wnids())
-    lines = [f"{s.path[len(str(tree)) + 1:]} {s.label}" for s in data.samples]
+    lines = [f"{s.path[len(str(tree)) + 1 :]} {s.label}" for s in data.samples]
     path = tree.parent / "val_list.txt"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -194,8 +200,9 @@ def limited(n: int) -> list[int]:
 
 
 def test_rigged_head_gives_the_designed_accuracy(tree, rigged, capsys):
-    result = evaluate_json(capsys, tree, "--variant", VARIANT, "--weights", rigged.weights,
-                           "--batch-size", "8")
+    result = evaluate_json(
+        capsys, tree, "--variant", VARIANT, "--weights", rigged.weights, "--batch-size", "8"
+    )
     assert (result["images"], result["evaluated"], result["skipped"]["count"]) == (N, N, 0)
     assert (result["correct_top1"], result["correct_top5"]) == (rigged.top1, rigged.top5) == (12, 24)
     assert result["top1"] == pytest.approx(100 * 12 / 35)
@@ -206,8 +213,9 @@ def test_rigged_head_gives_the_designed_accuracy(tree, rigged, capsys):
 
 
 def test_list_file_gives_the_same_result(tree, val_list, rigged, capsys):
-    result = evaluate_json(capsys, tree, "--list", val_list, "--variant", VARIANT,
-                           "--weights", rigged.weights, "--limit", "12")
+    result = evaluate_json(
+        capsys, tree, "--list", val_list, "--variant", VARIANT, "--weights", rigged.weights, "--limit", "12"
+    )
     assert result["labelling"] == "list file"
     assert result["evaluated"] == 12
     assert (result["correct_top1"], result["correct_top5"]) == designed(limited(12))
@@ -221,8 +229,18 @@ def test_limit_spreads_over_the_classes(tree):
 
 
 def test_expect_top1_sets_the_exit_code(tree, rigged, capsys):
-    common = [tree, "--variant", VARIANT, "--weights", rigged.weights, "--workers", "0", "--quiet",
-              "--limit", "9"]
+    common = [
+        tree,
+        "--variant",
+        VARIANT,
+        "--weights",
+        rigged.weights,
+        "--workers",
+        "0",
+        "--quiet",
+        "--limit",
+        "9",
+    ]
     top1 = 100 * designed(limited(9))[0] / 9
     code, out, _ = evaluate(capsys, *common, "--expect-top1", f"{top1 + 0.05:.2f}")
     assert code == 0 and f"top-1       {top1:.3f} %" in out
@@ -232,8 +250,17 @@ def test_expect_top1_sets_the_exit_code(tree, rigged, capsys):
 
 
 def test_reference_runs_timm_on_the_same_batches(tree, rigged, capsys):
-    result = evaluate_json(capsys, tree, "--variant", VARIANT, "--weights", rigged.weights,
-                           "--limit", "12", command=reference_main)
+    result = evaluate_json(
+        capsys,
+        tree,
+        "--variant",
+        VARIANT,
+        "--weights",
+        rigged.weights,
+        "--limit",
+        "12",
+        command=reference_main,
+    )
     ref = result["reference"]
     assert "reverse-converted" in ref["weights"]
     assert (ref["correct_top1"], ref["correct_top5"]) == designed(limited(12))
@@ -245,8 +272,19 @@ def test_reference_runs_timm_on_the_same_batches(tree, rigged, capsys):
 
 def test_reference_from_the_original_checkpoint(tree, rigged, capsys):
     source, weights = rigged.natural
-    result = evaluate_json(capsys, tree, "--variant", VARIANT, "--weights", weights,
-                           "--reference-weights", source, "--limit", "12", command=reference_main)
+    result = evaluate_json(
+        capsys,
+        tree,
+        "--variant",
+        VARIANT,
+        "--weights",
+        weights,
+        "--reference-weights",
+        source,
+        "--limit",
+        "12",
+        command=reference_main,
+    )
     ref = result["reference"]
     assert ref["weights"] == str(source)
     assert ref["top1_agreement"] == 100.0 and ref["disagreements"] == []
@@ -267,9 +305,24 @@ def test_paddle_side_points_to_the_reference_command(tree, rigged, capsys):
 
 def test_command_line_with_workers_and_result_file(tree, rigged, tmp_path):
     out = tmp_path / "result.json"
-    cmd = [sys.executable, "-m", "paddle_model.evaluate", str(tree), "--variant", VARIANT,
-           "--weights", str(rigged.weights), "--workers", "2", "--batch-size", "4", "--limit", "12",
-           "--result", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "paddle_model.evaluate",
+        str(tree),
+        "--variant",
+        VARIANT,
+        "--weights",
+        str(rigged.weights),
+        "--workers",
+        "2",
+        "--batch-size",
+        "4",
+        "--limit",
+        "12",
+        "--result",
+        str(out),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert done.returncode == 0, done.stderr
     top1, top5 = designed(limited(12))
@@ -288,9 +341,23 @@ def test_two_ranks_under_paddle_launch_equal_one_process(tree, rigged, tmp_path,
     out = tmp_path / "result.json"
     script = shutil.which("coat-evaluate", path=str(Path(sys.executable).parent))
     assert script is not None, "no coat-evaluate console script: install the project (pip install -e .)"
-    cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2",
-           "--log_dir", str(tmp_path / "log"), script, str(tree),
-           *common, "--workers", "1", "--quiet", "--result", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "paddle.distributed.launch",
+        "--nproc_per_node",
+        "2",
+        "--log_dir",
+        str(tmp_path / "log"),
+        script,
+        str(tree),
+        *common,
+        "--workers",
+        "1",
+        "--quiet",
+        "--result",
+        str(out),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     both = json.loads(out.read_text())
@@ -302,6 +369,7 @@ def test_two_ranks_under_paddle_launch_equal_one_process(tree, rigged, tmp_path,
 
 
 # ---- bad data: one clear line and exit 2, or with --skip-bad, counted and left out ----
+
 
 @pytest.fixture
 def small_tree(tree, tmp_path):
@@ -357,12 +425,15 @@ def test_empty_folder_keeps_the_other_labels_in_place(small_tree):
     assert data.skipped == [(str(names / "b"), "class folder with no images")]
 
 
-@pytest.mark.parametrize("line, reason", [
-    ("n03063599/img_00.JPEG 1000", "label 1000 is outside 0..999"),
-    ("n03063599/img_00.JPEG -1", "label -1 is outside 0..999"),
-    ("n03063599/img_00.JPEG cat", "cannot parse"),
-    ("just-a-path.JPEG", "cannot parse"),
-])
+@pytest.mark.parametrize(
+    "line, reason",
+    [
+        ("n03063599/img_00.JPEG 1000", "label 1000 is outside 0..999"),
+        ("n03063599/img_00.JPEG -1", "label -1 is outside 0..999"),
+        ("n03063599/img_00.JPEG cat", "cannot parse"),
+        ("just-a-path.JPEG", "cannot parse"),
+    ],
+)
 def test_bad_list_line(tree, val_list, rigged, tmp_path, line, reason, capsys):
     bad_list = tmp_path / "val_list.txt"
     lines = val_list.read_text().splitlines()[:4]
@@ -399,19 +470,28 @@ def test_unusable_data_or_weights(tmp_path, rigged, problem, capsys):
         state = {k: v for k, v in paddle.load(str(weights)).items() if not k.startswith("head.")}
         weights = tmp_path / "backbone.pdparams"
         paddle.save(state, str(weights))
-    needles = {"no folder": ["no such folder"], "no class folders": ["no class folders"],
-               "too many classes": ["1001 class folders but the model has 1000 classes"],
-               "backbone": ["no classifier"]}[problem]
+    needles = {
+        "no folder": ["no such folder"],
+        "no class folders": ["no class folders"],
+        "too many classes": ["1001 class folders but the model has 1000 classes"],
+        "backbone": ["no classifier"],
+    }[problem]
     _check_refused(capsys, [data, "--variant", VARIANT, "--weights", weights], *needles)
 
 
 # ---- data that is not what it looks like: bounded time, bounded memory, each file once ----
 
+
 def _run_evaluate(*args) -> subprocess.CompletedProcess:
     """``python -m paddle_model.evaluate ARGS`` in a child, so that a hang is a timeout here
     (the DataLoader reads in a thread, which an alarm in the test process cannot stop)."""
-    return subprocess.run([sys.executable, "-m", "paddle_model.evaluate", *map(str, args), "--quiet",
-                           "--workers", "0"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "paddle_model.evaluate", *map(str, args), "--quiet", "--workers", "0"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
 
 
 def test_a_fifo_named_like_an_image_is_refused_not_waited_on(small_tree, rigged, tmp_path, capsys):
@@ -421,8 +501,11 @@ def test_a_fifo_named_like_an_image_is_refused_not_waited_on(small_tree, rigged,
     assert_refused(_run_evaluate(small_tree, *args), str(fifo), "a FIFO, not an image file", "--skip-bad")
     listed = tmp_path / "list.txt"  # named by a file list, it is opened: without blocking, and refused
     listed.write_text("n03063599/x.JPEG 504\n")
-    assert_refused(_run_evaluate(small_tree, "--list", listed, *args),
-                   str(fifo), "a FIFO, not an image file; only regular files are read")
+    assert_refused(
+        _run_evaluate(small_tree, "--list", listed, *args),
+        str(fifo),
+        "a FIFO, not an image file; only regular files are read",
+    )
     result = evaluate_json(capsys, small_tree, *args, "--skip-bad")
     assert (result["images"], result["evaluated"]) == (6, 6)
     assert result["skipped"]["items"] == [{"item": str(fifo), "reason": "a FIFO, not an image file"}]
@@ -447,18 +530,38 @@ def test_a_thin_png_is_refused_before_it_takes_gigabytes(small_tree, rigged):
     thin = small_tree / "n03063599" / "thin.png"
     Image.new("RGB", (1, 10000), (200, 100, 50)).save(thin)
     assert thin.stat().st_size < 1000
-    code = ("import resource, sys, warnings\n"
-            "warnings.filterwarnings('ignore', message='No ccache found')\n"
-            "import paddle, PIL.Image, tqdm\n"
-            "from paddle_model.evaluate import main\n"
-            "import paddle_model.factory\n"
-            "status = open('/proc/self/status').read().splitlines()\n"
-            "vm = next(int(l.split()[1]) for l in status if l.startswith('VmSize')) * 1024\n"
-            "resource.setrlimit(resource.RLIMIT_AS, (vm + 2**30, vm + 2**30))\n"
-            "sys.exit(main(sys.argv[1:]))\n")
-    done = subprocess.run([sys.executable, "-c", code, str(small_tree), "--variant", VARIANT, "--weights",
-                           str(rigged.weights), "--workers", "0", "--quiet", "--batch-size", "2"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    code = (
+        "import resource, sys, warnings\n"
+        "warnings.filterwarnings('ignore', message='No ccache found')\n"
+        "import paddle, PIL.Image, tqdm\n"
+        "from paddle_model.evaluate import main\n"
+        "import paddle_model.factory\n"
+        "status = open('/proc/self/status').read().splitlines()\n"
+        "vm = next(int(l.split()[1]) for l in status if l.startswith('VmSize')) * 1024\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (vm + 2**30, vm + 2**30))\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            str(small_tree),
+            "--variant",
+            VARIANT,
+            "--weights",
+            str(rigged.weights),
+            "--workers",
+            "0",
+            "--quiet",
+            "--batch-size",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert done.returncode == 2, done.stderr[-3000:]
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {thin}: the image is 1x10000 pixels"), done.stderr
@@ -467,13 +570,36 @@ def test_a_thin_png_is_refused_before_it_takes_gigabytes(small_tree, rigged):
 
 def test_workers_started_with_spawn_get_the_dataset(tree, rigged):
     """macOS and Windows start DataLoader workers with spawn, which pickles the dataset."""
-    code = ("import multiprocessing, sys\n"
-            "multiprocessing.set_start_method('spawn')\n"
-            "from paddle_model.evaluate import main\n"
-            "sys.exit(main(sys.argv[1:]))\n")
-    done = subprocess.run([sys.executable, "-c", code, str(tree), "--variant", VARIANT, "--weights",
-                           str(rigged.weights), "--workers", "2", "--batch-size", "3", "--limit", "6",
-                           "--json", "--quiet"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    code = (
+        "import multiprocessing, sys\n"
+        "multiprocessing.set_start_method('spawn')\n"
+        "from paddle_model.evaluate import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            str(tree),
+            "--variant",
+            VARIANT,
+            "--weights",
+            str(rigged.weights),
+            "--workers",
+            "2",
+            "--batch-size",
+            "3",
+            "--limit",
+            "6",
+            "--json",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)
     assert result["evaluated"] == 6

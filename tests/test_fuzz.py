@@ -6,6 +6,7 @@ bytes, so their flips go where a reader can tell: the header, the pickle's opcod
 legacy storage records, plus truncations anywhere. ``benchmarks/soak_hostile.py`` runs the
 same at length (1000+ per format, flips anywhere).
 """
+
 from __future__ import annotations
 
 import io
@@ -73,8 +74,11 @@ def test_fuzzed_safetensors_sources_fail_closed_or_convert_identically(tmp_path)
         assert dst.read_bytes() == expected, f"case {n} converted to different weights"
         dst.unlink()
     assert refused > 200
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["fuzz.safetensors", "ref.pdparams",
-                                                         "src.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "fuzz.safetensors",
+        "ref.pdparams",
+        "src.safetensors",
+    ]
 
 
 def test_fuzzed_legacy_sources_fail_closed_or_convert_identically(tmp_path, checkpoints):

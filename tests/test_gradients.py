@@ -1,4 +1,5 @@
 """Fine-tuning in Paddle starts where PyTorch would: every parameter's gradient agrees."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """The compiled kernels: built here, equal to torch's or to the Paddle ops they replace, optional."""
+
 from __future__ import annotations
 
 import ast
@@ -34,12 +35,16 @@ def test_a_first_build_prints_nothing(tmp_path):
         "print(built, repr(buf.getvalue()))\n"
     )
     env = {**os.environ, "COAT_PADDLE_CACHE": str(tmp_path / "cache")}
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout == "True ''\n"
-    noise = [line for line in done.stderr.splitlines() if "ccache" not in line and line.strip()
-             and not line.strip().startswith("warnings.warn")]  # Paddle's own import warning
+    noise = [
+        line
+        for line in done.stderr.splitlines()
+        if "ccache" not in line and line.strip() and not line.strip().startswith("warnings.warn")
+    ]  # Paddle's own import warning
     assert len(noise) == 1, noise  # the one line that says why the first call takes 20 s
     assert noise[0].startswith("coat_paddle: compiling the CPU kernels for this machine")
     assert str(tmp_path / "cache") in noise[0]
@@ -63,11 +68,11 @@ def _declared_ops() -> dict[str, tuple[tuple[str, ...], bool]]:
             blocks.pop()
         elif line.startswith("PD_BUILD_OP("):
             end = next(k for k in range(i, len(lines)) if "SetKernelFn" in lines[k])
-            chunk = " ".join(lines[i:end + 1])
+            chunk = " ".join(lines[i : end + 1])
             inputs = re.search(r"\.Inputs\(\{(.*?)\}\)", chunk).group(1)
             attrs = re.search(r"\.Attrs\(\{(.*?)\}\)", chunk)
             args = re.findall(r'"(\w+)"', inputs) + (re.findall(r'"(\w+):', attrs.group(1)) if attrs else [])
-            name = line[len("PD_BUILD_OP("):line.index(")")]
+            name = line[len("PD_BUILD_OP(") : line.index(")")]
             declared[name] = (tuple(a.lower() for a in args), any(blocks))
     return declared
 
@@ -88,9 +93,16 @@ def test_an_unknown_op_name_is_refused():
         kernels.op("coat_gelu")
 
 
-@pytest.mark.parametrize("batch, channels, height, width, kernel", [
-    (1, 152, 56, 59, 3), (2, 48, 28, 28, 5), (2, 60, 14, 9, 7), (3, 8, 1, 1, 7), (1, 16, 2, 5, 7),
-])
+@pytest.mark.parametrize(
+    "batch, channels, height, width, kernel",
+    [
+        (1, 152, 56, 59, 3),
+        (2, 48, 28, 28, 5),
+        (2, 60, 14, 9, 7),
+        (3, 8, 1, 1, 7),
+        (1, 16, 2, 5, 7),
+    ],
+)
 def test_conv_pos_enc_equals_torch(batch, channels, height, width, kernel):
     """Tokens plus torch's depthwise convolution of their image part; CLS untouched."""
     rng = np.random.default_rng(kernel)
@@ -101,8 +113,9 @@ def test_conv_pos_enc_equals_torch(batch, channels, height, width, kernel):
     conv = F.conv2d(img, torch.from_numpy(w), torch.from_numpy(b), padding=kernel // 2, groups=channels)
     expected = x.copy()
     expected[:, 1:] += conv.flatten(2).transpose(1, 2).numpy()
-    got = kernels.op("coat_conv_pos_enc")(paddle.to_tensor(x), paddle.to_tensor(w), paddle.to_tensor(b),
-                                 height, width).numpy()
+    got = kernels.op("coat_conv_pos_enc")(
+        paddle.to_tensor(x), paddle.to_tensor(w), paddle.to_tensor(b), height, width
+    ).numpy()
     assert np.array_equal(got[:, 0], x[:, 0])
     assert float(np.abs(got - expected).max()) <= 1e-6 * float(np.abs(expected).max())
 
@@ -123,8 +136,9 @@ def test_model_gives_the_same_outputs_with_and_without_kernels_and_threads(tmp_p
     for kernels_on, threads in (("1", "1"), ("1", "2"), ("0", "2")):
         path = tmp_path / f"out{kernels_on}{threads}.npy"
         env = {"COAT_PADDLE_KERNELS": kernels_on, "MKL_NUM_THREADS": threads, "PATH": "/usr/bin:/bin"}
-        subprocess.run([sys.executable, "-c", code, str(path)], check=True, cwd=ROOT, env=env,
-                       capture_output=True)
+        subprocess.run(
+            [sys.executable, "-c", code, str(path)], check=True, cwd=ROOT, env=env, capture_output=True
+        )
         outputs[kernels_on, threads] = np.load(path)
     without = outputs["0", "2"]
     for key in (("1", "1"), ("1", "2")):
@@ -184,8 +198,9 @@ def _linear_case(rows, k, n, gelu, residual, out_in):
     w = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
     b = rng.standard_normal(n).astype(np.float32)
     r = rng.standard_normal((*rows, n)).astype(np.float32)
-    expected = F.linear(torch.from_numpy(x).double(), torch.from_numpy(w).double().T,
-                        torch.from_numpy(b).double())
+    expected = F.linear(
+        torch.from_numpy(x).double(), torch.from_numpy(w).double().T, torch.from_numpy(b).double()
+    )
     if gelu:
         expected = F.gelu(expected)
     if residual:
@@ -214,8 +229,12 @@ def test_linear_equals_torch():
     """coat_linear / coat_linear_add against torch's Linear (+ exact GELU, + residual) in
     float64, with Paddle's [in, out] weight layout, on this process's threads; and
     coat_patch_linear with a convolution's [out, in]."""
-    _check_linear({str(i): _run_linear(*_linear_case(*case)[0], case[3], case[5])
-                   for i, case in enumerate(_LINEAR_CASES)})
+    _check_linear(
+        {
+            str(i): _run_linear(*_linear_case(*case)[0], case[3], case[5])
+            for i, case in enumerate(_LINEAR_CASES)
+        }
+    )
 
 
 def test_linear_equals_torch_on_two_threads(tmp_path):
@@ -229,16 +248,25 @@ def test_linear_equals_torch_on_two_threads(tmp_path):
         "np.savez(sys.argv[1], **out)\n"
     )
     env = {**os.environ, "MKL_NUM_THREADS": "2"}
-    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "out.npz")], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "out.npz")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     _check_linear(np.load(tmp_path / "out.npz"))
 
 
-@pytest.mark.parametrize("rows, k, hidden", [
-    ((2, 50), 40, 160),  # hidden activations small: two Linear steps
-    ((2, 4200), 64, 512),  # 17 MB of them: row blocks (the last one partial)
-])
+@pytest.mark.parametrize(
+    "rows, k, hidden",
+    [
+        ((2, 50), 40, 160),  # hidden activations small: two Linear steps
+        ((2, 4200), 64, 512),  # 17 MB of them: row blocks (the last one partial)
+    ],
+)
 def test_mlp_equals_torch(rows, k, hidden):
     """coat_mlp against torch's fc1 -> exact GELU -> fc2, plus the residual, in float64."""
     rng = np.random.default_rng(hidden)
@@ -255,10 +283,19 @@ def test_mlp_equals_torch(rows, k, hidden):
     assert float(np.abs(got - expected).max()) <= 2e-6 * float(np.abs(expected).max())
 
 
-@pytest.mark.parametrize("batch, size, head_chs", [
-    (1, (56, 56), 8), (3, (28, 28), 16), (2, (14, 14), 32), (2, (14, 9), 40), (3, (2, 3), 64),
-    (2, (1, 1), 8),  # heads of 8k channels: on token rows
-    (1, (28, 28), 19), (2, (5, 4), 36)])  # other widths: on channel planes (36: kv by MKL)
+@pytest.mark.parametrize(
+    "batch, size, head_chs",
+    [
+        (1, (56, 56), 8),
+        (3, (28, 28), 16),
+        (2, (14, 14), 32),
+        (2, (14, 9), 40),
+        (3, (2, 3), 64),
+        (2, (1, 1), 8),  # heads of 8k channels: on token rows
+        (1, (28, 28), 19),
+        (2, (5, 4), 36),
+    ],
+)  # other widths: on channel planes (36: kv by MKL)
 def test_factor_attn_equals_timms_attention(batch, size, head_chs):
     """timm's FactorAttnConvRelPosEnc against its own qkv and proj around the compiled core."""
     from timm.models.coat import ConvRelPosEnc, FactorAttnConvRelPosEnc
@@ -272,9 +309,14 @@ def test_factor_attn_equals_timms_attention(batch, size, head_chs):
         expected = attention(x, size).numpy()
         qkv = paddle.to_tensor(attention.qkv(x).numpy())
         core = kernels.op("coat_factor_attn")(
-            qkv, [paddle.to_tensor(c.weight.numpy()) for c in crpe.conv_list],
-            [paddle.to_tensor(c.bias.numpy()) for c in crpe.conv_list], size[0], size[1], heads,
-            attention.scale)
+            qkv,
+            [paddle.to_tensor(c.weight.numpy()) for c in crpe.conv_list],
+            [paddle.to_tensor(c.bias.numpy()) for c in crpe.conv_list],
+            size[0],
+            size[1],
+            heads,
+            attention.scale,
+        )
         got = attention.proj(torch.from_numpy(core.numpy())).numpy()
     assert got.shape == expected.shape
     assert float(np.abs(got - expected).max()) <= 1e-6 * float(np.abs(expected).max())
@@ -287,10 +329,16 @@ def test_layer_norm_equals_torch(shape, eps):
     x = (rng.standard_normal(shape) * 2 + 30).astype(np.float32)
     w = rng.standard_normal(shape[-1]).astype(np.float32)
     b = rng.standard_normal(shape[-1]).astype(np.float32)
-    expected = F.layer_norm(torch.from_numpy(x).double(), shape[-1:], torch.from_numpy(w).double(),
-                            torch.from_numpy(b).double(), eps).numpy()
-    got = kernels.op("coat_layer_norm")(paddle.to_tensor(x), paddle.to_tensor(w), paddle.to_tensor(b),
-                                        eps).numpy()
+    expected = F.layer_norm(
+        torch.from_numpy(x).double(),
+        shape[-1:],
+        torch.from_numpy(w).double(),
+        torch.from_numpy(b).double(),
+        eps,
+    ).numpy()
+    got = kernels.op("coat_layer_norm")(
+        paddle.to_tensor(x), paddle.to_tensor(w), paddle.to_tensor(b), eps
+    ).numpy()
     assert float(np.abs(got - expected).max()) <= 2e-6 * float(np.abs(expected).max())
 
 
@@ -298,19 +346,36 @@ def test_coat_py_has_no_reference_to_the_kernels():
     """The model is written once, with Paddle's ops; the compiled path is applied from outside."""
     source = (ROOT / "paddle_model" / "coat.py").read_text()
     assert "kernels" not in source and "_compiled" not in source
-    imported = {node.module for node in ast.walk(ast.parse(source))
-                if isinstance(node, ast.ImportFrom)} | {
-        alias.name for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Import)
-        for alias in node.names}
-    assert imported == {"__future__", "math", "functools", "typing", "numpy", "paddle", "paddle.nn",
-                        "paddle.nn.functional", "converter.layout", "variants"}
+    imported = {node.module for node in ast.walk(ast.parse(source)) if isinstance(node, ast.ImportFrom)} | {
+        alias.name
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    }
+    assert imported == {
+        "__future__",
+        "math",
+        "functools",
+        "collections.abc",
+        "numpy",
+        "paddle",
+        "paddle.nn",
+        "paddle.nn.functional",
+        "converter.layout",
+        "variants",
+    }
 
 
 def _watched(model) -> list:
     """The classes of a few layers at the moments the model calls them, recorded as it runs."""
     seen = []
-    for layer in (model.patch_embed1, model.serial_blocks1[0], model.cpe2, model.parallel_blocks[0],
-                  model.norm4):
+    for layer in (
+        model.patch_embed1,
+        model.serial_blocks1[0],
+        model.cpe2,
+        model.parallel_blocks[0],
+        model.norm4,
+    ):
         layer.register_forward_pre_hook(lambda layer, inputs: seen.append(type(layer)))
     return seen
 
@@ -333,8 +398,16 @@ def test_eager_cpu_inference_calls_run_the_fast_forms_and_only_during_the_call(s
     with paddle.no_grad():
         fast_out = model(x).numpy()
         assert [t for t in seen if t in _FAST] == seen and set(seen) == set(_FAST)
-        assert all(type(layer) in _OWN for layer in (model.patch_embed1, model.serial_blocks1[0],
-                                                      model.cpe2, model.parallel_blocks[0], model.norm4))
+        assert all(
+            type(layer) in _OWN
+            for layer in (
+                model.patch_embed1,
+                model.serial_blocks1[0],
+                model.cpe2,
+                model.parallel_blocks[0],
+                model.norm4,
+            )
+        )
         seen.clear()
         own_out = model.forward(x).numpy()  # no hooks: coat.py's layers, Paddle's ops
     assert set(seen) == set(_OWN)
@@ -402,8 +475,10 @@ def test_paddles_ops_and_the_kernels_both_match_timm(converted):
     x = seeded_input(2, 96, seed=5)
     plain = coat.CoaT(v)
     load_state_dict(plain, read_weights(dst), source=str(dst))
-    for candidate, block in ((paddle_model.create_model(v.name, pretrained=dst), fast.SerialBlock),
-                             (plain, coat.SerialBlock)):
+    for candidate, block in (
+        (paddle_model.create_model(v.name, pretrained=dst), fast.SerialBlock),
+        (plain, coat.SerialBlock),
+    ):
         seen = _watched(candidate)
         report = compare_models(reference, candidate, x, v.name, tolerance=1e-5)
         assert report.ok, report.table()

@@ -1,4 +1,5 @@
 """The declared state-dict layout is exactly what the Paddle model and timm's model hold."""
+
 from __future__ import annotations
 
 import numpy as np

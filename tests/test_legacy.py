@@ -1,5 +1,6 @@
 """Legacy torch files (torch < 1.6, or ``_use_new_zipfile_serialization=False``) convert at
 parity, exactly as their zip twins do, and hostile ones are refused like zip ones."""
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,11 @@ def training_dict(variant: str) -> dict:
 @pytest.mark.parametrize("variant", [LITE, FULL])
 @pytest.mark.parametrize("layout", ["official", "training"])
 def test_legacy_file_converts_at_parity(variant, layout, tmp_path):
-    obj = ({"model": official_state_dict(seeded_model(variant))} if layout == "official"
-           else training_dict(variant))
+    obj = (
+        {"model": official_state_dict(seeded_model(variant))}
+        if layout == "official"
+        else training_dict(variant)
+    )
     src = legacy_save(obj, tmp_path / "legacy.pth")
     dst = tmp_path / "legacy.pdparams"
     assert "legacy torch file, 'model' entry" in convert_ok(src, dst).stdout
@@ -88,6 +92,7 @@ def test_legacy_pickle_code_never_runs(tmp_path):
     class Payload:
         def __reduce__(self):
             import os
+
             return (os.system, (f"touch {marker}",))
 
     src = legacy_save({"model": {"cls_token1": Payload()}}, tmp_path / "evil.pth")
@@ -107,11 +112,14 @@ def _storage_records(data: bytes) -> int:
     return f.tell()
 
 
-@pytest.mark.parametrize("damage, phrase", [
-    ("truncated", "truncated"),
-    ("wrong count", "records 7 elements"),
-    ("big-endian", "big-endian"),
-])
+@pytest.mark.parametrize(
+    "damage, phrase",
+    [
+        ("truncated", "truncated"),
+        ("wrong count", "records 7 elements"),
+        ("big-endian", "big-endian"),
+    ],
+)
 def test_damaged_legacy_files_are_refused(tmp_path, damage, phrase):
     src = legacy_save({"model": official_state_dict(seeded_model(LITE))}, tmp_path / "src.pth")
     data = bytearray(src.read_bytes())
@@ -119,10 +127,10 @@ def test_damaged_legacy_files_are_refused(tmp_path, damage, phrase):
         data = data[: len(data) - 1000]
     elif damage == "wrong count":
         start = _storage_records(bytes(data))
-        data[start:start + 8] = struct.pack("<q", 7)
+        data[start : start + 8] = struct.pack("<q", 7)
     else:
         at = data.index(b"little_endian") + len(b"little_endian")
-        data[at:at + 4] = data[at:at + 4].replace(b"\x88", b"\x89", 1)
+        data[at : at + 4] = data[at : at + 4].replace(b"\x88", b"\x89", 1)
     src.write_bytes(bytes(data))
     assert_refused(run_cli(src, tmp_path / "o.pdparams"), phrase)
     assert not (tmp_path / "o.pdparams").exists()

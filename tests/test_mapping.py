@@ -6,6 +6,7 @@ the Paddle-layout direction that ``converter.reverse`` fits with the same engine
 ``converter.readers`` makes of the containers a ``.pth`` file may hold. The variants here are
 tiny (dims 8..24, one block per stage) so that every state dict is a few dozen keys.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,13 +22,15 @@ from converter.mapping import DROP, RENAME, RULES, Rule, apply_plan, plan_mappin
 from converter.reverse import paddle_layout_for, to_torch_layout
 from converter.variants import VARIANTS, CoatVariant
 
-LITE = CoatVariant("lite", (8, 16, 16, 24), (1, 1, 1, 1), mlp_ratios=(2, 2, 2, 2), num_heads=2,
-                   crpe_window=((3, 1), (5, 1)))
+LITE = CoatVariant(
+    "lite", (8, 16, 16, 24), (1, 1, 1, 1), mlp_ratios=(2, 2, 2, 2), num_heads=2, crpe_window=((3, 1), (5, 1))
+)
 COAT = dataclasses.replace(LITE, name="coat", embed_dims=(8, 8, 8, 8), parallel_depth=1)
 
 
-def torch_shapes(variant: CoatVariant, num_classes: int = 5, aliases: bool = True,
-                 official_norms: bool = False) -> dict[str, tuple[int, ...]]:
+def torch_shapes(
+    variant: CoatVariant, num_classes: int = 5, aliases: bool = True, official_norms: bool = False
+) -> dict[str, tuple[int, ...]]:
     """A PyTorch state dict's shapes for ``variant``: timm's keys, optionally the official
     file's unused norms too."""
     layout = coat_layout(variant, num_classes=num_classes)
@@ -55,6 +58,7 @@ def lazy_state(shapes: dict[str, tuple[int, ...]], dtype=np.float32) -> dict[str
 
 # ---- rules ------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("variant", [LITE, COAT], ids=["lite", "coat"])
 def test_canonical_keys_keep_their_names_and_aliases_are_tied(variant):
     plan = plan_mapping(torch_shapes(variant), variant)
@@ -77,8 +81,14 @@ def test_each_tie_rule_names_the_shared_tensor():
 def test_unused_official_norms_are_dropped_with_their_reason():
     lite = plan_mapping(torch_shapes(LITE, official_norms=True), LITE)
     assert lite.problems == []
-    assert sorted(lite.dropped) == ["norm1.bias", "norm1.weight", "norm2.bias", "norm2.weight",
-                                    "norm3.bias", "norm3.weight"]
+    assert sorted(lite.dropped) == [
+        "norm1.bias",
+        "norm1.weight",
+        "norm2.bias",
+        "norm2.weight",
+        "norm3.bias",
+        "norm3.weight",
+    ]
     assert lite.dropped["norm1.weight"].startswith("norm1: built but unused")
     assert lite.dropped["norm3.bias"].startswith("norm2/norm3: unused by CoaT-Lite")
     coat = plan_mapping(torch_shapes(COAT, official_norms=True), COAT)  # CoaT uses norm2, norm3
@@ -95,8 +105,10 @@ def test_the_first_matching_rule_decides():
 
 def test_a_rename_template_maps_other_names_onto_the_layout():
     rules = (Rule(r"encoder\.(serial_blocks.+)", RENAME, r"\1"), *RULES)
-    shapes = {(f"encoder.{k}" if k.startswith("serial") else k): s
-              for k, s in torch_shapes(LITE, aliases=False).items()}
+    shapes = {
+        (f"encoder.{k}" if k.startswith("serial") else k): s
+        for k, s in torch_shapes(LITE, aliases=False).items()
+    }
     plan = plan_mapping(shapes, LITE, rules=rules)
     assert plan.problems == []
     assert plan.renamed["encoder.serial_blocks3.0.mlp.fc2.bias"] == "serial_blocks3.0.mlp.fc2.bias"
@@ -108,6 +120,7 @@ def test_a_rule_table_without_a_catch_all_is_refused_by_key():
 
 
 # ---- misfits ----------------------------------------------------------------------------
+
 
 def test_missing_unexpected_mis_shaped_and_duplicated_keys_are_each_counted():
     shapes = torch_shapes(LITE)
@@ -122,8 +135,11 @@ def test_missing_unexpected_mis_shaped_and_duplicated_keys_are_each_counted():
         "1 shape mismatches (head.bias is [6], expected [5])",
     ]
     assert plan.misfits == 5
-    twice = plan_mapping(torch_shapes(LITE, aliases=False) | {"copy.cls_token1": (1, 1, 8)}, LITE,
-                         rules=(Rule(r"copy\.(.+)", RENAME, r"\1"), *RULES))
+    twice = plan_mapping(
+        torch_shapes(LITE, aliases=False) | {"copy.cls_token1": (1, 1, 8)},
+        LITE,
+        rules=(Rule(r"copy\.(.+)", RENAME, r"\1"), *RULES),
+    )
     assert twice.problems == ["keys given twice (cls_token1)"] and twice.misfits == 1
 
 
@@ -131,8 +147,9 @@ def test_an_untransposed_linear_weight_is_a_shape_mismatch():
     shapes = torch_shapes(LITE)
     shapes["serial_blocks1.0.mlp.fc1.weight"] = (8, 16)  # Paddle's [in, out] where torch has [out, in]
     plan = plan_mapping(shapes, LITE)
-    assert plan.problems == ["1 shape mismatches (serial_blocks1.0.mlp.fc1.weight is [8, 16], "
-                             "expected [16, 8])"]
+    assert plan.problems == [
+        "1 shape mismatches (serial_blocks1.0.mlp.fc1.weight is [8, 16], expected [16, 8])"
+    ]
     with pytest.raises(ConversionError, match=r"x\.pth does not fit lite: 1 shape mismatches"):
         plan.check("x.pth")
 
@@ -145,6 +162,7 @@ def test_the_classifier_size_and_a_headless_backbone_come_from_the_source():
 
 
 # ---- the Paddle direction, with the same engine -----------------------------------------
+
 
 def paddle_shapes(variant: CoatVariant, num_classes: int = 5) -> dict[str, tuple[int, ...]]:
     layout = coat_layout(variant, num_classes=num_classes)
@@ -188,8 +206,10 @@ def test_detection_tells_variants_apart_and_the_file_name_breaks_a_tie():
         assert detect_variant(shapes).variant.name == name
     medium = coat_layout(VARIANTS["coat_lite_medium"])
     shapes = {k: medium.spec(k).torch_shape for k in medium.order}
-    assert detect_variant(shapes, name_hint="coat_lite_medium_384_f9129688.pth").variant.name == \
-        "coat_lite_medium_384"
+    assert (
+        detect_variant(shapes, name_hint="coat_lite_medium_384_f9129688.pth").variant.name
+        == "coat_lite_medium_384"
+    )
     with pytest.raises(ConversionError, match="the tensors fit no CoaT variant; closest is coat_lite_mini"):
         layout = coat_layout(VARIANTS["coat_lite_mini"])
         detect_variant({k: layout.spec(k).torch_shape for k in layout.order if k != "cls_token1"})
@@ -198,6 +218,7 @@ def test_detection_tells_variants_apart_and_the_file_name_breaks_a_tie():
 
 
 # ---- applying a plan --------------------------------------------------------------------
+
 
 def test_apply_transposes_linear_weights_only_and_aliases_share_one_tensor():
     shapes = torch_shapes(LITE)
@@ -252,6 +273,7 @@ def test_apply_casts_only_when_asked():
 
 # ---- reading .pth containers ------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def small_state():
     import torch
@@ -260,12 +282,17 @@ def small_state():
     return {"a.weight": shared, "a.alias": shared, "b.bias": torch.ones(3, dtype=torch.bfloat16)}
 
 
-@pytest.mark.parametrize("container, found", [
-    (lambda s: s, "bare state dict"),
-    (lambda s: {"model": s, "epoch": 3}, "'model' entry"),
-    (lambda s: {"state_dict": {f"module.{k}": v for k, v in s.items()}},
-     "'state_dict' entry, prefix module. removed"),
-])
+@pytest.mark.parametrize(
+    "container, found",
+    [
+        (lambda s: s, "bare state dict"),
+        (lambda s: {"model": s, "epoch": 3}, "'model' entry"),
+        (
+            lambda s: {"state_dict": {f"module.{k}": v for k, v in s.items()}},
+            "'state_dict' entry, prefix module. removed",
+        ),
+    ],
+)
 def test_reader_finds_the_state_dict_in_each_container(small_state, tmp_path, container, found):
     import torch
 
@@ -297,10 +324,13 @@ def test_reader_takes_ema_weights_only_when_asked(small_state, tmp_path):
         read_checkpoint(tmp_path / "plain.pth", ema=True)
 
 
-@pytest.mark.parametrize("content, message", [
-    (lambda torch: [1, 2], "holds a list, not a state dict or a checkpoint dict"),
-    (lambda torch: {"optimizer": {"lr": 0.1}}, "found no state dict; expected tensors at the top level"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (lambda torch: [1, 2], "holds a list, not a state dict or a checkpoint dict"),
+        (lambda torch: {"optimizer": {"lr": 0.1}}, "found no state dict; expected tensors at the top level"),
+    ],
+)
 def test_reader_refuses_what_holds_no_state_dict(tmp_path, content, message):
     import torch
 
@@ -311,13 +341,18 @@ def test_reader_refuses_what_holds_no_state_dict(tmp_path, content, message):
         read_checkpoint(tmp_path / "x.pth")
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda p: None, "no such file; check the path"),
-    (lambda p: p.mkdir(), "is a directory; give the checkpoint file itself"),
-    (lambda p: p.write_bytes(b""), "is empty"),
-    (lambda p: p.write_bytes(b"\x80\x02}q\x00."),
-     r"neither a PyTorch checkpoint \(zip or legacy format\) nor a .safetensors file"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: None, "no such file; check the path"),
+        (lambda p: p.mkdir(), "is a directory; give the checkpoint file itself"),
+        (lambda p: p.write_bytes(b""), "is empty"),
+        (
+            lambda p: p.write_bytes(b"\x80\x02}q\x00."),
+            r"neither a PyTorch checkpoint \(zip or legacy format\) nor a .safetensors file",
+        ),
+    ],
+)
 def test_reader_refuses_what_is_not_a_checkpoint_file(tmp_path, make, message):
     from converter.readers import read_checkpoint
 

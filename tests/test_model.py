@@ -1,4 +1,5 @@
 """The Paddle model's own behaviour: any input size, backbone features, strict loading, training."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,24 +13,48 @@ from paddle_model.coat import _bilinear_matrix, resample_tokens
 from paddle_model.errors import WeightsError
 
 
-@pytest.mark.parametrize("n_in, n_out", [(7, 14), (14, 7), (7, 28), (28, 7), (14, 29), (57, 28),
-                                         (28, 57), (2, 1), (1, 2), (3, 1), (1, 1), (5, 3)])
+@pytest.mark.parametrize(
+    "n_in, n_out",
+    [
+        (7, 14),
+        (14, 7),
+        (7, 28),
+        (28, 7),
+        (14, 29),
+        (57, 28),
+        (28, 57),
+        (2, 1),
+        (1, 2),
+        (3, 1),
+        (1, 1),
+        (5, 3),
+    ],
+)
 def test_resampling_matches_torch_bilinear_to_a_size(n_in, n_out):
     rng = np.random.default_rng(0)
     h_in, w_in, h_out, w_out = n_in, n_in + 1, n_out, max(n_out - 1, 1)
     img = rng.standard_normal((2, 5, h_in, w_in)).astype(np.float32)
-    expected = F.interpolate(torch.from_numpy(img), size=(h_out, w_out), mode="bilinear",
-                             align_corners=False).numpy()
-    tokens = np.concatenate([np.zeros((2, 1, 5), np.float32),
-                             img.reshape(2, 5, -1).transpose(0, 2, 1)], axis=1)
+    expected = F.interpolate(
+        torch.from_numpy(img), size=(h_out, w_out), mode="bilinear", align_corners=False
+    ).numpy()
+    tokens = np.concatenate(
+        [np.zeros((2, 1, 5), np.float32), img.reshape(2, 5, -1).transpose(0, 2, 1)], axis=1
+    )
     out = resample_tokens(paddle.to_tensor(tokens), (h_in, w_in), (h_out, w_out)).numpy()
     got = out[:, 1:].transpose(0, 2, 1).reshape(2, 5, h_out, w_out)
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
     assert _bilinear_matrix(n_in, n_out).sum(1) == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("name, size", [("coat_tiny", (230, 230)), ("coat_tiny", (200, 296)),
-                                        ("coat_lite_tiny", (240, 320)), ("coat_tiny", (36, 36))])
+@pytest.mark.parametrize(
+    "name, size",
+    [
+        ("coat_tiny", (230, 230)),
+        ("coat_tiny", (200, 296)),
+        ("coat_lite_tiny", (240, 320)),
+        ("coat_tiny", (36, 36)),
+    ],
+)
 def test_runs_at_any_input_size(name, size):
     model = paddle_model.create_model(name, num_classes=10)
     model.eval()
@@ -38,8 +63,9 @@ def test_runs_at_any_input_size(name, size):
 
 
 def test_backbone_returns_requested_nchw_maps(tmp_path):
-    model = paddle_model.create_model("coat_mini", return_interm_layers=True,
-                                      out_features=["x2_nocls", "x4_nocls"])
+    model = paddle_model.create_model(
+        "coat_mini", return_interm_layers=True, out_features=["x2_nocls", "x4_nocls"]
+    )
     feats = model(paddle.randn([2, 3, 224, 256]))
     assert list(feats) == ["x2_nocls", "x4_nocls"]
     assert feats["x2_nocls"].shape == [2, 216, 28, 32]
@@ -68,8 +94,9 @@ def _saved(model, tmp_path, edit=None):
 
 
 def test_loading_refuses_a_missing_key(tmp_path):
-    path = _saved(paddle_model.create_model("coat_lite_tiny"), tmp_path,
-                  lambda s: s.pop("serial_blocks2.1.norm2.bias"))
+    path = _saved(
+        paddle_model.create_model("coat_lite_tiny"), tmp_path, lambda s: s.pop("serial_blocks2.1.norm2.bias")
+    )
     with pytest.raises(WeightsError, match=r"1 missing \(serial_blocks2.1.norm2.bias\)"):
         paddle_model.create_model("coat_lite_tiny", pretrained=path)
 

@@ -1,4 +1,5 @@
 """The harness has teeth: each single-tensor mistake a port can make fails parity, at its place."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -40,7 +41,7 @@ def swap_q_and_k(model):
     qkv = model.serial_blocks3[0].factoratt_crpe.qkv  # Paddle weight [C, 3C]: q | k | v columns
     c = qkv.weight.shape[0]
     w, b = qkv.weight.numpy(), qkv.bias.numpy()
-    order = np.r_[c:2 * c, 0:c, 2 * c:3 * c]
+    order = np.r_[c : 2 * c, 0:c, 2 * c : 3 * c]
     _set(qkv.weight, w[:, order])
     _set(qkv.bias, b[order])
 
@@ -79,16 +80,19 @@ def block_epsilon_everywhere(model):
             layer.eps = 1e-6
 
 
-@pytest.mark.parametrize("name, mutate, first", [
-    ("coat_lite_tiny", transpose_square_proj, "serial_blocks2.1"),
-    ("coat_lite_tiny", swap_q_and_k, "serial_blocks3.0"),
-    ("coat_tiny", swap_crpe_convs, "serial_blocks2.0"),
-    ("coat_tiny", untie_mlp3, "parallel_blocks.0/x3"),
-    ("coat_tiny", swap_cls_tokens, "serial_blocks2.0"),
-    ("coat_lite_tiny", paddle_default_epsilon, "serial_blocks1.0"),
-    ("coat_tiny", paddle_default_epsilon, "serial_blocks1.0"),
-    ("coat_lite_tiny", block_epsilon_everywhere, "patch_embed1"),
-])
+@pytest.mark.parametrize(
+    "name, mutate, first",
+    [
+        ("coat_lite_tiny", transpose_square_proj, "serial_blocks2.1"),
+        ("coat_lite_tiny", swap_q_and_k, "serial_blocks3.0"),
+        ("coat_tiny", swap_crpe_convs, "serial_blocks2.0"),
+        ("coat_tiny", untie_mlp3, "parallel_blocks.0/x3"),
+        ("coat_tiny", swap_cls_tokens, "serial_blocks2.0"),
+        ("coat_lite_tiny", paddle_default_epsilon, "serial_blocks1.0"),
+        ("coat_tiny", paddle_default_epsilon, "serial_blocks1.0"),
+        ("coat_lite_tiny", block_epsilon_everywhere, "patch_embed1"),
+    ],
+)
 def test_single_tensor_mistake_fails_parity_where_it_is(pair, name, mutate, first):
     reference, dst = pair(name)
     v = VARIANTS[name]

@@ -6,6 +6,7 @@ so that the package, its data (the kernels' C++ source, the class names) and its
 those of the wheel, not of the checkout. The checkpoints and timm's logits come from the full
 environment (``$COAT_NOTORCH_DIR``).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -41,8 +42,9 @@ def command(name: str, *args, cwd: Path) -> subprocess.CompletedProcess:
     """Run an installed command (from this environment's bin/) as a user would."""
     exe = Path(sys.executable).parent / name
     assert exe.is_file(), f"{name} is not installed in {exe.parent}"
-    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, cwd=cwd,
-                          timeout=600, check=False)
+    return subprocess.run(
+        [str(exe), *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600, check=False
+    )
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +78,9 @@ def test_every_command_is_on_path_with_help_and_version(tmp_path, name):
     assert version.stdout.strip().endswith(f" {metadata.version('coat-paddle')}")
 
 
-@pytest.mark.parametrize("variant, source", [("coat_lite_tiny", "coat_lite_tiny.pth"),
-                                             ("coat_tiny", "coat_tiny.safetensors")])
+@pytest.mark.parametrize(
+    "variant, source", [("coat_lite_tiny", "coat_lite_tiny.pth"), ("coat_tiny", "coat_tiny.safetensors")]
+)
 def test_converts_without_torch_at_parity_with_the_compiled_kernels(fixtures, tmp_path, variant, source):
     dst = tmp_path / f"{variant}.pdparams"
     result = command("coat-convert", fixtures / source, dst, cwd=tmp_path)
@@ -108,8 +111,9 @@ def test_predict_names_the_classes_and_export_writes_a_model_that_loads(weights,
 
     image = tmp_path / "noise.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)).save(image)
-    predicted = command("coat-predict", image, "--variant", "coat_lite_tiny", "--weights", weights,
-                        cwd=tmp_path)
+    predicted = command(
+        "coat-predict", image, "--variant", "coat_lite_tiny", "--weights", weights, cwd=tmp_path
+    )
     assert predicted.returncode == 0, predicted.stderr
     classes = imagenet_classes()
     assert len(classes) == 1000

@@ -1,4 +1,5 @@
 """``export --onnx``: paddle2onnx's model in onnxruntime gives the eager Paddle model's logits."""
+
 from __future__ import annotations
 
 import re
@@ -25,8 +26,11 @@ def onnx_exports(converted, tmp_path_factory):
     for name in RELEASED_VARIANTS:
         _, weights = converted(name)
         prefix = root / name
-        done[name] = (prefix, weights, run_module("paddle_model.export", name, prefix, "--weights", weights,
-                                                  "--onnx"))
+        done[name] = (
+            prefix,
+            weights,
+            run_module("paddle_model.export", name, prefix, "--weights", weights, "--onnx"),
+        )
     return done
 
 
@@ -65,14 +69,22 @@ def test_the_onnx_check_fails_a_model_that_differs(onnx_exports, tmp_path):
 
 
 def test_onnx_without_its_packages_says_what_to_install(tmp_path):
-    code = ("import sys\nsys.modules['onnxruntime'] = None  # as if not installed\n"
-            "from paddle_model.export import main\nsys.exit(main(sys.argv[1:]))\n")
-    result = subprocess.run([sys.executable, "-c", code, "coat_lite_tiny", str(tmp_path / "m"), "--onnx"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    code = (
+        "import sys\nsys.modules['onnxruntime'] = None  # as if not installed\n"
+        "from paddle_model.export import main\nsys.exit(main(sys.argv[1:]))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, "coat_lite_tiny", str(tmp_path / "m"), "--onnx"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
         "error: --onnx needs onnxruntime, not installed here: pip install 'coat-paddle[onnx]' "
-        "(paddle2onnx, onnx <= 1.17, onnxruntime)")
+        "(paddle2onnx, onnx <= 1.17, onnxruntime)"
+    )
     assert list(tmp_path.iterdir()) == []
     result = run_module("paddle_model.export", "coat_lite_tiny", tmp_path / "m", "--onnx", "--kernels")
     assert result.returncode == 2 and "--onnx needs the portable export" in result.stderr
@@ -83,8 +95,11 @@ def _pad_fills(model) -> list[float]:
     from onnx import numpy_helper
 
     constants = {n.output[0]: n for n in model.graph.node if n.op_type == "Constant"}
-    return [float(numpy_helper.to_array(constants[n.input[2]].attribute[0].t))
-            for n in model.graph.node if n.op_type == "Pad"]
+    return [
+        float(numpy_helper.to_array(constants[n.input[2]].attribute[0].t))
+        for n in model.graph.node
+        if n.op_type == "Pad"
+    ]
 
 
 def test_pad_fill_values_are_repaired_from_the_program(onnx_exports, tmp_path):

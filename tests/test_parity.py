@@ -4,6 +4,7 @@ Logits, CLS features, each scale's output, the backbone feature maps and every b
 default input size for all eight variants and at other sizes (multiples of 32 and not) for a
 CoaT and a CoaT-Lite.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,8 +28,18 @@ def test_converted_model_matches_timm_at_default_size(name, converted):
     assert report.ok, report.table()
     assert report.logits.top1_agree == 1.0
     names = [c.name for c in report.outputs]
-    assert names == ["x1", "x2", "x3", "x4", "x1_nocls", "x2_nocls", "x3_nocls", "x4_nocls",
-                     "cls_features", "logits"]
+    assert names == [
+        "x1",
+        "x2",
+        "x3",
+        "x4",
+        "x1_nocls",
+        "x2_nocls",
+        "x3_nocls",
+        "x4_nocls",
+        "cls_features",
+        "logits",
+    ]
     depth = sum(VARIANTS[name].serial_depths) + 3 * VARIANTS[name].parallel_depth
     assert len(report.blocks) == 4 + depth  # every patch embedding and block compared
 
@@ -86,7 +97,8 @@ def test_verify_exits_one_when_parity_fails(checkpoints, tmp_path, monkeypatch):
     """Exit code 1 when the outputs differ: here Paddle LayerNorms built with a wrong epsilon."""
     import convert
 
-    monkeypatch.setattr("paddle_model.factory.get_variant",
-                        lambda name: dataclasses.replace(VARIANTS[name], norm_eps=1e-3))
+    monkeypatch.setattr(
+        "paddle_model.factory.get_variant", lambda name: dataclasses.replace(VARIANTS[name], norm_eps=1e-3)
+    )
     code = convert.main([str(checkpoints("coat_lite_tiny")), str(tmp_path / "o.pdparams"), "--verify"])
     assert code == 1

@@ -5,6 +5,7 @@ server gone, refuses tampered bytes (served or cached) and an unreachable server
 hanging; ``hf-hub:`` goes through huggingface_hub against a local server speaking the two
 requests ``hf_hub_download`` makes (HEAD and GET of ``/<repo>/resolve/<revision>/<file>``).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -114,21 +115,50 @@ def test_predict_with_weights_pretrained_from_a_warm_cache_in_a_fresh_process(re
     base = {k: v for k, v in os.environ.items() if k not in LOCATION_VARS}
     with serve(out) as url:
         env = {**base, "COAT_PADDLE_CACHE": str(cache), hub.LOCATION_ENV: url}
-        first = subprocess.run([sys.executable, "-m", "paddle_model.predict", str(image), "--variant",
-                                "coat_lite_tiny", "--weights", "pretrained"], cwd=ROOT, env=env,
-                               capture_output=True, text=True, timeout=300)
+        first = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "paddle_model.predict",
+                str(image),
+                "--variant",
+                "coat_lite_tiny",
+                "--weights",
+                "pretrained",
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     assert first.returncode == 0, first.stderr
-    second = subprocess.run([sys.executable, "-m", "paddle_model.predict", str(image), "--variant",
-                             "coat_lite_tiny", "--weights", "pretrained"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=300)
+    second = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "paddle_model.predict",
+            str(image),
+            "--variant",
+            "coat_lite_tiny",
+            "--weights",
+            "pretrained",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert second.returncode == 0, second.stderr
     assert first.stdout == second.stdout and len(first.stdout.splitlines()) == 6
 
     from paddle_model.predict import predict
 
     _, weights = converted("coat_lite_tiny")  # the same seeded checkpoint, converted by the CLI
-    expected = predict(paddle_model.create_model("coat_lite_tiny", pretrained=weights),
-                       [Image.open(image)], "coat_lite_tiny")[0]
+    expected = predict(
+        paddle_model.create_model("coat_lite_tiny", pretrained=weights), [Image.open(image)], "coat_lite_tiny"
+    )[0]
     for line, (index, _, prob) in zip(first.stdout.splitlines()[1:], expected):
         assert line.split()[2] == str(index) and f"{prob:.2%}" in line
 
@@ -214,14 +244,16 @@ def test_offline_without_cache_says_what_to_download_and_where(released, env):
     assert message.startswith(
         "coat_lite_tiny: COAT_PADDLE_OFFLINE/HF_HUB_OFFLINE is set, and the cache has no copy: download "
         "https://weights.example.org/coat/coat_lite_tiny/manifest.json and the coat_lite_tiny.safetensors "
-        f"it lists into {hub.cache_root()}/weights.example.org_coat-")
+        f"it lists into {hub.cache_root()}/weights.example.org_coat-"
+    )
     folder = Path(re.search(r" into (\S+)/, or pass", message).group(1))
     folder.mkdir(parents=True)
     for name in ("manifest.json", "coat_lite_tiny.pdparams"):  # the .pdparams will do as well
         shutil.copy(out / "coat_lite_tiny" / name, folder / name)
     model = paddle_model.create_model("coat_lite_tiny", pretrained=True)
-    direct = paddle_model.create_model("coat_lite_tiny",
-                                       pretrained=out / "coat_lite_tiny" / "coat_lite_tiny.pdparams")
+    direct = paddle_model.create_model(
+        "coat_lite_tiny", pretrained=out / "coat_lite_tiny" / "coat_lite_tiny.pdparams"
+    )
     assert all(np.array_equal(a, b) for a, b in zip(params(model), params(direct)))
 
 
@@ -229,14 +261,18 @@ def test_no_location_set_says_so_in_one_line(env):
     assert hub.PUBLISHED_LOCATION is None  # nothing is published yet: the message must say so
     with pytest.raises(WeightsError) as error:
         paddle_model.create_model("coat_lite_small", pretrained=True)
-    assert str(error.value).startswith("coat_lite_small: no published weights location is set in this "
-                                       "version of coat-paddle; set COAT_PADDLE_WEIGHTS_URL to a folder")
+    assert str(error.value).startswith(
+        "coat_lite_small: no published weights location is set in this "
+        "version of coat-paddle; set COAT_PADDLE_WEIGHTS_URL to a folder"
+    )
 
 
 def test_a_location_without_the_variant_says_so(released, env):
     _, [(out, _), _] = released
-    with serve(out) as url, pytest.raises(
-            WeightsError, match=rf"^{url}/coat_small/manifest.json: not found \(HTTP 404\)"):
+    with (
+        serve(out) as url,
+        pytest.raises(WeightsError, match=rf"^{url}/coat_small/manifest.json: not found \(HTTP 404\)"),
+    ):
         paddle_model.create_model("coat_small", pretrained=True, weights_url=url)
     with pytest.raises(WeightsError, match=r"coat_small/manifest.json: no such file"):
         paddle_model.create_model("coat_small", pretrained=True, weights_url=out)
@@ -262,7 +298,7 @@ def _hub_handler(repos: dict[str, Path]):
             for repo_id, folder in repos.items():
                 prefix = f"/{repo_id}/resolve/"
                 if self.path.startswith(prefix):
-                    _, _, name = self.path[len(prefix):].partition("/")
+                    _, _, name = self.path[len(prefix) :].partition("/")
                     path = folder / name
                     return path if path.is_file() else None
             return None
@@ -293,14 +329,22 @@ def _hub_handler(repos: dict[str, Path]):
     return Hub
 
 
-HF_LOAD = ("import sys, numpy as np, paddle_model\n"
-           "m = paddle_model.create_model(sys.argv[1], pretrained=sys.argv[2])\n"
-           "np.save(sys.argv[3], np.concatenate([p.numpy().ravel() for p in m.parameters()]))\n")
+HF_LOAD = (
+    "import sys, numpy as np, paddle_model\n"
+    "m = paddle_model.create_model(sys.argv[1], pretrained=sys.argv[2])\n"
+    "np.save(sys.argv[3], np.concatenate([p.numpy().ravel() for p in m.parameters()]))\n"
+)
 
 
 def _load_in_fresh_process(env: dict, name: str, pretrained: str, out: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", HF_LOAD, name, pretrained, str(out)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", HF_LOAD, name, pretrained, str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_hf_hub_through_huggingface_hub_with_hf_endpoint_then_offline(released, tmp_path, converted):
@@ -312,15 +356,21 @@ def test_hf_hub_through_huggingface_hub_with_hf_endpoint_then_offline(released, 
     base["COAT_PADDLE_CACHE"] = str(tmp_path / "cache")
     repo = "coat-paddle-test/coat_lite_tiny"
     with serve(out, _hub_handler({repo: out / "coat_lite_tiny"})) as url:
-        online = _load_in_fresh_process({**base, "HF_ENDPOINT": url}, "coat_lite_tiny",
-                                        f"hf-hub:{repo}", tmp_path / "online.npy")
+        online = _load_in_fresh_process(
+            {**base, "HF_ENDPOINT": url}, "coat_lite_tiny", f"hf-hub:{repo}", tmp_path / "online.npy"
+        )
         assert online.returncode == 0, online.stderr
-        wrong = _load_in_fresh_process({**base, "HF_ENDPOINT": url}, "coat_tiny", f"hf-hub:{repo}",
-                                       tmp_path / "wrong.npy")
+        wrong = _load_in_fresh_process(
+            {**base, "HF_ENDPOINT": url}, "coat_tiny", f"hf-hub:{repo}", tmp_path / "wrong.npy"
+        )
     assert wrong.returncode != 0
     assert f"hf-hub:{repo}/manifest.json: holds weights of 'coat_lite_tiny', not 'coat_tiny'" in wrong.stderr
-    offline = _load_in_fresh_process({**base, "HF_ENDPOINT": url, "HF_HUB_OFFLINE": "1"}, "coat_lite_tiny",
-                                     f"hf-hub:{repo}", tmp_path / "offline.npy")
+    offline = _load_in_fresh_process(
+        {**base, "HF_ENDPOINT": url, "HF_HUB_OFFLINE": "1"},
+        "coat_lite_tiny",
+        f"hf-hub:{repo}",
+        tmp_path / "offline.npy",
+    )
     assert offline.returncode == 0, offline.stderr
     _, weights = converted("coat_lite_tiny")
     by_file = _load_in_fresh_process(base, "coat_lite_tiny", str(weights), tmp_path / "file.npy")
@@ -342,14 +392,26 @@ def test_the_commands_take_weights_pretrained(env, tmp_path, command):
     """--weights pretrained goes through the same resolution: without a location, one line, exit 2."""
     base = {k: v for k, v in os.environ.items() if k not in LOCATION_VARS}
     base["COAT_PADDLE_CACHE"] = str(tmp_path / "cache")
-    first = {"predict": [str(sample_image_paths()[0])], "evaluate": [str(tmp_path)],
-             "export": [str(tmp_path / "model")]}[command]
+    first = {
+        "predict": [str(sample_image_paths()[0])],
+        "evaluate": [str(tmp_path)],
+        "export": [str(tmp_path / "model")],
+    }[command]
     args = [*first, "--variant", "coat_lite_tiny"] if command != "export" else ["coat_lite_tiny", *first]
-    result = subprocess.run([sys.executable, "-m", f"paddle_model.{command}", *args, "--weights",
-                             "pretrained"], cwd=ROOT, env=base, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", f"paddle_model.{command}", *args, "--weights", "pretrained"],
+        cwd=ROOT,
+        env=base,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith(
-        "error: coat_lite_tiny: no published weights location is set")
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: coat_lite_tiny: no published weights location is set")
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 

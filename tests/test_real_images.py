@@ -1,4 +1,5 @@
 """Real photographs: the Paddle-side preprocessing equals timm's, and the models agree on them."""
+
 from __future__ import annotations
 
 import numpy as np

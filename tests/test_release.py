@@ -1,4 +1,5 @@
 """Publishing: the release pipeline, hub loading, inference export, predict, and the way back."""
+
 from __future__ import annotations
 
 import hashlib
@@ -31,7 +32,8 @@ def test_release_writes_weights_manifest_and_card_per_variant(released):
     for name in VARIANTS_UNDER_TEST:
         folder = out / name
         assert sorted(p.name for p in folder.iterdir()) == sorted(
-            ["README.md", "config.json", "manifest.json", f"{name}.pdparams", f"{name}.safetensors"])
+            ["README.md", "config.json", "manifest.json", f"{name}.pdparams", f"{name}.safetensors"]
+        )
         assert f"{name}_seeded.pth" in stdout and "released" in stdout
         card = (folder / "README.md").read_text()
         assert f'create_model("{name}", pretrained="{name}.pdparams")' in card
@@ -82,9 +84,12 @@ def test_release_folders_are_hub_ready(released):
         assert config["class_names"]["dataset"] == "imagenet-1k"
         card = ModelCard.load(out / name / "README.md")
         assert card.data.to_dict() == {
-            "license": "apache-2.0", "library_name": "paddlepaddle",
-            "tags": ["image-classification", "paddlepaddle", "coat"], "datasets": ["imagenet-1k"],
-            "pipeline_tag": "image-classification"}
+            "license": "apache-2.0",
+            "library_name": "paddlepaddle",
+            "tags": ["image-classification", "paddlepaddle", "coat"],
+            "datasets": ["imagenet-1k"],
+            "pipeline_tag": "image-classification",
+        }
         assert f'create_model("{name}", pretrained="{name}.pdparams")' in card.text
 
 
@@ -103,9 +108,23 @@ def test_model_card_of_an_official_source_with_measured_results(released, tmp_pa
         (data / wnid).mkdir(parents=True)
         Image.open(image).convert("RGB").save(data / wnid / "image.png")
     result_file = tmp_path / "coat_lite_tiny.json"
-    assert evaluate.main([str(data), "--variant", "coat_lite_tiny", "--weights",
-                          str(folder / "coat_lite_tiny.safetensors"), "--result", str(result_file),
-                          "--workers", "0", "--quiet"]) == 0
+    assert (
+        evaluate.main(
+            [
+                str(data),
+                "--variant",
+                "coat_lite_tiny",
+                "--weights",
+                str(folder / "coat_lite_tiny.safetensors"),
+                "--result",
+                str(result_file),
+                "--workers",
+                "0",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     results = release_module.read_eval_results([result_file])
     measured = results["coat_lite_tiny"]
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -119,15 +138,21 @@ def test_model_card_of_an_official_source_with_measured_results(released, tmp_pa
     assert entry["name"] == "coat_lite_tiny" and found["dataset"]["type"] == "imagenet-1k"
     assert found["dataset"]["name"] == "ImageNet-1k validation (5 images)"
     assert [(m["name"], m["value"]) for m in found["metrics"]] == [
-        ("top-1 accuracy", measured["top1"]), ("top-5 accuracy", measured["top5"])]
+        ("top-1 accuracy", measured["top1"]),
+        ("top-5 accuracy", measured["top5"]),
+    ]
     assert "as published by the authors: top-1 77.5%" in card.text
 
     with pytest.raises(release_module.ConversionError, match="is not the file being released"):
-        release_module.check_eval_result({**measured, "weights": str(result_file)}, manifest["files"],
-                                         paddle_model.get_variant("coat_lite_tiny"))
+        release_module.check_eval_result(
+            {**measured, "weights": str(result_file)},
+            manifest["files"],
+            paddle_model.get_variant("coat_lite_tiny"),
+        )
     result_file.write_text('{"variant": "coat_lite_tiny", "top1": 1.0}')
-    with pytest.raises(release_module.ConversionError,
-                       match=r"not an evaluate --result file \(no top5, evaluated\)"):
+    with pytest.raises(
+        release_module.ConversionError, match=r"not an evaluate --result file \(no top5, evaluated\)"
+    ):
         release_module.read_eval_results([result_file])
 
 
@@ -140,8 +165,9 @@ def test_released_files_load_at_parity_through_hub_and_create_model(released, na
         assert report.ok, report.table()
         model = paddle.hub.load(str(ROOT), name, source="local", pretrained=str(weights))
         direct = paddle_model.create_model(name, pretrained=weights)
-        assert all(np.array_equal(a.numpy(), b.numpy())
-                   for a, b in zip(model.parameters(), direct.parameters()))
+        assert all(
+            np.array_equal(a.numpy(), b.numpy()) for a, b in zip(model.parameters(), direct.parameters())
+        )
 
 
 def test_hub_lists_all_eight_variants():
@@ -171,8 +197,12 @@ def test_two_checkpoints_of_one_variant_are_refused_before_anything_is_written(c
     for name in ("a_coat_lite_tiny.pth", "b_copy.pth"):
         (src / name).write_bytes(checkpoints("coat_lite_tiny").read_bytes())
     result = run_module("reference.release", src, out, "--allow-unofficial", *(["--force"] if force else []))
-    assert_refused(result, "a_coat_lite_tiny.pth and b_copy.pth are all coat_lite_tiny",
-                   "one checkpoint per variant", "nothing was written")
+    assert_refused(
+        result,
+        "a_coat_lite_tiny.pth and b_copy.pth are all coat_lite_tiny",
+        "one checkpoint per variant",
+        "nothing was written",
+    )
     assert result.stdout == ""
     assert not out.exists()
 
@@ -181,8 +211,11 @@ def test_official_provenance_says_it_rests_on_the_published_hash_prefix(checkpoi
     source = checkpoints("coat_lite_tiny")
     sha256 = hashlib.sha256(source.read_bytes()).hexdigest()
     v = paddle_model.VARIANTS["coat_lite_tiny"]
-    monkeypatch.setattr(release_module, "official_variant",  # as if it were the official file
-                        lambda digest: v if digest == sha256 else None)
+    monkeypatch.setattr(
+        release_module,
+        "official_variant",  # as if it were the official file
+        lambda digest: v if digest == sha256 else None,
+    )
     entry = release_module.release_one(source, tmp_path, allow_unofficial=False, force=False)
     assert entry.status == "released", entry.detail
     manifest = json.loads((tmp_path / "coat_lite_tiny" / "manifest.json").read_text())
@@ -200,8 +233,10 @@ def test_a_variant_failing_parity_leaves_nothing_behind(checkpoints, tmp_path, m
     src = tmp_path / "src"
     src.mkdir()
     (src / "x.pth").write_bytes(checkpoints("coat_lite_tiny").read_bytes())
-    monkeypatch.setattr("paddle_model.factory.get_variant",  # a Paddle model built wrong
-                        lambda n: dataclasses.replace(paddle_model.VARIANTS[n], norm_eps=1e-3))
+    monkeypatch.setattr(
+        "paddle_model.factory.get_variant",  # a Paddle model built wrong
+        lambda n: dataclasses.replace(paddle_model.VARIANTS[n], norm_eps=1e-3),
+    )
     entries = release_module.release(src, tmp_path / "out", allow_unofficial=True, progress=False)
     assert [e.status for e in entries] == ["parity failed"]
     assert list((tmp_path / "out").iterdir()) == []
@@ -232,13 +267,23 @@ def test_export_with_kernels_runs_them_in_paddle_inference(name, converted, tmp_
     """--kernels puts the compiled ops into the graph; create_predictor registers them and the
     predictor (oneDNN) gives the eager model's numbers."""
     _, weights = converted(name)
-    result = run_module("paddle_model.export", name, tmp_path / "model", "--weights", weights,
-                        "--kernels", "--size", 96)
+    result = run_module(
+        "paddle_model.export", name, tmp_path / "model", "--weights", weights, "--kernels", "--size", 96
+    )
     assert result.returncode == 0, result.stderr
     assert "[N, 3, 96, 96]" in result.stdout
     assert export_module.uses_kernels(tmp_path / "model")
-    expected_ops = ["coat_factor_attn", "coat_conv_pos_enc", "coat_layer_norm", "coat_linear",
-                    "coat_linear_add", "coat_mlp", "coat_patches", "coat_token_patches", "coat_patch_linear"]
+    expected_ops = [
+        "coat_factor_attn",
+        "coat_conv_pos_enc",
+        "coat_layer_norm",
+        "coat_linear",
+        "coat_linear_add",
+        "coat_mlp",
+        "coat_patches",
+        "coat_token_patches",
+        "coat_patch_linear",
+    ]
     if get_variant(name).parallel_depth:  # the parallel blocks' exchange between scales
         expected_ops.append("coat_resample")
     assert sorted(export_module.kernel_ops(tmp_path / "model")) == sorted(expected_ops)  # no more, no fewer
@@ -264,19 +309,40 @@ def test_kernel_exports_say_what_they_need(converted, tmp_path):
     _, weights = converted("coat_lite_tiny")
     result = run_module("paddle_model.export", "coat_lite_tiny", tmp_path / "model", "--size", 96)
     assert result.returncode == 2 and "--size fixes the input size of a --kernels export" in result.stderr
-    result = run_module("paddle_model.export", "coat_lite_tiny", tmp_path / "model", "--weights", weights,
-                        "--kernels", "--size", 64)
+    result = run_module(
+        "paddle_model.export",
+        "coat_lite_tiny",
+        tmp_path / "model",
+        "--weights",
+        weights,
+        "--kernels",
+        "--size",
+        64,
+    )
     assert result.returncode == 0, result.stderr
     without = {**os.environ, "COAT_PADDLE_KERNELS": "0"}
-    code = ("import sys\nfrom paddle_model.errors import CoatError\n"
-            "from paddle_model.export import create_predictor\n"
-            "try:\n    create_predictor(sys.argv[1])\nexcept CoatError as e:\n    print(e)\n")
-    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "model")], cwd=ROOT, env=without,
-                          capture_output=True, text=True, timeout=300)
+    code = (
+        "import sys\nfrom paddle_model.errors import CoatError\n"
+        "from paddle_model.export import create_predictor\n"
+        "try:\n    create_predictor(sys.argv[1])\nexcept CoatError as e:\n    print(e)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "model")],
+        cwd=ROOT,
+        env=without,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert "was exported with --kernels, and the compiled kernels are not available here" in done.stdout
-    done = subprocess.run([sys.executable, "-m", "paddle_model.export", "coat_lite_tiny",
-                           str(tmp_path / "other"), "--kernels"], cwd=ROOT, env=without,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "paddle_model.export", "coat_lite_tiny", str(tmp_path / "other"), "--kernels"],
+        cwd=ROOT,
+        env=without,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith("error: the compiled kernels are not available")
     assert not (tmp_path / "other.json").exists()
@@ -322,6 +388,7 @@ def test_round_trip_torch_paddle_torch_is_bit_exact(name, suffix, tmp_path):
         state = torch.load(back, weights_only=True)
     else:
         from safetensors.torch import load_file
+
         state = load_file(back)
     original = model.state_dict()
     fresh = timm.create_model(name)
@@ -329,6 +396,7 @@ def test_round_trip_torch_paddle_torch_is_bit_exact(name, suffix, tmp_path):
         fresh.load_state_dict(state, strict=True)
     else:
         from safetensors.torch import load_model
+
         load_model(fresh, str(back), strict=True)
     for key, value in fresh.state_dict().items():
         assert torch.equal(value.view(torch.int32), original[key].view(torch.int32)), key

@@ -1,5 +1,6 @@
 """The CPU settings applied at first use (paddle_model.runtime), the Paddle requirement check and
 the kernels' cache key."""
+
 from __future__ import annotations
 
 import json
@@ -18,15 +19,25 @@ from paddle_model.kernels import fast
 
 from .conftest import ROOT
 
-CLEAN = {k: v for k, v in os.environ.items()
-         if k not in (*runtime.THREAD_VARS, *runtime.MALLOC_VARS, runtime.CPU_TYPE_VAR)}
+CLEAN = {
+    k: v
+    for k, v in os.environ.items()
+    if k not in (*runtime.THREAD_VARS, *runtime.MALLOC_VARS, runtime.CPU_TYPE_VAR)
+}
 
 
 def run_python(code: str, env: dict | None = None) -> dict:
     """Run ``code`` in a fresh process (the clean environment unless told) and return the JSON
     it printed last."""
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env or CLEAN,
-                          capture_output=True, text=True, timeout=600, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=env or CLEAN,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -59,8 +70,7 @@ def test_first_eager_cpu_inference_sizes_threads_and_malloc_once():
 
 
 def test_variables_the_user_set_win():
-    env = {**CLEAN, "MKL_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536",
-           "MKL_DEBUG_CPU_TYPE": "4"}
+    env = {**CLEAN, "MKL_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536", "MKL_DEBUG_CPU_TYPE": "4"}
     got = run_python(FIRST_USE, env)
     assert got["applied"] == {}
     assert got["mkl"] == 1
@@ -211,12 +221,14 @@ def test_a_missing_or_old_paddle_is_one_line_saying_what_to_install(monkeypatch)
     assert problem.startswith("paddle_model needs PaddlePaddle >= 3.0, but paddlepaddle 2.6.2 is installed")
     assert "pip install 'coat-paddle[cpu]'" in problem and "paddlepaddle-gpu" in problem
     no_paddle = "import sys; sys.modules['paddle'] = None; import paddle_model"
-    done = subprocess.run([sys.executable, "-c", no_paddle],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", no_paddle], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
     assert done.returncode == 1
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith(
-        "ImportError: paddle_model needs PaddlePaddle >= 3.0, which is not installed: pip install")
+        "ImportError: paddle_model needs PaddlePaddle >= 3.0, which is not installed: pip install"
+    )
 
 
 def test_mkls_code_path_is_chosen_at_the_first_inference_not_at_import():

@@ -1,4 +1,5 @@
 """Every checkpoint layout users hold converts at parity; bad input is refused in one line."""
+
 from __future__ import annotations
 
 import argparse
@@ -42,14 +43,17 @@ def training_checkpoint(tmp_path_factory):
     model(torch.zeros(1, 3, 224, 224)).sum().backward()
     optimizer.step()
     path = tmp_path_factory.mktemp("train") / "checkpoint.pth"
-    torch.save({
-        "model": official_state_dict(model),
-        "model_ema": official_state_dict(ema),
-        "optimizer": optimizer.state_dict(),
-        "lr_scheduler": {"base_lrs": [1e-3], "last_epoch": 5},
-        "epoch": 5,
-        "args": argparse.Namespace(model=LITE, lr=1e-3, batch_size=256, output_dir="out"),
-    }, path)
+    torch.save(
+        {
+            "model": official_state_dict(model),
+            "model_ema": official_state_dict(ema),
+            "optimizer": optimizer.state_dict(),
+            "lr_scheduler": {"base_lrs": [1e-3], "last_epoch": 5},
+            "epoch": 5,
+            "args": argparse.Namespace(model=LITE, lr=1e-3, batch_size=256, output_dir="out"),
+        },
+        path,
+    )
     return path
 
 
@@ -91,8 +95,10 @@ def test_wrapped_and_prefixed_state_dicts(layout, tmp_path):
     state = {
         "bare": lambda: model.state_dict(),
         "state_dict": lambda: {"state_dict": model.state_dict(), "epoch": 3},
-        "state_dict_ema": lambda: {"state_dict": seeded_model(FULL, 5).state_dict(),
-                                   "state_dict_ema": model.state_dict()},
+        "state_dict_ema": lambda: {
+            "state_dict": seeded_model(FULL, 5).state_dict(),
+            "state_dict_ema": model.state_dict(),
+        },
         "ddp": lambda: {"model": _wrapped(model).state_dict()},
         "compiled": lambda: torch.compile(model).state_dict(),
     }[layout]()
@@ -177,6 +183,7 @@ def test_json_report(checkpoints, tmp_path):
 
 # --- refusals -------------------------------------------------------------------------------
 
+
 def _save_state(tmp_path, edit, variant=LITE, name="src.pth"):
     state = official_state_dict(seeded_model(variant))
     state = {k: v.clone() for k, v in state.items()}  # untie aliases so an edit hits one key
@@ -192,6 +199,7 @@ def test_pickle_code_in_a_pth_never_runs(tmp_path):
     class Payload:
         def __reduce__(self):
             import os
+
             return (os.system, (f"touch {marker}",))
 
     src = tmp_path / "evil.pth"
@@ -201,11 +209,14 @@ def test_pickle_code_in_a_pth_never_runs(tmp_path):
     assert not (tmp_path / "o.pdparams").exists()
 
 
-@pytest.mark.parametrize("content, phrase", [
-    (b"", "is empty"),
-    (b"\x00" * 64, "neither a PyTorch checkpoint (zip or legacy format) nor a .safetensors file"),
-    (bytes(range(256)) * 8, "neither a PyTorch checkpoint"),
-])
+@pytest.mark.parametrize(
+    "content, phrase",
+    [
+        (b"", "is empty"),
+        (b"\x00" * 64, "neither a PyTorch checkpoint (zip or legacy format) nor a .safetensors file"),
+        (bytes(range(256)) * 8, "neither a PyTorch checkpoint"),
+    ],
+)
 def test_empty_or_random_bytes(tmp_path, content, phrase):
     src = tmp_path / "bad.pth"
     src.write_bytes(content)
@@ -225,16 +236,19 @@ def test_directory_as_source(tmp_path):
 
 def test_ambiguous_variant_needs_the_flag(tmp_path):
     src = _save_state(tmp_path, lambda s: None, variant="coat_lite_medium", name="mine.pth")
-    assert_refused(run_cli(src, tmp_path / "o.pdparams"), "coat_lite_medium and coat_lite_medium_384",
-                   "--variant")
+    assert_refused(
+        run_cli(src, tmp_path / "o.pdparams"), "coat_lite_medium and coat_lite_medium_384", "--variant"
+    )
     out = convert_ok(src, tmp_path / "o.pdparams", "--variant", "coat_lite_medium_384").stdout
     assert "coat_lite_medium_384" in out
 
 
 def test_missing_key_is_named(tmp_path):
     src = _save_state(tmp_path, lambda s: s.pop("serial_blocks3.1.mlp.fc2.bias"))
-    assert_refused(run_cli(src, tmp_path / "o.pdparams", "--variant", LITE),
-                   "1 keys missing (serial_blocks3.1.mlp.fc2.bias)")
+    assert_refused(
+        run_cli(src, tmp_path / "o.pdparams", "--variant", LITE),
+        "1 keys missing (serial_blocks3.1.mlp.fc2.bias)",
+    )
 
 
 def test_unexpected_key_is_named(tmp_path):
@@ -244,14 +258,18 @@ def test_unexpected_key_is_named(tmp_path):
 
 def test_shape_mismatch_names_both_shapes(tmp_path):
     src = _save_state(tmp_path, lambda s: s.update({"cls_token2": torch.zeros(1, 1, 5)}))
-    assert_refused(run_cli(src, tmp_path / "o.pdparams", "--variant", LITE),
-                   "cls_token2 is [1, 1, 5], expected [1, 1, 128]")
+    assert_refused(
+        run_cli(src, tmp_path / "o.pdparams", "--variant", LITE),
+        "cls_token2 is [1, 1, 5], expected [1, 1, 128]",
+    )
 
 
 def test_aliases_that_disagree(tmp_path):
     src = _save_state(tmp_path, lambda s: s["serial_blocks2.1.cpe.proj.bias"].add_(1.0))
-    assert_refused(run_cli(src, tmp_path / "o.pdparams"),
-                   "serial_blocks2.1.cpe.proj.bias should be the same tensor as cpe2.proj.bias")
+    assert_refused(
+        run_cli(src, tmp_path / "o.pdparams"),
+        "serial_blocks2.1.cpe.proj.bias should be the same tensor as cpe2.proj.bias",
+    )
 
 
 def test_nonfinite_values_need_the_flag(tmp_path):

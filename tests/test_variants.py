@@ -1,4 +1,5 @@
 """The variant table agrees with timm's models and configs, variant by variant."""
+
 from __future__ import annotations
 
 import sys
@@ -19,8 +20,10 @@ def pair(request):
 def test_table_needs_neither_torch_nor_paddle():
     import subprocess
 
-    code = ("import sys, paddle_model.variants, paddle_model.layout, converter.mapping; "
-            "print(sorted(m for m in ('torch', 'paddle') if m in sys.modules))")
+    code = (
+        "import sys, paddle_model.variants, paddle_model.layout, converter.mapping; "
+        "print(sorted(m for m in ('torch', 'paddle') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

@@ -11,6 +11,7 @@ The parts: :mod:`paddle_model.datasets` lists and reads the data, :mod:`.runner`
 done, 1 top-1 below ``--expect-top1``, 2 bad input (unless ``--skip-bad`` leaves bad images out
 and counts them). ``python -m reference.evaluate`` runs timm's CoaT beside it.
 """
+
 from __future__ import annotations
 
 from .cli import main

@@ -1,4 +1,5 @@
 """``python -m paddle_model.evaluate``; as a file path, for ``paddle.distributed.launch``."""
+
 from __future__ import annotations
 
 import sys

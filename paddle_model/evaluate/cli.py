@@ -3,6 +3,7 @@
 :func:`build_parser` and :func:`evaluate` are shared with ``python -m reference.evaluate``,
 which adds timm's CoaT as a reference beside the Paddle model.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,21 +30,34 @@ ReferenceFactory = Callable[[dict], tuple[Reference, dict]]
 def build_parser(prog: str, description: str = DESCRIPTION) -> ArgumentParser:
     """The options of every evaluate command."""
     p = ArgumentParser(prog=prog, description=description)
-    p.add_argument("data", type=Path, help="ImageFolder root (ROOT/<class>/<image>), or with --list "
-                                           "the folder the list's paths start from")
+    p.add_argument(
+        "data",
+        type=Path,
+        help="ImageFolder root (ROOT/<class>/<image>), or with --list the folder the list's paths start from",
+    )
     p.add_argument("--variant", required=True, choices=list(VARIANTS))
-    p.add_argument("--weights", required=True,
-                   help=".pdparams or .safetensors file; 'pretrained' for the variant's published weights, "
-                        "'hf-hub:<repo_id>' for a release folder on the Hugging Face Hub")
+    p.add_argument(
+        "--weights",
+        required=True,
+        help=".pdparams or .safetensors file; 'pretrained' for the variant's published weights, "
+        "'hf-hub:<repo_id>' for a release folder on the Hugging Face Hub",
+    )
     p.add_argument("--list", type=Path, help="file list: '<relative path> <label>' per line")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
-                   help="data-loading processes per rank (0: load in the main process)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=min(4, os.cpu_count() or 1),
+        help="data-loading processes per rank (0: load in the main process)",
+    )
     p.add_argument("--limit", type=int, help="evaluate only N images, spread evenly over the data")
     p.add_argument("--expect-top1", type=float, help="exit 1 when top-1 is more than --tolerance below this")
     p.add_argument("--tolerance", type=float, default=0.1, help="in percentage points (default 0.1)")
-    p.add_argument("--skip-bad", action="store_true",
-                   help="leave unreadable images, empty class folders and bad list lines out, and count them")
+    p.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="leave unreadable images, empty class folders and bad list lines out, and count them",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     p.add_argument("--result", type=Path, help="also write the JSON result to this file")
     p.add_argument("--force", action="store_true", help="replace an existing --result file")
@@ -64,8 +78,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--reference-weights", type=Path, help=moved)
     args = p.parse_args(argv)
     if args.reference or args.reference_weights is not None:
-        p.error("--reference runs timm beside the Paddle model, which is the reference side's "
-                "command: python -m reference.evaluate (same options; needs torch and timm)")
+        p.error(
+            "--reference runs timm beside the Paddle model, which is the reference side's "
+            "command: python -m reference.evaluate (same options; needs torch and timm)"
+        )
     return check_args(p, args)
 
 
@@ -75,8 +91,10 @@ def read_classifier(weights: Path) -> tuple[dict, int]:
 
     state = read_weights(weights)
     if "head.weight" not in state:
-        raise CoatError(f"{weights}: these weights have no classifier (head.weight); "
-                        "evaluate needs a classification checkpoint")
+        raise CoatError(
+            f"{weights}: these weights have no classifier (head.weight); "
+            "evaluate needs a classification checkpoint"
+        )
     return state, int(state["head.weight"].shape[1])
 
 
@@ -85,8 +103,9 @@ def list_data(args: argparse.Namespace, num_classes: int) -> EvalData:
     if args.list is not None:
         data = read_list(args.list, args.data, num_classes, args.skip_bad)
     else:
-        data = scan_folder(args.data, num_classes, args.skip_bad,
-                           wnids=imagenet_wnids() if num_classes == 1000 else None)
+        data = scan_folder(
+            args.data, num_classes, args.skip_bad, wnids=imagenet_wnids() if num_classes == 1000 else None
+        )
     return data.limit(args.limit)
 
 
@@ -120,18 +139,33 @@ def evaluate(args: argparse.Namespace, reference_for: ReferenceFactory | None = 
     reference, about = reference_for(state) if reference_for is not None else (None, None)
     del state
     dataset = EvalImages(data.samples, eval_transform(args.variant))
-    out = run(dataset, model, batch_size=args.batch_size, workers=args.workers, reference=reference,
-              skip_bad=args.skip_bad, progress=not args.quiet)
+    out = run(
+        dataset,
+        model,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        reference=reference,
+        skip_bad=args.skip_bad,
+        progress=not args.quiet,
+    )
     bad = [int(i) for i in (out.flags[:, BAD] == 1).nonzero()[0]]
     if bad and not args.skip_bad:
-        raise CoatError(f"{data.samples[bad[0]].path}: {dataset.failure(bad[0])} "
-                        "(fix the data, or pass --skip-bad to leave it out)")
+        raise CoatError(
+            f"{data.samples[bad[0]].path}: {dataset.failure(bad[0])} "
+            "(fix the data, or pass --skip-bad to leave it out)"
+        )
     result = summarize(data, out, args.variant, reference=about, failure=dataset.failure)
     if result["evaluated"] == 0:
         raise CoatError(f"{args.data}: no image could be evaluated")
-    result.update(weights=str(args.weights), list=None if args.list is None else str(args.list),
-                  processes=world()[1], batch_size=args.batch_size, expect_top1=args.expect_top1,
-                  tolerance=args.tolerance, passed=None)
+    result.update(
+        weights=str(args.weights),
+        list=None if args.list is None else str(args.list),
+        processes=world()[1],
+        batch_size=args.batch_size,
+        expect_top1=args.expect_top1,
+        tolerance=args.tolerance,
+        passed=None,
+    )
     if args.expect_top1 is not None:
         result["passed"] = result["top1"] >= args.expect_top1 - args.tolerance
     return result
@@ -154,8 +188,11 @@ def report(args: argparse.Namespace, result: dict) -> int:
         return 0
     if rank != 0:
         return 1
-    return fail(f"top-1 {result['top1']:.3f} % is more than {args.tolerance} points below the "
-                f"expected {args.expect_top1}", 1)
+    return fail(
+        f"top-1 {result['top1']:.3f} % is more than {args.tolerance} points below the "
+        f"expected {args.expect_top1}",
+        1,
+    )
 
 
 @command

@@ -7,6 +7,7 @@ evaluated it, the sampler's padding repeats write the same entry again). A refer
 if given, is any callable from the same float32 batch to logits (``reference.evaluate`` passes
 timm's CoaT); this module needs no torch.
 """
+
 from __future__ import annotations
 
 import os
@@ -76,8 +77,16 @@ def _combine(out: Outcomes, size: int) -> Outcomes:
     return Outcomes(merged[0], merged[1], float(merged[2][0]))
 
 
-def run(dataset: EvalImages, model, *, batch_size: int = 32, workers: int = 2,
-        reference: Reference | None = None, skip_bad: bool = False, progress: bool = True) -> Outcomes:
+def run(
+    dataset: EvalImages,
+    model,
+    *,
+    batch_size: int = 32,
+    workers: int = 2,
+    reference: Reference | None = None,
+    skip_bad: bool = False,
+    progress: bool = True,
+) -> Outcomes:
     """Evaluate on this rank's shard and return everyone's outcomes (identical on all ranks).
 
     Without ``skip_bad`` all ranks stop after the batch in which any rank met an unreadable
@@ -87,8 +96,9 @@ def run(dataset: EvalImages, model, *, batch_size: int = 32, workers: int = 2,
     import paddle
 
     rank, size = world()
-    sampler = paddle.io.DistributedBatchSampler(dataset, batch_size=batch_size, num_replicas=size,
-                                                rank=rank, shuffle=False, drop_last=False)
+    sampler = paddle.io.DistributedBatchSampler(
+        dataset, batch_size=batch_size, num_replicas=size, rank=rank, shuffle=False, drop_last=False
+    )
     loader = paddle.io.DataLoader(dataset, batch_sampler=sampler, num_workers=workers)
     out = Outcomes.empty(len(dataset))
     bar = _progress(len(dataset), enabled=progress and rank == 0)
@@ -137,4 +147,3 @@ def _progress(total: int, enabled: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, unit="img", file=sys.stderr, smoothing=0.05, mininterval=1.0)
-

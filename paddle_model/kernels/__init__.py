@@ -6,6 +6,7 @@ one. Where no compiler is present, or the build fails, or ``COAT_PADDLE_KERNELS=
 None and the model keeps Paddle's own ops, with the same numbers. :mod:`.fast` applies them to a
 model (its layers' fast forms, swapped in for eager CPU inference).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -81,8 +82,12 @@ def _quiet():
     tail in its message.
     """
     disabled = logging.root.manager.disable
-    with tempfile.TemporaryFile() as log, warnings.catch_warnings(), \
-            contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    with (
+        tempfile.TemporaryFile() as log,
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(io.StringIO()),
+        contextlib.redirect_stderr(io.StringIO()),
+    ):
         warnings.simplefilter("ignore")
         logging.disable(max(disabled, logging.INFO))
         sys.__stdout__.flush()
@@ -118,8 +123,13 @@ def _compile(build: Path):
     build.mkdir(parents=True, exist_ok=True)
     cflags, ldflags = _flags()
     with _quiet():
-        return load(name="coat_kernels", sources=[str(_SOURCE)], extra_cxx_cflags=cflags,
-                    extra_ldflags=ldflags, build_directory=str(build))
+        return load(
+            name="coat_kernels",
+            sources=[str(_SOURCE)],
+            extra_cxx_cflags=cflags,
+            extra_ldflags=ldflags,
+            build_directory=str(build),
+        )
 
 
 def _import_built(build: Path):
@@ -175,13 +185,20 @@ def _load():
             if stamp.exists() and stamp.read_text() == digest:
                 _module = _import_built(build)
             else:
-                print(f"coat_paddle: compiling the CPU kernels for this machine (once, about 20 s; "
-                      f"cached in {build})", file=sys.stderr, flush=True)
+                print(
+                    f"coat_paddle: compiling the CPU kernels for this machine (once, about 20 s; "
+                    f"cached in {build})",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 _module = _compile(build)
                 stamp.write_text(digest)
     except Exception as e:  # no compiler, no headers: fall back, but say so once
-        warnings.warn(f"coat_paddle: compiled kernels unavailable ({type(e).__name__}: "
-                      f"{e}); using Paddle's own ops", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"coat_paddle: compiled kernels unavailable ({type(e).__name__}: {e}); using Paddle's own ops",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         _module = None
     return _module
 
@@ -206,30 +223,58 @@ class Op:
 # The compiled ops, the one list of them: fused_ops.cc builds exactly these, with these
 # arguments (tests/test_kernels.py reads its PD_BUILD_OPs), and paddle_model.export looks for
 # them in exported graphs.
-OPS: dict[str, Op] = {op.name: op for op in (
-    Op("coat_bias_act_", ("x", "bias", "use_gelu"), "x += bias, then GELU if use_gelu (in place)"),
-    Op("coat_linear", ("x", "weight", "bias", "use_gelu"),
-       "x @ weight + bias (MKL's product, Paddle's [in, out] weight), then GELU if use_gelu",
-       mkl=True),
-    Op("coat_linear_add", ("x", "weight", "bias", "residual"), "residual + x @ weight + bias",
-       mkl=True),
-    Op("coat_patch_linear", ("x", "weight", "bias"),
-       "x @ weight^T + bias, the patch embedding's convolution weight as [out, C*p*p]", mkl=True),
-    Op("coat_mlp", ("x", "w1", "b1", "w2", "b2", "residual"),
-       "residual + fc2(GELU(fc1(x))), in row blocks where the hidden activations would not fit "
-       "in the cache", mkl=True),
-    Op("coat_patches", ("x", "p"), "the non-overlapping p x p patches of [B, C, H, W] as rows "
-       "[B, H/p * W/p, C*p*p]"),
-    Op("coat_token_patches", ("x", "height", "width", "p"),
-       "the patches of coat_patches taken from a stage's tokens [B, 1 + H*W, C]"),
-    Op("coat_resample", ("x", "y_idx", "y_w", "x_idx", "x_w", "height", "width"),
-       "bilinear resize of image tokens by two taps per axis, CLS kept"),
-    Op("coat_conv_pos_enc", ("x", "weight", "bias", "height", "width"),
-       "tokens plus the depthwise convolution of their image part, CLS passed through"),
-    Op("coat_factor_attn", ("qkv", "weights", "biases", "height", "width", "heads", "scale"),
-       "factorised attention plus conv relative position encoding, [B, N, 3C] -> [B, N, C]"),
-    Op("coat_layer_norm", ("x", "weight", "bias", "eps"), "LayerNorm over the last axis"),
-)}
+OPS: dict[str, Op] = {
+    op.name: op
+    for op in (
+        Op("coat_bias_act_", ("x", "bias", "use_gelu"), "x += bias, then GELU if use_gelu (in place)"),
+        Op(
+            "coat_linear",
+            ("x", "weight", "bias", "use_gelu"),
+            "x @ weight + bias (MKL's product, Paddle's [in, out] weight), then GELU if use_gelu",
+            mkl=True,
+        ),
+        Op("coat_linear_add", ("x", "weight", "bias", "residual"), "residual + x @ weight + bias", mkl=True),
+        Op(
+            "coat_patch_linear",
+            ("x", "weight", "bias"),
+            "x @ weight^T + bias, the patch embedding's convolution weight as [out, C*p*p]",
+            mkl=True,
+        ),
+        Op(
+            "coat_mlp",
+            ("x", "w1", "b1", "w2", "b2", "residual"),
+            "residual + fc2(GELU(fc1(x))), in row blocks where the hidden activations would not fit "
+            "in the cache",
+            mkl=True,
+        ),
+        Op(
+            "coat_patches",
+            ("x", "p"),
+            "the non-overlapping p x p patches of [B, C, H, W] as rows [B, H/p * W/p, C*p*p]",
+        ),
+        Op(
+            "coat_token_patches",
+            ("x", "height", "width", "p"),
+            "the patches of coat_patches taken from a stage's tokens [B, 1 + H*W, C]",
+        ),
+        Op(
+            "coat_resample",
+            ("x", "y_idx", "y_w", "x_idx", "x_w", "height", "width"),
+            "bilinear resize of image tokens by two taps per axis, CLS kept",
+        ),
+        Op(
+            "coat_conv_pos_enc",
+            ("x", "weight", "bias", "height", "width"),
+            "tokens plus the depthwise convolution of their image part, CLS passed through",
+        ),
+        Op(
+            "coat_factor_attn",
+            ("qkv", "weights", "biases", "height", "width", "heads", "scale"),
+            "factorised attention plus conv relative position encoding, [B, N, 3C] -> [B, N, C]",
+        ),
+        Op("coat_layer_norm", ("x", "weight", "bias", "eps"), "LayerNorm over the last axis"),
+    )
+}
 
 
 def op(name: str):

@@ -20,6 +20,7 @@ the fast forms for a block of code instead: ``export --kernels`` traces its grap
 
 Both paths give torch's numbers within float rounding; the parity tests run both.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -48,8 +49,9 @@ def _dense(x: paddle.Tensor) -> paddle.Tensor:
     return x.contiguous() if paddle.in_dynamic_mode() else x
 
 
-def _linear(layer: nn.Linear, x: paddle.Tensor, gelu: bool = False,
-            residual: paddle.Tensor | None = None) -> paddle.Tensor:
+def _linear(
+    layer: nn.Linear, x: paddle.Tensor, gelu: bool = False, residual: paddle.Tensor | None = None
+) -> paddle.Tensor:
     """``layer(x)``, then GELU if asked, plus ``residual`` if given (not both).
 
     With Paddle's MKL, one op does it all (MKL's product, then one pass); without it, eager runs
@@ -88,8 +90,9 @@ class Mlp(coat.Mlp):
 
     def forward(self, x: paddle.Tensor, residual: paddle.Tensor | None = None) -> paddle.Tensor:
         if residual is not None and _op["coat_mlp"] is not None:
-            return _op["coat_mlp"](_dense(x), self.fc1.weight, self.fc1.bias, self.fc2.weight,
-                                   self.fc2.bias, _dense(residual))
+            return _op["coat_mlp"](
+                _dense(x), self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias, _dense(residual)
+            )
         return _linear(self.fc2, _linear(self.fc1, x, gelu=True), residual=residual)  # dropouts: identities
 
 
@@ -97,8 +100,9 @@ class PatchEmbed(coat.PatchEmbed):
     """The patches as rows of one matrix product: Paddle's conv is slow here, and so is its
     transpose of tokens to an image."""
 
-    def forward(self, x: paddle.Tensor, size: tuple[int, int] | None = None
-                ) -> tuple[paddle.Tensor, tuple[int, int]]:
+    def forward(
+        self, x: paddle.Tensor, size: tuple[int, int] | None = None
+    ) -> tuple[paddle.Tensor, tuple[int, int]]:
         p = self.patch_size
         if size is None:
             grid = x.shape[2:]
@@ -128,12 +132,20 @@ class FactorAttnConvRelPosEnc(coat.FactorAttnConvRelPosEnc):
     """All between the qkv and the output projection in one pass per head; the projection adds
     the block's skip connection if given."""
 
-    def forward(self, x: paddle.Tensor, size: tuple[int, int],
-                residual: paddle.Tensor | None = None) -> paddle.Tensor:
+    def forward(
+        self, x: paddle.Tensor, size: tuple[int, int], residual: paddle.Tensor | None = None
+    ) -> paddle.Tensor:
         qkv = _linear(self.qkv, x)  # [B, N, 3C]
         convs = self.crpe.conv_list
-        x = _op["coat_factor_attn"](qkv, [c.weight for c in convs], [c.bias for c in convs],
-                                    size[0], size[1], self.num_heads, self.scale)  # [B, N, C]
+        x = _op["coat_factor_attn"](
+            qkv,
+            [c.weight for c in convs],
+            [c.bias for c in convs],
+            size[0],
+            size[1],
+            self.num_heads,
+            self.scale,
+        )  # [B, N, C]
         return _linear(self.proj, x, residual=residual)  # proj_drop: identity here
 
 
@@ -155,7 +167,7 @@ def _tap_arrays(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
     w = np.zeros((n_out, 2), np.float32)
     for row in range(n_out):
         taps = np.flatnonzero(m[row])
-        idx[row, :len(taps)], w[row, :len(taps)] = taps, m[row, taps]
+        idx[row, : len(taps)], w[row, : len(taps)] = taps, m[row, taps]
     return idx, w
 
 
@@ -193,8 +205,12 @@ class ParallelBlock(coat.ParallelBlock):
         x2 = x2 + self.drop_path(cur2 + up3_2 + up4_2)
         x3 = x3 + self.drop_path(cur3 + up4_3 + down2_3)
         x4 = x4 + self.drop_path(cur4 + down3_4 + down2_4)
-        return (x1, _plus(self.mlp2, x2, self.norm22(x2)), _plus(self.mlp3, x3, self.norm23(x3)),
-                _plus(self.mlp4, x4, self.norm24(x4)))
+        return (
+            x1,
+            _plus(self.mlp2, x2, self.norm22(x2)),
+            _plus(self.mlp3, x3, self.norm23(x3)),
+            _plus(self.mlp4, x4, self.norm24(x4)),
+        )
 
 
 # coat.py's layer type -> its fast form (exact types: a subclass may compute something else)
@@ -213,8 +229,11 @@ _Plan = list[tuple[nn.Layer, type, type]]  # (layer, its fast class, its own cla
 
 def _plan(model: nn.Layer) -> _Plan:
     """Every layer of ``model`` (itself included, each shared one once) that has a fast form."""
-    return [(layer, FAST_FORMS[type(layer)], type(layer))
-            for layer in model.sublayers(include_self=True) if type(layer) in FAST_FORMS]
+    return [
+        (layer, FAST_FORMS[type(layer)], type(layer))
+        for layer in model.sublayers(include_self=True)
+        if type(layer) in FAST_FORMS
+    ]
 
 
 def _swap(plan: _Plan, fast: bool) -> None:
