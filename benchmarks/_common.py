@@ -103,3 +103,26 @@ def machine() -> str:
         pass
     threads = ", ".join(f"{k}={os.environ.get(k, 'unset')}" for k in THREAD_VARS)
     return f"{platform.node()}: {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}; {threads}"
+
+
+def seeded_batch_prelude(root, *extra: str) -> str:
+    """Source for a benchmark child: ``CHILD_TIMINGS``, the repository ``root`` importable, argv
+    ``name batch repeats`` and then one string argument per name in ``extra``, the variant's
+    seeded input batch ``x``, and ``timed(run)``, which prints the timings for the parent's
+    :func:`child_timings`."""
+    more = "".join(f"{name} = sys.argv[{i}]\n" for i, name in enumerate(extra, start=4))
+    return (
+        CHILD_TIMINGS
+        + f"""
+import json, sys, warnings
+warnings.filterwarnings("ignore")
+sys.path.insert(0, {str(root)!r})
+import numpy as np
+from paddle_model.variants import get_variant
+name, batch, repeats = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+{more}size = get_variant(name).img_size
+x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
+def timed(run):
+    print(json.dumps(timings(run, repeats)))
+"""
+    )

@@ -36,25 +36,11 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import CHILD_TIMINGS, child_timings, load, machine, median, run_child  # noqa: E402
+from _common import child_timings, load, machine, median, run_child, seeded_batch_prelude  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
-PRELUDE = (
-    CHILD_TIMINGS
-    + f"""
-import json, sys, warnings
-warnings.filterwarnings("ignore")
-sys.path.insert(0, {str(ROOT)!r})
-import numpy as np
-from paddle_model.variants import get_variant
-name, batch, repeats = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-size = get_variant(name).img_size
-x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
-def timed(run):
-    print(json.dumps(timings(run, repeats)))
-"""
-)
+PRELUDE = seeded_batch_prelude(ROOT)
 
 TORCH = (
     PRELUDE

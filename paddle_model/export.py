@@ -25,6 +25,7 @@ from pathlib import Path
 from converter.cli import ArgumentParser, command, fail
 
 from .errors import CoatError
+from .hub import WEIGHTS_HELP
 from .kernels import OPS
 from .variants import VARIANTS, get_variant
 
@@ -271,8 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("prefix", type=Path, help="output path prefix (without suffix)")
     p.add_argument(
         "--weights",
-        help=".pdparams or .safetensors file, 'pretrained' for the variant's "
-        "published weights, 'hf-hub:<repo_id>' (default: random init)",
+        help=f"{WEIGHTS_HELP} (default: random init)",
     )
     p.add_argument(
         "--kernels",

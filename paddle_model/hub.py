@@ -46,6 +46,11 @@ TIMEOUT_ENV = "COAT_PADDLE_TIMEOUT"
 DEFAULT_TIMEOUT = 30.0
 HF_PREFIX = "hf-hub:"
 CLI_PRETRAINED = "pretrained"  # --weights pretrained: the variant's published weights
+# the --weights option's help, the same in every command that takes it
+WEIGHTS_HELP = (
+    ".pdparams or .safetensors file; 'pretrained' for the variant's published weights, "
+    "'hf-hub:<repo_id>' for a release folder on the Hugging Face Hub"
+)
 WEIGHT_SUFFIXES = (".safetensors", ".pdparams")  # which listed file to fetch, in this order
 _MANIFEST_LIMIT = 1 << 20  # a manifest is a few kB; refuse to read more than this
 _FILE_LIMIT = 4 << 30  # the largest variant's weights are 180 MB

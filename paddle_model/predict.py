@@ -16,6 +16,7 @@ import numpy as np
 from converter.cli import ArgumentParser, command
 
 from .datasets import imagenet_classes, imagenet_wnids, load_image
+from .hub import WEIGHTS_HELP
 from .variants import VARIANTS
 
 __all__ = ["predict", "main", "imagenet_classes", "imagenet_wnids", "load_image"]
@@ -49,8 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--weights",
         required=True,
-        help=".pdparams or .safetensors file; 'pretrained' for the variant's published weights, "
-        "'hf-hub:<repo_id>' for a release folder on the Hugging Face Hub",
+        help=WEIGHTS_HELP,
     )
     p.add_argument("--top", type=int, default=5)
     args = p.parse_args(argv)

@@ -18,6 +18,7 @@ from converter.writers import atomic_write, check_destination
 
 from ..datasets import EvalData, EvalImages, imagenet_wnids, read_list, scan_folder
 from ..errors import CoatError
+from ..hub import WEIGHTS_HELP
 from ..variants import VARIANTS
 from .report import summarize, table
 from .runner import BAD, Reference, run, world
@@ -39,8 +40,7 @@ def build_parser(prog: str, description: str = DESCRIPTION) -> ArgumentParser:
     p.add_argument(
         "--weights",
         required=True,
-        help=".pdparams or .safetensors file; 'pretrained' for the variant's published weights, "
-        "'hf-hub:<repo_id>' for a release folder on the Hugging Face Hub",
+        help=WEIGHTS_HELP,
     )
     p.add_argument("--list", type=Path, help="file list: '<relative path> <label>' per line")
     p.add_argument("--batch-size", type=int, default=32)
