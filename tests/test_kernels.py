@@ -445,6 +445,23 @@ def test_a_call_that_raises_leaves_coat_py_layers(small_coat):
     assert type(model.serial_blocks1[0]) is coat.SerialBlock and type(model.norm4) is coat.LayerNorm
 
 
+def test_without_always_call_the_next_call_undoes_a_call_that_raised(small_coat):
+    """Paddle 3.0's post-hooks have no always_call: a raising fast call leaves the fast forms,
+    and the next call (here a training one) gives the layers their own classes first."""
+    model, _, _ = small_coat
+    fast_pass = model._coat_fast_pass
+    model.eval()
+    x = paddle.zeros([1, 3, 64, 64])
+    with paddle.no_grad():
+        fast_pass.before(model, (x,))  # a fast call whose post-hook never ran
+    assert type(model.norm4) is not coat.LayerNorm
+    model.train()
+    fast_pass.before(model, (x,))
+    assert type(model.serial_blocks1[0]) is coat.SerialBlock and type(model.norm4) is coat.LayerNorm
+    fast_pass.after(model, (x,), None)
+    assert type(model.norm4) is coat.LayerNorm
+
+
 def test_a_graph_traced_after_eager_calls_has_paddles_ops_only(tmp_path):
     """paddle.jit runs no hooks while it traces: the layers it meets are coat.py's."""
     model = paddle_model.create_model("coat_lite_tiny", num_classes=10)

@@ -13,6 +13,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import sysconfig
 from importlib import metadata
 from pathlib import Path
 
@@ -24,8 +25,6 @@ import paddle_model
 import reference
 from paddle_model import kernels
 from reference.parity import compare, run_paddle, seeded_input
-
-from .conftest import ROOT
 
 pytestmark = pytest.mark.notorch
 COMMANDS = ("coat-convert", "coat-release", "coat-evaluate", "coat-predict", "coat-export")
@@ -61,8 +60,9 @@ def test_torch_is_not_installed():
 
 
 def test_the_package_is_the_installed_wheel_beside_the_users_paddle():
+    site = Path(sysconfig.get_paths()["purelib"]).resolve()  # the venv may sit inside ROOT
     for package in (paddle_model, converter, reference):
-        assert ROOT not in Path(package.__file__).resolve().parents, package.__file__
+        assert Path(package.__file__).resolve().parents[1] == site, package.__file__
     assert metadata.version("paddlepaddle") == os.environ["COAT_EXPECT_PADDLE"]
     paddle_requirements = [r for r in metadata.requires("coat-paddle") if r.startswith("paddlepaddle")]
     assert paddle_requirements and all("extra ==" in r for r in paddle_requirements), paddle_requirements

@@ -286,6 +286,8 @@ class _Pass:
         return all(_cpu_float32(p) for p in self.sentinels) and available()
 
     def before(self, model: nn.Layer, inputs: tuple) -> None:
+        if getattr(self.this_thread, "fast", False):  # this thread's last call raised, and this
+            self.after(model, inputs, None)  # an older Paddle (3.0) has no always_call to undo it
         fast = not self.held and self.applies(model, inputs)
         self.this_thread.fast = fast
         if fast:
@@ -312,7 +314,10 @@ def install(model: nn.Layer) -> nn.Layer:
     if getattr(model, "_coat_fast_pass", None) is None:
         fast_pass = _Pass(model)
         model.register_forward_pre_hook(fast_pass.before)
-        model.register_forward_post_hook(fast_pass.after, always_call=True)
+        try:
+            model.register_forward_post_hook(fast_pass.after, always_call=True)
+        except TypeError:  # Paddle 3.0: no always_call; before() undoes a call that raised
+            model.register_forward_post_hook(fast_pass.after)
         model._coat_fast_pass = fast_pass
     return model
 
