@@ -40,6 +40,27 @@ def timings(run, repeats):
     return times
 """
 
+# child sources that follow a seeded_batch_prelude: timm's model of ``name`` on ``x`` (torch's
+# threads as the code before it left them), and a Paddle Inference ``predictor`` on ``x``
+TIME_TIMM = """
+import torch
+from reference.timm_model import build_timm
+model = build_timm(name)
+xt = torch.from_numpy(x)
+with torch.no_grad():
+    timed(lambda: model(xt))
+"""
+TIME_PREDICTOR = """
+handle = predictor.get_input_handle(predictor.get_input_names()[0])
+output = predictor.get_output_handle(predictor.get_output_names()[0])
+def run():
+    handle.reshape(list(x.shape))
+    handle.copy_from_cpu(x)
+    predictor.run()
+    output.copy_to_cpu()
+timed(run)
+"""
+
 
 def child_env(mode: str = "parent") -> dict:
     """The environment of a measured process: ``parent`` (this one's), ``installed`` (this one's
@@ -55,15 +76,24 @@ def child_env(mode: str = "parent") -> dict:
     raise ValueError(f"unknown environment mode {mode!r}: parent, installed or tuned")
 
 
-def run_child(code: str, *args: str, env: dict | None = None, mode: str = "parent") -> tuple[float, int, str]:
+def run_child(
+    code: str,
+    *args: str,
+    env: dict | None = None,
+    mode: str = "parent",
+    python: str | None = None,
+    cwd: str | None = None,
+) -> tuple[float, int, str]:
     """Run ``python -c code args`` to completion in the environment ``mode`` (see
-    :func:`child_env`) updated by ``env``: (wall seconds, peak RSS in bytes, stdout)."""
+    :func:`child_env`) updated by ``env``: (wall seconds, peak RSS in bytes, stdout). ``python``
+    is the interpreter (this one by default), ``cwd`` the directory it starts in."""
     start = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-c", code, *args],
+        [python or sys.executable, "-c", code, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env={**child_env(mode), **(env or {})},
+        cwd=cwd,
     )
     out = proc.stdout.read()
     err = proc.stderr.read()
@@ -106,18 +136,18 @@ def machine() -> str:
 
 
 def seeded_batch_prelude(root, *extra: str) -> str:
-    """Source for a benchmark child: ``CHILD_TIMINGS``, the repository ``root`` importable, argv
-    ``name batch repeats`` and then one string argument per name in ``extra``, the variant's
-    seeded input batch ``x``, and ``timed(run)``, which prints the timings for the parent's
-    :func:`child_timings`."""
+    """Source for a benchmark child: ``CHILD_TIMINGS``, the repository ``root`` importable (or,
+    with ``root=None``, only what the interpreter has installed), argv ``name batch repeats`` and
+    then one string argument per name in ``extra``, the variant's seeded input batch ``x``, and
+    ``timed(run)``, which prints the timings for the parent's :func:`child_timings`."""
     more = "".join(f"{name} = sys.argv[{i}]\n" for i, name in enumerate(extra, start=4))
+    path = "" if root is None else f"sys.path.insert(0, {str(root)!r})\n"
     return (
         CHILD_TIMINGS
         + f"""
 import json, sys, warnings
 warnings.filterwarnings("ignore")
-sys.path.insert(0, {str(root)!r})
-import numpy as np
+{path}import numpy as np
 from paddle_model.variants import get_variant
 name, batch, repeats = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 {more}size = get_variant(name).img_size

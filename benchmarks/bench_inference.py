@@ -25,7 +25,16 @@ the shell running this has):
   1e-6 of their maximum, so that is the one used (once per variant, before its rows);
 - ``--deployed`` adds the exported model (``paddle_model.export --kernels``, the compiled ops
   in the graph) through Paddle Inference with oneDNN, ``--deployed-ops`` the portable export
-  (Paddle's ops only).
+  (Paddle's ops only);
+- ``--same-process`` adds ``timm+pd``: timm timed in a process where a ``paddle_model`` model
+  ran one forward pass first (so ``paddle_model.runtime`` has configured the process), as
+  ``python -m reference.evaluate`` runs both; its ratio to ``timm`` is what Paddle's settings
+  cost torch.
+
+``--paddle-python PYTHON`` runs the Paddle sides (paddle, tuned, deployed) with another
+interpreter, such as a fresh venv where the wheel was installed with ``pip install
+'coat_paddle-*.whl[cpu]'``, from a temporary directory and without this checkout on its path:
+the package measured is then the installed one.
 """
 
 from __future__ import annotations
@@ -36,27 +45,25 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import child_timings, load, machine, median, run_child, seeded_batch_prelude  # noqa: E402
+from _common import (  # noqa: E402
+    TIME_PREDICTOR,
+    TIME_TIMM,
+    child_timings,
+    load,
+    machine,
+    median,
+    run_child,
+    seeded_batch_prelude,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 PRELUDE = seeded_batch_prelude(ROOT)
 
-TORCH = (
-    PRELUDE
-    + """
-import torch
-from reference.timm_model import build_timm
-model = build_timm(name)
-xt = torch.from_numpy(x)
-with torch.no_grad():
-    timed(lambda: model(xt))
-"""
-)
+TORCH = PRELUDE + TIME_TIMM
 
-PADDLE = (
-    PRELUDE
-    + """
+# after the prelude: only paddle_model, which may come from the checkout or from a wheel
+PADDLE = """
 import paddle
 import paddle_model
 model = paddle_model.create_model(name)
@@ -65,6 +72,17 @@ xp = paddle.to_tensor(x)
 with paddle.no_grad():
     timed(lambda: model(xp).numpy())
 """
+
+# timm once paddle_model has run in the process (its first call configures the CPU settings)
+TORCH_AFTER_PADDLE = (
+    PRELUDE
+    + """
+import paddle
+import paddle_model
+with paddle.no_grad():
+    paddle_model.create_model(name).eval()(paddle.to_tensor(x)).numpy()
+"""
+    + TIME_TIMM
 )
 
 ORT_EXPORT = f"""
@@ -94,9 +112,7 @@ timed(lambda: session.run(None, {"x": x}))
 """
 )
 
-DEPLOYED = (
-    PRELUDE
-    + """
+DEPLOYED = """
 import os, tempfile
 from paddle_model.export import create_predictor, export
 kernels = sys.argv[4] == "kernels"
@@ -104,16 +120,7 @@ with tempfile.TemporaryDirectory() as tmp:  # the predictor holds the model once
     prefix = os.path.join(tmp, "model")
     export(name, None, prefix, kernels=kernels, size=size if kernels else None)
     predictor = create_predictor(prefix, threads=2)
-handle = predictor.get_input_handle(predictor.get_input_names()[0])
-output = predictor.get_output_handle(predictor.get_output_names()[0])
-def run():
-    handle.reshape(list(x.shape))
-    handle.copy_from_cpu(x)
-    predictor.run()
-    output.copy_to_cpu()
-timed(run)
-"""
-)
+""" + TIME_PREDICTOR
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,20 +150,40 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also time the portable export (Paddle's ops) through Paddle Inference",
     )
+    p.add_argument(
+        "--same-process",
+        action="store_true",
+        help="also time timm in a process where paddle_model ran first (timm+pd)",
+    )
+    p.add_argument(
+        "--paddle-python",
+        metavar="PYTHON",
+        help="the interpreter of the Paddle sides, e.g. a venv with the wheel installed; they then "
+        "run from a temporary directory without this checkout on their path",
+    )
     args = p.parse_args(argv)
-    # (column, child code, extra arguments, environment mode); timm first: the ratios' base
-    sides = [("timm", TORCH, (), "installed"), ("paddle", PADDLE, (), "installed")]
+    # the Paddle sides' prelude and interpreter: this checkout's, or only what PYTHON has installed
+    paddle_prelude = seeded_batch_prelude(None if args.paddle_python else ROOT)
+    where = {"python": args.paddle_python} if args.paddle_python else {}
+    # (column, child code, extra arguments, environment mode, interpreter); timm first: the base
+    sides = [
+        ("timm", TORCH, (), "installed", {}),
+        ("paddle", paddle_prelude + PADDLE, (), "installed", where),
+    ]
     if not args.no_tuned:
-        sides.append(("tuned", PADDLE, (), "tuned"))
+        sides.append(("tuned", paddle_prelude + PADDLE, (), "tuned", where))
     if not args.no_ort:
-        sides.append(("ort", ORT, ("{onnx}", str(args.ort_threads)), "installed"))
-    sides += [("deployed", DEPLOYED, ("kernels",), "installed")] * args.deployed
-    sides += [("deployed-ops", DEPLOYED, ("ops",), "installed")] * args.deployed_ops
+        sides.append(("ort", ORT, ("{onnx}", str(args.ort_threads)), "installed", {}))
+    sides += [("deployed", paddle_prelude + DEPLOYED, ("kernels",), "installed", where)] * args.deployed
+    sides += [("deployed-ops", paddle_prelude + DEPLOYED, ("ops",), "installed", where)] * args.deployed_ops
+    sides += [("timm+pd", TORCH_AFTER_PADDLE, (), "installed", {})] * args.same_process
     print(machine())
+    if args.paddle_python:
+        print(f"the Paddle sides run {args.paddle_python}: {_installed(args.paddle_python)}")
     print(f"load average at the start: {load()}")
     print(
         f"{args.repeats} timed forward passes after one warm-up, each side in its own process, "
-        f"{args.rounds} round(s) of the sides in turn; timm, paddle, ort and deployed with none of "
+        f"{args.rounds} round(s) of the sides in turn; timm, paddle, ort, deployed and timm+pd with none of "
         f"the thread variables set, tuned with _common.TUNED_ENV\n"
     )
     timed_sides = [side for side, *_ in sides[1:]]
@@ -166,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     header += f" {'timm MB':>8} {'paddle MB':>10} {'ratio':>6}  load"
     print(header, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
+        if args.paddle_python:  # the Paddle sides' interpreter starts outside the checkout
+            where["cwd"] = tmp
         for name in args.variants:
             onnx = Path(tmp) / f"{name}.onnx"
             if not args.no_ort:
@@ -181,10 +210,10 @@ def _row(name: str, batch: int, sides: list, args, onnx: Path) -> str:
     times = {side: [] for side, *_ in sides}
     peak = {side: 0.0 for side, *_ in sides}
     for _ in range(args.rounds):  # the sides alternate, round after round
-        for side, code, extra, mode in sides:
+        for side, code, extra, mode, where in sides:
             extra = tuple(a.format(onnx=onnx) for a in extra)
             try:
-                _, rss, out = run_child(code, name, str(batch), str(args.repeats), *extra, mode=mode)
+                _, rss, out = run_child(code, name, str(batch), str(args.repeats), *extra, mode=mode, **where)
                 times[side] += child_timings(out)
                 peak[side] = max(peak[side], rss / 1e6)
             except RuntimeError as e:
@@ -196,6 +225,17 @@ def _row(name: str, batch: int, sides: list, args, onnx: Path) -> str:
         row += f" {ms[side]:>{max(10, len(side) + 4)}.1f} {ms[side] / ms['timm']:>6.2f}"
     row += f" {mb['timm']:>8.0f} {mb['paddle']:>10.0f} {mb['paddle'] / mb['timm']:>6.2f}"
     return row + f"  {load().split(',')[0]}"
+
+
+def _installed(python: str) -> str:
+    """Where ``python`` imports paddle_model and paddle from, and their versions."""
+    code = """
+import importlib.metadata, paddle, paddle_model
+version = importlib.metadata.version("coat-paddle")
+print(f"coat-paddle {version} from {paddle_model.__file__}, paddle {paddle.__version__}")
+"""
+    _, _, out = run_child(code, mode="installed", python=python, cwd=tempfile.gettempdir())
+    return out.strip()
 
 
 if __name__ == "__main__":

@@ -25,39 +25,30 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import TUNED_ENV, child_timings, machine, median, run_child, seeded_batch_prelude  # noqa: E402
+from _common import (  # noqa: E402
+    TIME_PREDICTOR,
+    TIME_TIMM,
+    TUNED_ENV,
+    child_timings,
+    machine,
+    median,
+    run_child,
+    seeded_batch_prelude,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 PRELUDE = seeded_batch_prelude(ROOT, "prefix")
 
-TORCH = (
-    PRELUDE
-    + """
-import torch
-torch.set_num_threads(2)
-from reference.timm_model import build_timm
-model = build_timm(name)
-xt = torch.from_numpy(x)
-with torch.no_grad():
-    timed(lambda: model(xt))
-"""
-)
+TORCH = PRELUDE + "import torch\ntorch.set_num_threads(2)\n" + TIME_TIMM
 
 PADDLE_INFERENCE = (
     PRELUDE
     + """
 from paddle_model.export import create_predictor
 predictor = create_predictor(prefix, threads=2)
-handle = predictor.get_input_handle(predictor.get_input_names()[0])
-output = predictor.get_output_handle(predictor.get_output_names()[0])
-def run():
-    handle.reshape(list(x.shape))
-    handle.copy_from_cpu(x)
-    predictor.run()
-    output.copy_to_cpu()
-timed(run)
 """
+    + TIME_PREDICTOR
 )
 
 ORT = (
