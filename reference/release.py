@@ -22,6 +22,7 @@ sha256 of what was converted is recorded beside it.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import platform
 import shutil
@@ -33,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from converter.cli import ArgumentParser, command
+from converter.cli import ArgumentParser, command, fail
 from converter.errors import CoatError, ConversionError
 from converter.pipeline import convert_checkpoint, sha256_file
 from converter.variants import VARIANTS, CoatVariant
@@ -407,6 +408,15 @@ def release(
     return entries
 
 
+# the reference extra: timm's model for the parity check, huggingface_hub and jinja2 for the card
+REFERENCE_MODULES = ("torch", "torchvision", "timm", "huggingface_hub", "jinja2")
+
+
+def missing_reference() -> list[str]:
+    """The modules of the reference extra that are not installed."""
+    return [name for name in REFERENCE_MODULES if importlib.util.find_spec(name) is None]
+
+
 def summary(entries: list[Entry]) -> str:
     rows = [f"{'source':40} {'variant':22} {'logits max|d|/max|ref|':>23}  status"]
     for e in entries:
@@ -438,6 +448,12 @@ def main(argv: list[str] | None = None) -> int:
         "their top-1/top-5 go into the model card's model-index",
     )
     args = p.parse_args(argv)
+    missing = missing_reference()
+    if missing:
+        return fail(
+            f"the release needs {', '.join(missing)} (not installed) for the parity check and the "
+            "model card: pip install 'coat-paddle[reference]'"
+        )
     warnings.filterwarnings("ignore", message="No ccache found")
     eval_results = read_eval_results(args.eval_results)
     entries = release(

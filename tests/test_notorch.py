@@ -145,3 +145,46 @@ def test_evaluate_runs_without_torch(weights, tmp_path):
     assert refused.returncode == 2
     assert refused.stderr.startswith("error: --reference runs timm beside the Paddle model")
     assert "python -m reference.evaluate" in refused.stderr
+
+
+def test_release_without_torch_says_what_to_install_and_writes_nothing(fixtures, tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "coat_lite_tiny.pth").symlink_to(fixtures / "coat_lite_tiny.pth")
+    done = command("coat-release", "src", "out", "--allow-unofficial", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: the release needs torch, torchvision, timm")  # and maybe more
+    assert "(not installed) for the parity check and the model card: pip install 'coat-paddle[reference]'" in (
+        done.stderr
+    )
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_the_commands_without_paddle_say_in_one_line_what_to_install(tmp_path, name):
+    """The installed console script as pip wrote it, in a process where Paddle cannot be
+    found (``sys.modules['paddle'] = None``): coat-convert needs none; the others stop with one
+    line, no import traceback."""
+    exe = Path(sys.executable).parent / name
+    hide_paddle = (
+        "import sys; sys.modules['paddle'] = None; sys.argv = [sys.argv[1], '--help']; "
+        "exec(compile(open(sys.argv[0]).read(), sys.argv[0], 'exec'))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", hide_paddle, str(exe)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+        check=False,
+    )
+    if name == "coat-convert":
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith("usage: ")
+        return
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(
+        f"{name}: error: paddle_model needs PaddlePaddle >= 3.0, which is not installed: "
+        "pip install 'coat-paddle[cpu]'"
+    ), done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
