@@ -347,20 +347,28 @@ class ParallelBlock(nn.Layer):
         # one MLP serves the three scales, as in the official code
         self.mlp2 = self.mlp3 = self.mlp4 = Mlp(dim, mlp_hidden, proj_drop)
 
-    def forward(self, x1, x2, x3, x4, sizes):
+    # how the exchange resizes one scale's tokens to another's size (kernels.fast: compiled)
+    resample = staticmethod(resample_tokens)
+
+    def attend_and_exchange(self, x2, x3, x4, sizes):
+        """Each scale's attention plus the others' resampled to its size, added to it."""
         _, s2, s3, s4 = sizes
         cur2 = self.factoratt_crpe2(self.norm12(x2), s2)
         cur3 = self.factoratt_crpe3(self.norm13(x3), s3)
         cur4 = self.factoratt_crpe4(self.norm14(x4), s4)
-        up3_2 = resample_tokens(cur3, s3, s2)
-        up4_3 = resample_tokens(cur4, s4, s3)
-        up4_2 = resample_tokens(cur4, s4, s2)
-        down2_3 = resample_tokens(cur2, s2, s3)
-        down3_4 = resample_tokens(cur3, s3, s4)
-        down2_4 = resample_tokens(cur2, s2, s4)
+        up3_2 = self.resample(cur3, s3, s2)
+        up4_3 = self.resample(cur4, s4, s3)
+        up4_2 = self.resample(cur4, s4, s2)
+        down2_3 = self.resample(cur2, s2, s3)
+        down3_4 = self.resample(cur3, s3, s4)
+        down2_4 = self.resample(cur2, s2, s4)
         x2 = x2 + self.drop_path(cur2 + up3_2 + up4_2)
         x3 = x3 + self.drop_path(cur3 + up4_3 + down2_3)
         x4 = x4 + self.drop_path(cur4 + down3_4 + down2_4)
+        return x2, x3, x4
+
+    def forward(self, x1, x2, x3, x4, sizes):
+        x2, x3, x4 = self.attend_and_exchange(x2, x3, x4, sizes)
         x2 = x2 + self.drop_path(self.mlp2(self.norm22(x2)))
         x3 = x3 + self.drop_path(self.mlp3(self.norm23(x3)))
         x4 = x4 + self.drop_path(self.mlp4(self.norm24(x4)))

@@ -3,6 +3,7 @@
 Each builder writes a small file that attacks one limit of the readers (nesting, memory,
 zip members, shared state, header fields); :func:`run_bounded` runs a command on it in a fresh
 process under an address-space limit and reports its exit code, stderr, time and peak RSS.
+:func:`mutations` makes the fuzz tests' flipped and truncated copies of a good file.
 """
 
 from __future__ import annotations
@@ -14,11 +15,30 @@ import subprocess
 import sys
 import time
 import zipfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 ADDRESS_SPACE = 2 << 30  # a blow-up hits this and fails the test, not the machine
+
+
+
+def mutations(data: bytes, places: Sequence[int], count: int, seed: int) -> Iterator[tuple[int, bytes]]:
+    """``count`` numbered copies of ``data``: every third truncated anywhere, the others with one
+    to three bits flipped at positions drawn from ``places`` (``range(len(data))``: anywhere)."""
+    rng = np.random.default_rng(seed)
+    for n in range(count):
+        mutated = bytearray(data)
+        if n % 3 == 2:
+            yield n, bytes(mutated[: int(rng.integers(0, len(data)))])
+            continue
+        for _ in range(int(rng.integers(1, 4))):
+            mutated[places[int(rng.integers(0, len(places)))]] ^= 1 << int(rng.integers(0, 8))
+        yield n, bytes(mutated)
+
 
 # --- pickle opcodes --------------------------------------------------------------------------
 PROTO4, STOP, MARK = b"\x80\x04", b".", b"("

@@ -17,21 +17,9 @@ import numpy as np
 from converter.errors import CoatError, WeightsError
 from converter.pipeline import convert_checkpoint
 
+from .hostile import mutations
+
 LITE = "coat_lite_tiny"
-
-
-def mutations(data: bytes, places: list[int], count: int, seed: int):
-    """``count`` copies of ``data``: every third truncated anywhere, the others with one to
-    three bits flipped at positions drawn from ``places``."""
-    rng = np.random.default_rng(seed)
-    for n in range(count):
-        mutated = bytearray(data)
-        if n % 3 == 2:
-            yield n, bytes(mutated[: int(rng.integers(0, len(data)))])
-            continue
-        for _ in range(int(rng.integers(1, 4))):
-            mutated[places[int(rng.integers(0, len(places)))]] ^= 1 << int(rng.integers(0, 8))
-        yield n, bytes(mutated)
 
 
 def pickle_structure(data: bytes, start: int = 0, pickles: int = 1) -> tuple[list[int], int]:

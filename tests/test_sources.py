@@ -18,6 +18,7 @@ from reference.parity import verify_conversion
 from reference.timm_model import timm_from_checkpoint
 
 from .conftest import assert_refused, run_cli
+from .hostile import mutations
 
 RTOL = 1e-5
 LITE, FULL = "coat_lite_tiny", "coat_tiny"
@@ -286,18 +287,10 @@ def test_fuzzed_checkpoints_fail_closed_or_convert_identically(checkpoints, tmp_
     reference = tmp_path / "ref.pdparams"
     convert_checkpoint(checkpoints(LITE), reference)
     expected = reference.read_bytes()
-    rng = np.random.default_rng(0)
     src, dst = tmp_path / "fuzz.pth", tmp_path / "fuzz.pdparams"
     refused = 0
-    for i in range(300):
-        mutated = bytearray(data)
-        if i % 3 == 2:
-            mutated = mutated[: int(rng.integers(0, len(data)))]
-        else:
-            for _ in range(int(rng.integers(1, 4))):
-                pos = int(rng.integers(0, len(data)))
-                mutated[pos] ^= 1 << int(rng.integers(0, 8))
-        src.write_bytes(bytes(mutated))
+    for i, mutated in mutations(data, range(len(data)), 300, seed=0):
+        src.write_bytes(mutated)
         try:
             convert_checkpoint(src, dst, force=True)
         except CoatError:

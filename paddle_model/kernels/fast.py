@@ -191,20 +191,10 @@ def _resample(x: paddle.Tensor, size: tuple[int, int], target: tuple[int, int]) 
 class ParallelBlock(coat.ParallelBlock):
     """Compiled resampling between the scales; the MLP's last product adds the residual."""
 
+    resample = staticmethod(_resample)
+
     def forward(self, x1, x2, x3, x4, sizes):
-        _, s2, s3, s4 = sizes
-        cur2 = self.factoratt_crpe2(self.norm12(x2), s2)
-        cur3 = self.factoratt_crpe3(self.norm13(x3), s3)
-        cur4 = self.factoratt_crpe4(self.norm14(x4), s4)
-        up3_2 = _resample(cur3, s3, s2)
-        up4_3 = _resample(cur4, s4, s3)
-        up4_2 = _resample(cur4, s4, s2)
-        down2_3 = _resample(cur2, s2, s3)
-        down3_4 = _resample(cur3, s3, s4)
-        down2_4 = _resample(cur2, s2, s4)
-        x2 = x2 + self.drop_path(cur2 + up3_2 + up4_2)
-        x3 = x3 + self.drop_path(cur3 + up4_3 + down2_3)
-        x4 = x4 + self.drop_path(cur4 + down3_4 + down2_4)
+        x2, x3, x4 = self.attend_and_exchange(x2, x3, x4, sizes)
         return (
             x1,
             _plus(self.mlp2, x2, self.norm22(x2)),
