@@ -15,6 +15,7 @@ import importlib
 import os
 import sys
 
+
 def _run(module: str) -> int:
     try:
         main = importlib.import_module(module).main

@@ -62,9 +62,7 @@ def main(argv: list[str] | None = None) -> int:
 
             from reference.parity import verify_conversion
         except ImportError as e:
-            return fail(
-                f"--verify needs torch and timm ({e}): pip install 'coat-paddle[reference]'"
-            )
+            return fail(f"--verify needs torch and timm ({e}): pip install 'coat-paddle[reference]'")
     result = convert_checkpoint(
         args.src,
         args.dst,

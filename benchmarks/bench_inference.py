@@ -112,7 +112,8 @@ timed(lambda: session.run(None, {"x": x}))
 """
 )
 
-DEPLOYED = """
+DEPLOYED = (
+    """
 import os, tempfile
 from paddle_model.export import create_predictor, export
 kernels = sys.argv[4] == "kernels"
@@ -120,7 +121,9 @@ with tempfile.TemporaryDirectory() as tmp:  # the predictor holds the model once
     prefix = os.path.join(tmp, "model")
     export(name, None, prefix, kernels=kernels, size=size if kernels else None)
     predictor = create_predictor(prefix, threads=2)
-""" + TIME_PREDICTOR
+"""
+    + TIME_PREDICTOR
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,6 @@ ROOT = Path(__file__).resolve().parents[1]
 ADDRESS_SPACE = 2 << 30  # a blow-up hits this and fails the test, not the machine
 
 
-
 def mutations(data: bytes, places: Sequence[int], count: int, seed: int) -> Iterator[tuple[int, bytes]]:
     """``count`` numbered copies of ``data``: every third truncated anywhere, the others with one
     to three bits flipped at positions drawn from ``places`` (``range(len(data))``: anywhere)."""
