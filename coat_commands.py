@@ -12,19 +12,16 @@ their commands and imports none of them until called.
 from __future__ import annotations
 
 import importlib
-import os
-import sys
+
+from converter.cli import fail
+from converter.errors import PaddleMissingError
 
 
 def _run(module: str) -> int:
     try:
         main = importlib.import_module(module).main
-    except ImportError as e:
-        if e.name != "paddle":  # paddle_model's check names it; anything else is a real bug
-            raise
-        name = os.path.basename(sys.argv[0]) or module
-        print(f"{name}: error: {' '.join(str(e).splitlines())}", file=sys.stderr)
-        return 2
+    except PaddleMissingError as e:  # paddle_model's check; any other ImportError is a real bug
+        return fail(str(e))
     return main()
 
 

@@ -85,14 +85,16 @@ def run_child(
     cwd: str | None = None,
 ) -> tuple[float, int, str]:
     """Run ``python -c code args`` to completion in the environment ``mode`` (see
-    :func:`child_env`) updated by ``env``: (wall seconds, peak RSS in bytes, stdout). ``python``
-    is the interpreter (this one by default), ``cwd`` the directory it starts in."""
+    :func:`child_env`) updated by ``env`` (a value of None removes the variable): (wall seconds,
+    peak RSS in bytes, stdout). ``python`` is the interpreter (this one by default), ``cwd`` the
+    directory it starts in."""
+    environ = {k: v for k, v in {**child_env(mode), **(env or {})}.items() if v is not None}
     start = time.perf_counter()
     proc = subprocess.Popen(
         [python or sys.executable, "-c", code, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env={**child_env(mode), **(env or {})},
+        env=environ,
         cwd=cwd,
     )
     out = proc.stdout.read()

@@ -40,6 +40,7 @@ the package measured is then the installed one.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -77,6 +78,7 @@ with paddle.no_grad():
 TORCH_AFTER_PADDLE = (
     PRELUDE
     + """
+import torch  # first, as reference.evaluate imports it
 import paddle
 import paddle_model
 with paddle.no_grad():
@@ -166,8 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     # the Paddle sides' prelude and interpreter: this checkout's, or only what PYTHON has installed
+    # (absolute: the sides start in another directory; a venv's python is a link, kept as it is)
     paddle_prelude = seeded_batch_prelude(None if args.paddle_python else ROOT)
-    where = {"python": args.paddle_python} if args.paddle_python else {}
+    where = {}
+    if args.paddle_python:
+        args.paddle_python = os.path.abspath(args.paddle_python)
+        where = {"python": args.paddle_python, "env": {"PYTHONPATH": None}}
     # (column, child code, extra arguments, environment mode, interpreter); timm first: the base
     sides = [
         ("timm", TORCH, (), "installed", {}),
@@ -237,7 +243,9 @@ import importlib.metadata, paddle, paddle_model
 version = importlib.metadata.version("coat-paddle")
 print(f"coat-paddle {version} from {paddle_model.__file__}, paddle {paddle.__version__}")
 """
-    _, _, out = run_child(code, mode="installed", python=python, cwd=tempfile.gettempdir())
+    _, _, out = run_child(
+        code, env={"PYTHONPATH": None}, mode="installed", python=python, cwd=tempfile.gettempdir()
+    )
     return out.strip()
 
 

@@ -19,6 +19,11 @@ class UnsafePickleError(WeightsError):
     """A pickle asks for a global outside the allowlist; nothing of it was executed."""
 
 
+class PaddleMissingError(ImportError):
+    """No supported Paddle is installed: raised by ``import paddle_model``, the message says what
+    to install. Defined here, below Paddle, so that a caller can catch it without Paddle."""
+
+
 def preview(keys, limit: int = 6) -> str:
     """``a, b, c and 4 more``: a short, sorted listing of keys for an error message."""
     keys = sorted(keys)

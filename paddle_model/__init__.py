@@ -47,8 +47,10 @@ def paddle_problem() -> str | None:
 
 
 _problem = paddle_problem()
-if _problem is not None:  # named, so that the console scripts (coat_commands) say it in one line
-    raise ImportError(_problem, name="paddle")
+if _problem is not None:  # its own type, so that the console scripts (coat_commands) say it in one line
+    from converter.errors import PaddleMissingError
+
+    raise PaddleMissingError(_problem, name="paddle")
 
 # imported after the check, so that a missing Paddle is said first and in one line
 from .errors import CoatError, UnsafePickleError, WeightsError  # noqa: E402

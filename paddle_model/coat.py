@@ -347,7 +347,8 @@ class ParallelBlock(nn.Layer):
         # one MLP serves the three scales, as in the official code
         self.mlp2 = self.mlp3 = self.mlp4 = Mlp(dim, mlp_hidden, proj_drop)
 
-    # how the exchange resizes one scale's tokens to another's size (kernels.fast: compiled)
+    # how the exchange resizes one scale's tokens to another's size (a class attribute, so that
+    # a subclass can swap in another implementation of the same resampling)
     resample = staticmethod(resample_tokens)
 
     def attend_and_exchange(self, x2, x3, x4, sizes):

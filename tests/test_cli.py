@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
-from .conftest import assert_refused, run_cli
+import coat_commands
+from converter.errors import PaddleMissingError
+
+from .conftest import ROOT, assert_refused, run_cli
 
 
 def test_summary_names_variant_counts_and_drops(checkpoints, tmp_path):
@@ -66,3 +72,38 @@ def test_wrong_variant_names_the_mismatches(checkpoints, tmp_path):
 @pytest.mark.parametrize("bad_name", ["out.pt", "missing_dir/out.pdparams"])
 def test_bad_destination(checkpoints, tmp_path, bad_name):
     assert_refused(run_cli(checkpoints("coat_lite_tiny"), tmp_path / bad_name))
+
+
+def test_a_console_script_without_paddle_says_what_to_install_in_one_line():
+    """paddle_model's own check, in a process where Paddle cannot be found: coat-evaluate (through
+    coat_commands, as its console script) stops with one line and exit 2, coat-convert runs."""
+    code = (
+        "import sys; sys.modules['paddle'] = None; sys.argv = ['coat-evaluate', '--help']; "
+        "import coat_commands; sys.exit(coat_commands.{}())"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code.format("evaluate")], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith(
+        "error: paddle_model needs PaddlePaddle >= 3.0, which is not installed: "
+        "pip install 'coat-paddle[cpu]'"
+    )
+    assert len(done.stderr.splitlines()) == 1
+    converted = subprocess.run(
+        [sys.executable, "-c", code.format("convert")], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert converted.returncode == 0 and converted.stdout.startswith("usage: convert.py")
+
+
+def test_other_import_errors_of_a_command_are_not_taken_for_a_missing_paddle(monkeypatch):
+    """A Paddle that is there but broken (or any other failing import) keeps its traceback: it
+    must not read as 'not installed', whose advice could put the CPU wheel over a GPU build."""
+
+    def broken(module: str):
+        raise ImportError("cannot import name 'Tensor' from 'paddle'", name="paddle")
+
+    monkeypatch.setattr(coat_commands.importlib, "import_module", broken)
+    with pytest.raises(ImportError, match="cannot import name 'Tensor'") as raised:
+        coat_commands.predict()
+    assert not isinstance(raised.value, PaddleMissingError)

@@ -183,7 +183,7 @@ def test_the_commands_without_paddle_say_in_one_line_what_to_install(tmp_path, n
         return
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith(
-        f"{name}: error: paddle_model needs PaddlePaddle >= 3.0, which is not installed: "
+        "error: paddle_model needs PaddlePaddle >= 3.0, which is not installed: "
         "pip install 'coat-paddle[cpu]'"
     ), done.stderr
     assert len(done.stderr.strip().splitlines()) == 1

@@ -227,7 +227,8 @@ def test_a_missing_or_old_paddle_is_one_line_saying_what_to_install(monkeypatch)
     assert done.returncode == 1
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith(
-        "ImportError: paddle_model needs PaddlePaddle >= 3.0, which is not installed: pip install"
+        "converter.errors.PaddleMissingError: paddle_model needs PaddlePaddle >= 3.0, which is not "
+        "installed: pip install"
     )
 
 
