@@ -42,11 +42,17 @@ def checkpoints(tmp_path_factory):
     return get
 
 
+def run_python(*args, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``python ARGS`` (``-c CODE ...``, ``-m MODULE ...``) in a fresh process from the
+    repository root, in ``env`` (default: this process's); text output captured."""
+    return subprocess.run(
+        [sys.executable, *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
 def run_module(module: str, *args) -> subprocess.CompletedProcess:
     """Run ``python -m module ARGS`` from the repository root; text output captured."""
-    return subprocess.run(
-        [sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True, cwd=ROOT, timeout=900
-    )
+    return run_python("-m", module, *args, timeout=900)
 
 
 RELEASED_VARIANTS = ("coat_tiny", "coat_lite_tiny")  # a CoaT and a CoaT-Lite

@@ -21,6 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from converter.errors import CoatError
+from converter.pipeline import convert_checkpoint
+
 ROOT = Path(__file__).resolve().parents[1]
 ADDRESS_SPACE = 2 << 30  # a blow-up hits this and fails the test, not the machine
 
@@ -37,6 +40,24 @@ def mutations(data: bytes, places: Sequence[int], count: int, seed: int) -> Iter
         for _ in range(int(rng.integers(1, 4))):
             mutated[places[int(rng.integers(0, len(places)))]] ^= 1 << int(rng.integers(0, 8))
         yield n, bytes(mutated)
+
+
+def convert_each(cases: Iterator[tuple[int, bytes]], src: Path, dst: Path, expected: bytes) -> int:
+    """Write each numbered case to ``src`` and convert it to ``dst``: it must be refused with a
+    CoatError and leave no ``dst``, or give exactly the bytes ``expected``. Returns how many
+    were refused."""
+    refused = 0
+    for n, data in cases:
+        src.write_bytes(data)
+        try:
+            convert_checkpoint(src, dst, force=True)
+        except CoatError:
+            refused += 1
+            assert not dst.exists(), f"case {n} was refused but left {dst}"
+            continue
+        assert dst.read_bytes() == expected, f"case {n} converted to different weights"
+        dst.unlink()
+    return refused
 
 
 # --- pickle opcodes --------------------------------------------------------------------------

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 import coat_commands
 from converter.errors import PaddleMissingError
 
-from .conftest import ROOT, assert_refused, run_cli
+from .conftest import assert_refused, run_cli, run_python
 
 
 def test_summary_names_variant_counts_and_drops(checkpoints, tmp_path):
@@ -81,18 +78,14 @@ def test_a_console_script_without_paddle_says_what_to_install_in_one_line():
         "import sys; sys.modules['paddle'] = None; sys.argv = ['coat-evaluate', '--help']; "
         "import coat_commands; sys.exit(coat_commands.{}())"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code.format("evaluate")], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
+    done = run_python("-c", code.format("evaluate"), timeout=120)
     assert done.returncode == 2
     assert done.stderr.startswith(
         "error: paddle_model needs PaddlePaddle >= 3.0, which is not installed: "
         "pip install 'coat-paddle[cpu]'"
     )
     assert len(done.stderr.splitlines()) == 1
-    converted = subprocess.run(
-        [sys.executable, "-c", code.format("convert")], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
+    converted = run_python("-c", code.format("convert"), timeout=120)
     assert converted.returncode == 0 and converted.stdout.startswith("usage: convert.py")
 
 

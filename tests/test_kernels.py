@@ -18,7 +18,7 @@ import paddle_model
 from paddle_model import coat, export, kernels
 from paddle_model.kernels import fast
 
-from .conftest import ROOT
+from .conftest import ROOT, run_python
 
 
 def test_a_first_build_prints_nothing(tmp_path):
@@ -248,14 +248,7 @@ def test_linear_equals_torch_on_two_threads(tmp_path):
         "np.savez(sys.argv[1], **out)\n"
     )
     env = {**os.environ, "MKL_NUM_THREADS": "2"}
-    done = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path / "out.npz")],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_python("-c", code, tmp_path / "out.npz", env=env)
     assert done.returncode == 0, done.stderr
     _check_linear(np.load(tmp_path / "out.npz"))
 
@@ -358,16 +351,15 @@ def test_coat_py_has_no_reference_to_the_kernels():
     assert ours == {"converter.layout", ".variants"}
 
 
+def _some_layers(model) -> tuple:
+    """One layer of each kind that has a fast form."""
+    return model.patch_embed1, model.serial_blocks1[0], model.cpe2, model.parallel_blocks[0], model.norm4
+
+
 def _watched(model) -> list:
     """The classes of a few layers at the moments the model calls them, recorded as it runs."""
     seen = []
-    for layer in (
-        model.patch_embed1,
-        model.serial_blocks1[0],
-        model.cpe2,
-        model.parallel_blocks[0],
-        model.norm4,
-    ):
+    for layer in _some_layers(model):
         layer.register_forward_pre_hook(lambda layer, inputs: seen.append(type(layer)))
     return seen
 
@@ -384,22 +376,34 @@ def small_coat():
     return model, x, _watched(model)
 
 
+def test_the_parallel_blocks_exchange_through_the_compiled_resampling(small_coat, monkeypatch):
+    """coat.py's attend_and_exchange calls ``self.resample``: in eager inference that is the
+    fast form's compiled op, six times per parallel block; coat.py's own resampling not once."""
+    model, x, _ = small_coat
+    model.eval()
+    calls = {"fast": 0, "own": 0}
+
+    def counted(name, resample):
+        def run(*args):
+            calls[name] += 1
+            return resample(*args)
+
+        return staticmethod(run)
+
+    monkeypatch.setattr(fast.ParallelBlock, "resample", counted("fast", fast._resample))
+    monkeypatch.setattr(coat.ParallelBlock, "resample", counted("own", coat.resample_tokens))
+    with paddle.no_grad():
+        model(x)
+    assert calls == {"fast": 6 * len(model.parallel_blocks), "own": 0}
+
+
 def test_eager_cpu_inference_calls_run_the_fast_forms_and_only_during_the_call(small_coat):
     model, x, seen = small_coat
     model.eval()
     with paddle.no_grad():
         fast_out = model(x).numpy()
         assert [t for t in seen if t in _FAST] == seen and set(seen) == set(_FAST)
-        assert all(
-            type(layer) in _OWN
-            for layer in (
-                model.patch_embed1,
-                model.serial_blocks1[0],
-                model.cpe2,
-                model.parallel_blocks[0],
-                model.norm4,
-            )
-        )
+        assert all(type(layer) in _OWN for layer in _some_layers(model))
         seen.clear()
         own_out = model.forward(x).numpy()  # no hooks: coat.py's layers, Paddle's ops
     assert set(seen) == set(_OWN)

@@ -18,7 +18,6 @@ import re
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ from paddle_model.errors import WeightsError
 from reference.parity import seeded_input
 from reference.timm_model import timm_from_checkpoint
 
-from .conftest import RELEASED_VARIANTS, ROOT, sample_image_paths
+from .conftest import RELEASED_VARIANTS, ROOT, run_python, sample_image_paths
 
 LOCATION_VARS = (hub.LOCATION_ENV, hub.OFFLINE_ENV, hub.TIMEOUT_ENV, "HF_HUB_OFFLINE", "HF_ENDPOINT")
 
@@ -113,43 +112,16 @@ def test_predict_with_weights_pretrained_from_a_warm_cache_in_a_fresh_process(re
     cache = tmp_path / "cache"
     image = sample_image_paths()[0]
     base = {k: v for k, v in os.environ.items() if k not in LOCATION_VARS}
+
+    def predict_in_fresh_process(env: dict) -> subprocess.CompletedProcess:
+        args = ["paddle_model.predict", image, "--variant", "coat_lite_tiny", "--weights", "pretrained"]
+        return run_python("-m", *args, env=env)
+
     with serve(out) as url:
         env = {**base, "COAT_PADDLE_CACHE": str(cache), hub.LOCATION_ENV: url}
-        first = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "paddle_model.predict",
-                str(image),
-                "--variant",
-                "coat_lite_tiny",
-                "--weights",
-                "pretrained",
-            ],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        first = predict_in_fresh_process(env)
     assert first.returncode == 0, first.stderr
-    second = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "paddle_model.predict",
-            str(image),
-            "--variant",
-            "coat_lite_tiny",
-            "--weights",
-            "pretrained",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    second = predict_in_fresh_process(env)  # the server is gone: from the cache
     assert second.returncode == 0, second.stderr
     assert first.stdout == second.stdout and len(first.stdout.splitlines()) == 6
 
@@ -337,14 +309,7 @@ HF_LOAD = (
 
 
 def _load_in_fresh_process(env: dict, name: str, pretrained: str, out: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", HF_LOAD, name, pretrained, str(out)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_python("-c", HF_LOAD, name, pretrained, out, env=env)
 
 
 def test_hf_hub_through_huggingface_hub_with_hf_endpoint_then_offline(released, tmp_path, converted):
@@ -398,14 +363,7 @@ def test_the_commands_take_weights_pretrained(env, tmp_path, command):
         "export": [str(tmp_path / "model")],
     }[command]
     args = [*first, "--variant", "coat_lite_tiny"] if command != "export" else ["coat_lite_tiny", *first]
-    result = subprocess.run(
-        [sys.executable, "-m", f"paddle_model.{command}", *args, "--weights", "pretrained"],
-        cwd=ROOT,
-        env=base,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_python("-m", f"paddle_model.{command}", *args, "--weights", "pretrained", env=base)
     assert result.returncode == 2
     assert (
         result.stderr.strip()

@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import paddle
@@ -23,7 +21,7 @@ from reference.checkpoints import seeded_model
 from reference.parity import verify_conversion
 
 from .conftest import RELEASED_VARIANTS as VARIANTS_UNDER_TEST
-from .conftest import ROOT, assert_refused, run_cli, run_module, sample_image_paths
+from .conftest import ROOT, assert_refused, run_cli, run_module, run_python, sample_image_paths
 
 
 def test_release_writes_weights_manifest_and_card_per_variant(released):
@@ -326,23 +324,10 @@ def test_kernel_exports_say_what_they_need(converted, tmp_path):
         "from paddle_model.export import create_predictor\n"
         "try:\n    create_predictor(sys.argv[1])\nexcept CoatError as e:\n    print(e)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path / "model")],
-        cwd=ROOT,
-        env=without,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_python("-c", code, tmp_path / "model", env=without)
     assert "was exported with --kernels, and the compiled kernels are not available here" in done.stdout
-    done = subprocess.run(
-        [sys.executable, "-m", "paddle_model.export", "coat_lite_tiny", str(tmp_path / "other"), "--kernels"],
-        cwd=ROOT,
-        env=without,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    export = ["paddle_model.export", "coat_lite_tiny", tmp_path / "other", "--kernels"]
+    done = run_python("-m", *export, env=without)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith("error: the compiled kernels are not available")
     assert not (tmp_path / "other.json").exists()
