@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
+import threading
 from pathlib import Path
 
 from .errors import CoatError
@@ -28,3 +30,19 @@ def check_input_file(path: Path, error: type[CoatError], expected: str) -> int:
     if st.st_size == 0:
         raise error(f"{path}: is empty")
     return st.st_size
+
+
+class Cancelled(Exception):
+    """:func:`sha256_file` gave up because its ``stop`` event was set."""
+
+
+def sha256_file(path: Path, stop: threading.Event | None = None) -> str:
+    """The sha256 of the file at ``path``, read in 1 MiB blocks (memory stays flat whatever the
+    size); raises :class:`Cancelled` as soon as ``stop`` is set."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            if stop is not None and stop.is_set():
+                raise Cancelled
+            h.update(block)
+    return h.hexdigest()

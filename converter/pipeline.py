@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +12,7 @@ import numpy as np
 
 from .detect import plan_for
 from .errors import ConversionError, WeightsError, preview
+from .files import sha256_file
 from .mapping import MappingReport, apply_plan, check_declared_ties
 from .paddle_weights import BFLOAT16, read_weights
 from .readers import read_checkpoint
@@ -66,21 +66,6 @@ def _cast_dtype(name: str | None) -> np.dtype | None:
     if name not in CAST_DTYPES:
         raise ConversionError(f"unknown dtype {name!r}; choose one of {', '.join(CAST_DTYPES)}")
     return BFLOAT16 if name == "bfloat16" else np.dtype(name)
-
-
-class _Cancelled(Exception):
-    pass
-
-
-def sha256_file(path: Path, stop: threading.Event | None = None) -> str:
-    """The sha256 of the file at ``path``; gives up (raises) as soon as ``stop`` is set."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            if stop is not None and stop.is_set():
-                raise _Cancelled
-            h.update(block)
-    return h.hexdigest()
 
 
 def convert_checkpoint(

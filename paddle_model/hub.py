@@ -34,7 +34,10 @@ import urllib.request
 from pathlib import Path
 
 from converter.errors import WeightsError
+from converter.files import sha256_file
 from converter.variants import VARIANTS
+
+from .cache import cache_root as project_cache_root
 
 # The project's own published weights location, set here and nowhere else. Nothing has been
 # published yet, so it is None and pretrained=True needs COAT_PADDLE_WEIGHTS_URL (or hf-hub:).
@@ -63,8 +66,7 @@ class _Unreachable(Exception):
 
 def cache_root() -> Path:
     """Where downloaded weights are kept: ``$COAT_PADDLE_CACHE/weights``."""
-    cache = Path(os.environ.get("COAT_PADDLE_CACHE", Path.home() / ".cache" / "coat_paddle"))
-    return cache / "weights"
+    return project_cache_root() / "weights"
 
 
 def is_offline() -> bool:
@@ -232,14 +234,6 @@ def fetch_hf(repo_id: str, variant: str, *, revision: str | None = None) -> Path
             f"{where}/{name}: sha256 is {actual}, the manifest says {expected}; removed it from the cache"
         )
     return path
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _timeout() -> float:

@@ -21,7 +21,6 @@ sha256 of what was converted is recorded beside it.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import platform
@@ -36,7 +35,8 @@ import numpy as np
 
 from converter.cli import ArgumentParser, command, fail
 from converter.errors import CoatError, ConversionError
-from converter.pipeline import convert_checkpoint, sha256_file
+from converter.files import sha256_file
+from converter.pipeline import convert_checkpoint
 from converter.variants import VARIANTS, CoatVariant
 from paddle_model.transforms import eval_transform
 
@@ -124,7 +124,7 @@ def _refuse_duplicates(src_dir: Path, planned: dict[Path, str | None]) -> None:
 
 
 def _file_hashes(folder: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+    return {p.name: sha256_file(p) for p in sorted(folder.iterdir())}
 
 
 def _manifest(

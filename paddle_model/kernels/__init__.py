@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import runtime
+from ..cache import cache_root
 
 _module = None
 _tried = False
@@ -32,8 +33,7 @@ _CFLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-fopenmp"]  # no traps
 
 
 def _cache_root() -> Path:
-    cache = Path(os.environ.get("COAT_PADDLE_CACHE", Path.home() / ".cache" / "coat_paddle"))
-    return cache / f"py{sys.version_info[0]}{sys.version_info[1]}"
+    return cache_root() / f"py{sys.version_info[0]}{sys.version_info[1]}"
 
 
 def _cpu() -> str:
