@@ -92,7 +92,7 @@ def weights_location(variant: str, location: str | os.PathLike | None = None) ->
         raise WeightsError(
             f"{variant}: no published weights location is set in this version of coat-paddle; set "
             f"{LOCATION_ENV} to a folder written by `python -m reference.release` (http(s)://, file:// "
-            "or a path), pass pretrained='hf-hub:<repo_id>', or pass the path of a weights file"
+            "or a path), or give 'hf-hub:<repo_id>' or the path of a weights file instead"
         )
     base = str(base)
     if "://" not in base:  # a folder on this machine
@@ -312,22 +312,27 @@ def _listed(manifest_path: Path, name: str) -> ListedFile | None:
 
 def _open_regular(path: Path, limit: int) -> tuple[int, int]:
     """An open descriptor of the regular file at ``path`` (links followed) and its size;
-    WeightsError for anything else. ``O_NONBLOCK`` keeps a FIFO from blocking the open, and the
-    type is checked on the open descriptor, so a file swapped after a check cannot slip in."""
+    WeightsError for anything else. The type is checked before the open (opening a device can
+    act on it) and again on the open descriptor (a file swapped between the two cannot slip in);
+    ``O_NONBLOCK`` keeps a FIFO swapped in from blocking the open."""
+    _check_regular(path, os.stat(path), limit)
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise WeightsError(
-                f"{path}: is not a regular file (a pipe, a device or a folder); coat-paddle reads "
-                "only regular files: remove it, or point to the file itself"
-            )
-        if st.st_size > limit:
-            raise WeightsError(f"{path}: {st.st_size} bytes, more than the {limit} allowed for it")
-        return fd, st.st_size
+        return fd, _check_regular(path, os.fstat(fd), limit)
     except BaseException:
         os.close(fd)
         raise
+
+
+def _check_regular(path: Path, st: os.stat_result, limit: int) -> int:
+    if not stat.S_ISREG(st.st_mode):
+        raise WeightsError(
+            f"{path}: is not a regular file (a pipe, a device or a folder); coat-paddle reads "
+            "only regular files: remove it, or point to the file itself"
+        )
+    if st.st_size > limit:
+        raise WeightsError(f"{path}: {st.st_size} bytes, more than the {limit} allowed for it")
+    return st.st_size
 
 
 def _read_cached(path: Path, limit: int) -> bytes | None:
@@ -349,13 +354,11 @@ def _cached_size(path: Path) -> int | None:
     """The size of the cache entry ``path`` (links followed) if it exists, else None;
     WeightsError when it is not a regular file (a pipe or a device never ends)."""
     try:
-        fd, size = _open_regular(path, sys.maxsize)
+        return _check_regular(path, os.stat(path), sys.maxsize)
     except FileNotFoundError:
         return None
     except OSError as e:
         raise WeightsError(f"{path}: cannot be read ({e.strerror}); remove it from the cache") from None
-    os.close(fd)
-    return size
 
 
 def _check_cached(
@@ -493,19 +496,22 @@ def _shut(sock: socket.socket) -> None:
 def _get(url: str, timeout: float, limit: int) -> bytes:
     """The body at ``url``: all of it within ``timeout`` seconds, at most ``limit`` bytes."""
     chunks: list[bytes] = []
-    _transfer(url, timeout, timeout, limit, chunks.append)
+    _transfer(url, timeout, timeout, limit, chunks.append, f"the {limit >> 10} kB a manifest may have")
     return b"".join(chunks)
 
 
-def _transfer(url: str, timeout: float, seconds: float, limit: int, sink: Callable[[bytes], None]) -> int:
+def _transfer(
+    url: str, timeout: float, seconds: float, limit: int, sink: Callable[[bytes], None], allowed: str
+) -> int:
     """Stream the body at ``url`` into ``sink`` and return its length: all of it within
-    ``seconds``, each read within ``timeout``, refused the moment it exceeds ``limit`` bytes.
+    ``seconds``, each read within ``timeout``, refused the moment it exceeds ``limit`` bytes
+    (``allowed`` says which limit, for the message).
     WeightsError for a reply that is wrong, :class:`_Unreachable` for one that did not come."""
     scheme = urllib.parse.urlsplit(url).scheme.lower()
     if scheme not in _SCHEMES:
         raise WeightsError(f"{url}: a weights location is http://, https://, file:// or a folder path")
     if scheme == "file":
-        return _transfer_file(url, limit, sink)
+        return _transfer_file(url, limit, sink, allowed)
     received = 0
     request = urllib.request.Request(url, headers={"User-Agent": "coat-paddle"})
     deadline = _Deadline(seconds)
@@ -513,11 +519,11 @@ def _transfer(url: str, timeout: float, seconds: float, limit: int, sink: Callab
         with deadline, deadline.opener().open(request, timeout=timeout) as response:
             announced = getattr(response, "length", None)  # http.client's parse of Content-Length
             if announced is not None and announced > limit:
-                raise WeightsError(f"{url}: the server announces {announced} bytes, {_over(limit)}")
+                raise WeightsError(f"{url}: the server announces {announced} bytes, more than {allowed}")
             while chunk := response.read(min(_CHUNK, limit + 1 - received)):
                 received += len(chunk)
                 if received > limit:
-                    raise WeightsError(f"{url}: the server sent more, {_over(limit)}")
+                    raise WeightsError(f"{url}: the server sent more than {allowed}; nothing was kept")
                 sink(chunk)
             if deadline.expired:  # the shutdown ended a body sent without a length
                 raise TimeoutError
@@ -544,7 +550,9 @@ def _transfer_error(url: str, e: Exception, deadline: _Deadline, timeout: float,
     what = f"{type(e).__name__}: {_short(e)}" if str(e) else type(e).__name__
     if deadline.expired or isinstance(e, TimeoutError):
         took = (
-            f"not complete within {deadline.seconds:g} s" if deadline.expired else f"silent for {timeout:g} s"
+            f"not complete within {deadline.seconds:.3g} s"
+            if deadline.expired
+            else f"silent for {timeout:g} s"
         )
         return _Unreachable(f"timed out: {took}; raise {TIMEOUT_ENV} on a slow link")
     if isinstance(e, http.client.IncompleteRead) or (
@@ -558,7 +566,7 @@ def _transfer_error(url: str, e: Exception, deadline: _Deadline, timeout: float,
     return WeightsError(f"{url}: the transfer failed ({what})")
 
 
-def _transfer_file(url: str, limit: int, sink: Callable[[bytes], None]) -> int:
+def _transfer_file(url: str, limit: int, sink: Callable[[bytes], None], allowed: str) -> int:
     """A ``file://`` URL: a regular file only (a FIFO would block), at most ``limit`` bytes."""
     path = Path(urllib.request.url2pathname(urllib.parse.urlsplit(url).path))
     try:
@@ -575,13 +583,9 @@ def _transfer_file(url: str, limit: int, sink: Callable[[bytes], None]) -> int:
         while chunk := f.read(min(_CHUNK, limit + 1 - received)):
             received += len(chunk)
             if received > limit:
-                raise WeightsError(f"{url}: it grew while read, {_over(limit)}")
+                raise WeightsError(f"{url}: it grew while read to more than {allowed}")
             sink(chunk)
     return received
-
-
-def _over(limit: int) -> str:
-    return f"more than the {limit} bytes allowed (the size its manifest lists); nothing was kept"
 
 
 def _short(value) -> str:
@@ -595,6 +599,7 @@ def _download(url: str, target: Path, listed: ListedFile, timeout: float, progre
 
     limit = listed.size if listed.size is not None else FILE_SIZE_LIMIT
     seconds = timeout * (1 + limit / (1 << 20))  # an average of 1 MiB per `timeout` seconds
+    allowed = f"the {limit} bytes its manifest lists" if listed.size is not None else f"{limit} bytes"
 
     def write(out) -> None:
         digest = hashlib.sha256()
@@ -617,7 +622,7 @@ def _download(url: str, target: Path, listed: ListedFile, timeout: float, progre
                 digest.update(chunk)
                 bar.update(len(chunk))
 
-            received = _transfer(url, timeout, seconds, limit, sink)
+            received = _transfer(url, timeout, seconds, limit, sink, allowed)
         if listed.size is not None and received < listed.size:
             raise _Unreachable(f"the transfer was cut short after {received} of {listed.size} bytes")
         actual = digest.hexdigest()
