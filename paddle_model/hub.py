@@ -31,6 +31,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import http.client
+import inspect
 import os
 import re
 import socket
@@ -69,6 +70,7 @@ WEIGHTS_HELP = (
 )
 WEIGHT_SUFFIXES = (".safetensors", ".pdparams")  # which listed file to fetch, in this order
 _CHUNK = 1 << 20
+_MANIFEST_ALLOWED = f"the {MANIFEST_LIMIT >> 10} kB a manifest may have"
 _SCHEMES = ("http", "https", "file")
 
 
@@ -217,13 +219,20 @@ def fetch_hf(repo_id: str, variant: str, *, revision: str | None = None) -> Path
     except ImportError:  # older huggingface_hub releases use requests, whose errors are OSErrors
         pass
 
-    def download(filename: str) -> Path:
+    kwargs = {"revision": revision, "cache_dir": cache, "etag_timeout": _timeout()}
+    dry_run = "dry_run" in inspect.signature(hf_hub_download).parameters  # huggingface_hub >= 1.1
+
+    def download(filename: str, limit: int, allowed: str) -> Path:
+        """The file, refused before any byte is downloaded when the Hub lists it over ``limit``."""
         try:
-            return Path(
-                hf_hub_download(
-                    repo_id, filename, revision=revision, cache_dir=cache, etag_timeout=_timeout()
-                )
-            )
+            if dry_run and not is_offline():
+                info = hf_hub_download(repo_id, filename, dry_run=True, **kwargs)
+                if info.will_download and info.file_size is not None and info.file_size > limit:
+                    raise WeightsError(
+                        f"{where}/{filename}: the Hub lists {info.file_size} bytes, more than {allowed}; "
+                        "nothing was downloaded"
+                    )
+            return Path(hf_hub_download(repo_id, filename, **kwargs))
         except errors as e:
             reason = " ".join(str(e).split())[:300] or type(e).__name__
             hint = "; it is not in the cache: go online, or unset HF_HUB_OFFLINE" if is_offline() else ""
@@ -231,13 +240,14 @@ def fetch_hf(repo_id: str, variant: str, *, revision: str | None = None) -> Path
                 f"{where}: cannot get {filename} ({type(e).__name__}: {reason}){hint}"
             ) from None
 
-    manifest_path = download("manifest.json")
+    manifest_path = download("manifest.json", MANIFEST_LIMIT, _MANIFEST_ALLOWED)
     raw = _read_cached(manifest_path, MANIFEST_LIMIT)
     if raw is None:
         raise WeightsError(f"{where}: huggingface_hub returned {manifest_path}, which does not exist")
     manifest = _parse_manifest(raw, f"{where}/manifest.json", variant)
     name, listed = _choose_file(manifest, f"{where}/manifest.json", variant)
-    path = download(name)
+    limit = listed.size if listed.size is not None else FILE_SIZE_LIMIT
+    path = download(name, limit, f"the {limit} bytes its manifest lists")
     if _cached_size(path) is None or not _check_cached(path, listed, stale=None, remove=_hf_remover(cache)):
         raise WeightsError(f"{where}: huggingface_hub returned {path}, which does not exist")
     return path
@@ -496,7 +506,7 @@ def _shut(sock: socket.socket) -> None:
 def _get(url: str, timeout: float, limit: int) -> bytes:
     """The body at ``url``: all of it within ``timeout`` seconds, at most ``limit`` bytes."""
     chunks: list[bytes] = []
-    _transfer(url, timeout, timeout, limit, chunks.append, f"the {limit >> 10} kB a manifest may have")
+    _transfer(url, timeout, timeout, limit, chunks.append, _MANIFEST_ALLOWED)
     return b"".join(chunks)
 
 

@@ -476,13 +476,27 @@ def hf_env(tmp_path) -> dict:
     return {**base, "COAT_PADDLE_CACHE": str(tmp_path / "cache")}
 
 
-def test_hf_hub_manifest_over_one_mib_is_refused(hf_env):
+def test_hf_hub_manifest_over_one_mib_is_refused_before_it_is_downloaded(hf_env, tmp_path):
     manifest, weights = fake_release()
+    size = len(manifest) + (2 << 20)
     with hub_server({"manifest.json": manifest + b" " * (2 << 20), WEIGHTS: weights}) as url:
         line = fetch_hf_in_fresh_process({**hf_env, "HF_ENDPOINT": url})
-    assert line.startswith("WeightsError: ") and line.endswith(
-        f"manifest.json: {len(manifest) + (2 << 20)} bytes, more than the 1048576 allowed for it"
+    assert line == (
+        f"WeightsError: hf-hub:org/repo/manifest.json: the Hub lists {size} bytes, more than the 1024 kB "
+        "a manifest may have; nothing was downloaded"
     )
+    assert [p for p in (tmp_path / "cache").rglob("*") if p.is_file() and p.stat().st_size >= size] == []
+
+
+def test_hf_hub_weights_larger_than_listed_are_refused_before_they_are_downloaded(hf_env, tmp_path):
+    manifest, weights = fake_release()
+    with hub_server({"manifest.json": manifest, WEIGHTS: weights + bytes(1 << 20)}) as url:
+        line = fetch_hf_in_fresh_process({**hf_env, "HF_ENDPOINT": url})
+    assert line == (
+        f"WeightsError: hf-hub:org/repo/{WEIGHTS}: the Hub lists {4096 + (1 << 20)} bytes, more than the "
+        "4096 bytes its manifest lists; nothing was downloaded"
+    )
+    assert list((tmp_path / "cache").rglob(WEIGHTS)) == []
 
 
 def test_hf_hub_bad_sha_deletes_the_snapshot_link_not_the_outside_file_it_points_to(hf_env, tmp_path):
