@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.server
+import json
 import os
 import random
 import socket
@@ -323,6 +324,50 @@ def test_a_fifo_manifest_in_a_folder_location_is_refused_without_blocking(env, t
     os.mkfifo(folder / "manifest.json")
     message = refused(str(tmp_path / "location"), bound=3)
     assert message.startswith(f"{folder / 'manifest.json'}: is not a regular file (a pipe, a device")
+
+
+def test_an_oversized_manifest_in_a_folder_location_is_refused_unread(env, tmp_path):
+    folder = tmp_path / "location" / VARIANT
+    folder.mkdir(parents=True)
+    with open(folder / "manifest.json", "wb") as f:
+        f.truncate(8 << 30)  # sparse: reading it would take 8 GiB of memory
+    message = refused(str(tmp_path / "location"), bound=3)
+    assert message == f"{folder / 'manifest.json'}: {8 << 30} bytes, more than the 1048576 allowed for it"
+
+
+def _fields(**change) -> bytes:
+    manifest = json.loads(fake_release()[0])
+    for key, value in change.items():
+        if value is None:
+            del manifest[key]
+        else:
+            manifest[key] = value
+    return json.dumps(manifest).encode()
+
+
+@pytest.mark.parametrize(
+    "change, why",
+    [
+        ({"sizes": {}}, "'sizes' is not a size for each file of 'files'"),
+        ({"sizes": {WEIGHTS: -1}}, f"'sizes.{WEIGHTS}' is not a whole number in 1..4294967296"),
+        ({"sizes": {WEIGHTS: True}}, f"'sizes.{WEIGHTS}' is not a whole number"),
+        ({"files": {WEIGHTS: "ab"}}, f"'files.{WEIGHTS}' is not a sha256"),
+        ({"files": {"../x": "0" * 64}, "sizes": {"../x": 1}}, "'files.../x' is not a plain file name"),
+        ({"variant": ["coat_tiny"]}, "'variant' is not a variant name"),
+        ({"input_size": [3, 224]}, "'input_size' is not a list of 3 sizes"),
+        ({"source": None}, "'source' is not an object"),
+    ],
+)
+def test_a_manifest_field_of_the_wrong_type_or_range_is_named(change, why):
+    with pytest.raises(WeightsError) as error:
+        Manifest.from_json(_fields(**change), "m.json")
+    assert str(error.value).startswith(f"m.json: not a readable release manifest ({why}")
+
+
+def test_a_manifest_reads_back_equal_to_what_was_written():
+    raw = fake_release()[0]
+    manifest = Manifest.from_json(raw, "m.json")
+    assert manifest.to_json() == raw and manifest.files[WEIGHTS].size == 4096
 
 
 # Planted cache entries.
