@@ -2,6 +2,8 @@
 
     python benchmarks/soak_hostile.py --count 1000      # mutations per format
     python benchmarks/soak_hostile.py --classes          # one table row per class of attack
+    python benchmarks/soak_hostile.py --network          # hostile servers and planted cache entries
+    python benchmarks/soak_hostile.py --kernel-inputs    # odd input shapes, both kernels modes
 
 The soak mutates a seeded coat_lite_tiny checkpoint in four formats (zip ``.pth``, legacy
 ``.pth`` and ``.safetensors`` sources, ``.pdparams`` weights) with bit flips anywhere, byte
@@ -10,15 +12,23 @@ address-space limit, each case under an alarm: it counts refusals (the typed err
 read exactly, tracebacks (any other exception), hangs (over 20 s) and crashes (the child
 died), and reports the child's peak RSS. ``--classes`` runs ``convert.py`` once per class of
 the hostile-input tests in a fresh bounded process: exit code, time, peak RSS.
+
+``--network`` runs each hostile server of ``tests/test_hostile_network.py`` (and each planted
+cache entry) against ``paddle_model.hub.fetch`` in a fresh process: outcome, time, peak RSS and
+what it left in the cache. ``--kernel-inputs`` feeds coat_lite_tiny and coat_tiny inputs of
+0x0, 16x16, 31x31, 64x16, one channel and five dimensions, with the compiled ops and without
+(``COAT_PADDLE_KERNELS``): a typed refusal or a result is an outcome, a raw exception a failure.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -279,12 +289,229 @@ def classes() -> int:
     return 0 if all(o.returncode == 2 and len(o.stderr.strip().splitlines()) == 1 for _, o in rows) else 1
 
 
+NETWORK_CASES = (
+    "trickled manifest headers",
+    "trickled manifest body",
+    "trickled weights",
+    "endless weights",
+    "weights announced as 4 GB",
+    "endless manifest",
+    "not HTTP",
+    "70 kB header line",
+    "chunked body cut short",
+    "Content-Length body cut short",
+    "Content-Length: 12abc",
+    "manifest nested 100k deep",
+    "manifest number of 6000 digits",
+    "FIFO manifest in a folder location",
+    "cached file linked to /dev/zero",
+    "64 GiB sparse cached file",
+    "full cache (1 MiB tmpfs)",
+)
+
+
+def network_case(name: str) -> dict:
+    """Run one network case in this process: its outcome, time, peak RSS and litter."""
+    os.environ.pop("COAT_PADDLE_WEIGHTS_URL", None)
+    os.environ["COAT_PADDLE_TIMEOUT"] = "1"
+    from paddle_model import hub
+    from paddle_model.errors import WeightsError
+    from tests import test_hostile_network as t
+
+    manifest, weights = t.fake_release(2 << 20 if name.startswith("full cache") else 4096)
+    data = t.reply(weights)
+    hostile, on = {
+        "trickled manifest headers": (t.trickle(t.reply(manifest), 10), "manifest.json"),
+        "trickled manifest body": (t.trickle(t.reply(manifest), 60), "manifest.json"),
+        "trickled weights": (t.trickle(data, len(data) - len(weights) + 5), t.WEIGHTS),
+        "endless weights": (t.endless(b"Connection: close\r\n"), t.WEIGHTS),
+        "weights announced as 4 GB": (t.endless(b"Content-Length: 4000000000\r\n"), t.WEIGHTS),
+        "endless manifest": (t.endless(b"Connection: close\r\n"), "manifest.json"),
+        "not HTTP": (t.sends(b"SSH-2.0-OpenSSH_9.6\r\n"), "manifest.json"),
+        "70 kB header line": (
+            t.sends(b"HTTP/1.1 200 OK\r\nX-Junk: " + b"a" * 70_000 + b"\r\n\r\n"),
+            "manifest.json",
+        ),
+        "chunked body cut short": (
+            t.sends(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1000\r\n" + weights[:1000]),
+            t.WEIGHTS,
+        ),
+        "Content-Length body cut short": (t.sends(data[: -len(weights) + 1000]), t.WEIGHTS),
+        "Content-Length: 12abc": (t.sends(t.reply(weights, b"Content-Length: 12abc\r\n")), t.WEIGHTS),
+        "manifest nested 100k deep": (t.sends(t.reply(b"[" * 100_000)), "manifest.json"),
+        "manifest number of 6000 digits": (
+            t.sends(t.reply(b'{"schema_version": 2, "params": ' + b"7" * 6000 + b"}")),
+            "manifest.json",
+        ),
+    }.get(name, (None, t.WEIGHTS))
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = Path(tmp) / "cache"
+        cache.mkdir()
+        os.environ["COAT_PADDLE_CACHE"] = str(cache)
+        mounted = False
+        with t.release_server(manifest, weights, hostile, on) as url:
+            location = url
+            if name == "FIFO manifest in a folder location":
+                folder = Path(tmp) / "location" / t.VARIANT
+                folder.mkdir(parents=True)
+                os.mkfifo(folder / "manifest.json")
+                location = str(folder.parent)
+            elif name.startswith("cached file") or name.startswith("64 GiB"):
+                path = hub.fetch(t.VARIANT, url, progress=False)
+                if name.startswith("cached file"):
+                    path.unlink()
+                    path.symlink_to("/dev/zero")
+                else:
+                    with open(path, "r+b") as f:
+                        f.truncate(64 << 30)
+            elif name.startswith("full cache"):
+                done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(cache)])
+                mounted = done.returncode == 0
+                if not mounted:
+                    return dict(outcome="not run: cannot mount a tmpfs (needs root)", seconds=0.0)
+            start = time.monotonic()
+            try:
+                hub.fetch(t.VARIANT, location, progress=False)
+                outcome = "downloaded and verified"
+            except WeightsError as e:
+                outcome = f"WeightsError: {e}" if "\n" not in str(e) else "multi-line WeightsError!"
+            except BaseException as e:
+                outcome = f"RAW {type(e).__name__}: {' '.join(str(e).split())[:200]}"
+            seconds = time.monotonic() - start
+        litter = sorted(p.name for p in cache.rglob("*") if p.name.startswith("."))
+        if mounted:
+            subprocess.run(["umount", str(cache)], check=True)
+    return dict(outcome=outcome, seconds=seconds, litter=litter)
+
+
+def network() -> int:
+    """Each network case in a fresh process: outcome, time, peak RSS, litter."""
+    print(f"{'case':36} {'time':>7} {'peak RSS':>9} {'litter':>6}  outcome")
+    bad = 0
+    for name in NETWORK_CASES:
+        done = subprocess.run(
+            [sys.executable, __file__, "--network-case", name],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+        )
+        try:
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+        except (IndexError, ValueError):
+            result = dict(
+                outcome=f"CRASH (exit {done.returncode}): {done.stderr.strip()[-200:]}", seconds=0.0
+            )
+        outcome = result["outcome"]
+        ok = outcome.startswith("WeightsError:") or outcome == "downloaded and verified"
+        ok = ok and not result.get("litter") and result["seconds"] < 10
+        bad += not ok
+        print(
+            f"{name:36} {result['seconds']:>6.2f}s {result.get('peak_rss_mb', float('nan')):>6.0f} MB "
+            f"{len(result.get('litter', [])):>6}  {'' if ok else 'FAIL '}{outcome[:160]}"
+        )
+    return 1 if bad else 0
+
+
+KERNEL_INPUTS = {
+    "0x0": (1, 3, 0, 0),
+    "16x16": (1, 3, 16, 16),
+    "31x31": (1, 3, 31, 31),
+    "64x16": (1, 3, 64, 16),
+    "1 channel 64x64": (1, 1, 64, 64),
+    "5-D 64x64": (1, 1, 3, 64, 64),
+}
+
+_KERNEL_CHILD = r"""
+import json, signal, sys, time, traceback
+import numpy as np
+import paddle
+import paddle_model
+from converter.errors import CoatError
+shapes = json.loads(sys.argv[1])
+class Hang(Exception):
+    pass
+def alarm(*_):
+    raise Hang
+signal.signal(signal.SIGALRM, alarm)
+rows = []
+for variant in ("coat_lite_tiny", "coat_tiny"):
+    model = paddle_model.create_model(variant)
+    model.eval()
+    for name, shape in shapes.items():
+        x = np.random.default_rng(0).standard_normal(shape).astype("float32")
+        start = time.monotonic()
+        signal.alarm(60)
+        try:
+            with paddle.no_grad():
+                first = model(paddle.to_tensor(x)).numpy()
+                second = model(paddle.to_tensor(x)).numpy()
+            same = np.array_equal(first, second, equal_nan=True)
+            outcome = f"returned {list(first.shape)}" + ("" if same else ", differs between two calls!")
+            outcome += "" if np.isfinite(first).all() else ", not finite!"
+        except CoatError as e:
+            outcome = f"{type(e).__name__}: {e}" if "\n" not in str(e) else "multi-line error!"
+        except Hang:
+            outcome = "HANG"
+        except BaseException as e:
+            outcome = f"RAW {type(e).__name__}: {' '.join(str(e).split())[:160]}"
+        finally:
+            signal.alarm(0)
+        rows.append((variant, name, outcome, time.monotonic() - start))
+with open("/proc/self/status") as f:
+    peak = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+print(json.dumps(dict(rows=rows, peak_rss_mb=peak / 1024)))
+"""
+
+
+def kernel_inputs() -> int:
+    """Odd inputs through CoaT in both kernels modes, each mode in a fresh process."""
+    print(f"{'kernels':8} {'variant':15} {'input':16} {'time':>7}  outcome")
+    bad = 0
+    for mode in ("1", "0"):
+        env = {**os.environ, "COAT_PADDLE_KERNELS": mode}
+        done = subprocess.run(
+            [sys.executable, "-c", _KERNEL_CHILD, json.dumps(KERNEL_INPUTS)],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        )
+        try:
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+        except (IndexError, ValueError):
+            print(f"{mode:8} CRASH (exit {done.returncode}): {done.stderr.strip()[-300:]}")
+            bad += 1
+            continue
+        for variant, name, outcome, seconds in result["rows"]:
+            raw = outcome.startswith(("RAW", "HANG", "multi-line")) or "!" in outcome
+            bad += raw
+            print(
+                f"{mode:8} {variant:15} {name:16} {seconds:>6.2f}s  {'FAIL ' if raw else ''}{outcome[:150]}"
+            )
+        print(f"{mode:8} peak RSS {result['peak_rss_mb']:.0f} MB")
+    return 1 if bad else 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--count", type=int, default=1000, help="mutations per format")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--classes", action="store_true", help="the per-class table instead of the soak")
+    p.add_argument("--network", action="store_true", help="hostile servers and planted cache entries")
+    p.add_argument("--kernel-inputs", action="store_true", help="odd input shapes in both kernels modes")
+    p.add_argument("--network-case", help=argparse.SUPPRESS)  # one case, in the child process
     args = p.parse_args()
+    if args.network_case:
+        result = network_case(args.network_case)
+        with open("/proc/self/status") as f:
+            peak = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+        print(json.dumps({**result, "peak_rss_mb": peak / 1024}))
+        return 0
+    if args.network:
+        return network()
+    if args.kernel_inputs:
+        return kernel_inputs()
     return classes() if args.classes else soak(args.count, args.seed)
 
 

@@ -27,7 +27,7 @@ import platform
 import shutil
 import sys
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 
@@ -36,6 +36,7 @@ import numpy as np
 from converter.cli import ArgumentParser, command, fail
 from converter.errors import CoatError, ConversionError
 from converter.files import sha256_file
+from converter.manifest import ListedFile, Manifest, Source
 from converter.pipeline import convert_checkpoint
 from converter.variants import VARIANTS, CoatVariant
 from paddle_model.transforms import eval_transform
@@ -127,37 +128,46 @@ def _file_hashes(folder: Path) -> dict[str, str]:
     return {p.name: sha256_file(p) for p in sorted(folder.iterdir())}
 
 
+def _file_table(folder: Path, hashes: dict[str, str]) -> dict[str, ListedFile]:
+    """The manifest's file table: sha256 and size of every file in ``folder``; the sha256 is taken
+    from ``hashes`` (of this folder's files, hashed before) where it has the name."""
+    return {
+        p.name: ListedFile(hashes.get(p.name) or sha256_file(p), p.stat().st_size)
+        for p in sorted(folder.iterdir())
+    }
+
+
 def _manifest(
     v: CoatVariant,
     source: Path,
     sha256: str,
     official: bool,
-    files: dict[str, str],
+    files: dict[str, ListedFile],
     params: int,
     parity: dict,
-) -> dict:
-    return {
-        "variant": v.name,
-        "source": {
-            "file": source.name,
-            "sha256": sha256,
-            "official": official,
-            "official_match": official_match(sha256, v if official else None),
-        },
-        "files": files,
-        "params": params,
-        "parity": parity,
-        "preprocessing": eval_transform(v).describe(),
-        "input_size": [3, v.img_size, v.img_size],
-        "accuracy": {
+) -> Manifest:
+    return Manifest(
+        variant=v.name,
+        source=Source(
+            file=source.name,
+            sha256=sha256,
+            official=official,
+            official_match=official_match(sha256, v if official else None),
+        ),
+        files=files,
+        params=params,
+        parity=parity,
+        preprocessing=eval_transform(v).describe(),
+        input_size=(3, v.img_size, v.img_size),
+        accuracy={
             "dataset": "ImageNet-1k val",
             "top1": v.top1,
             "top5": v.top5,
             "reported_by": "official CoaT release (mlpc-ucsd)",
         },
-        "license": "Apache-2.0",
-        "versions": _versions(),
-    }
+        license="Apache-2.0",
+        versions=_versions(),
+    )
 
 
 def _model_card(m: dict) -> str:
@@ -367,10 +377,13 @@ def release_one(
         files = _file_hashes(staging)
         check_eval_result(eval_result, files, v)
         params = sum(array.size for array in {id(x): x for x in a.values()}.values())  # aliases once
-        manifest = _manifest(v, source, sha256, known is not None, files, params, report.to_dict())
-        (staging / "README.md").write_text(model_card(manifest, eval_result))
-        files = manifest["files"] = _file_hashes(staging)  # the card and config included
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        manifest = _manifest(
+            v, source, sha256, known is not None, _file_table(staging, files), params, report.to_dict()
+        )
+        (staging / "README.md").write_text(model_card(manifest.to_dict(), eval_result))
+        manifest = replace(manifest, files=_file_table(staging, files))  # the card included
+        (staging / "manifest.json").write_bytes(manifest.to_json())
+        files = {name: listed.sha256 for name, listed in manifest.files.items()}
         if final.exists():
             shutil.rmtree(final)
         staging.rename(final)

@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 
 import paddle_model
+from converter.manifest import SCHEMA_VERSION, Manifest
 from paddle_model import hub
 from paddle_model.errors import WeightsError
 from reference.parity import seeded_input
@@ -379,4 +380,36 @@ def test_paddle_hub_entry_points_take_pretrained_true(released, env):
         env.setenv(hub.LOCATION_ENV, url)
         model = paddle.hub.load(str(ROOT), "coat_lite_tiny", source="local", pretrained=True)
     direct = paddle_model.create_model("coat_lite_tiny", pretrained=True)  # from the cache now
+    assert all(np.array_equal(a, b) for a, b in zip(params(model), params(direct)))
+
+
+def test_the_release_writes_the_manifest_schema_the_hub_reads(released):
+    """One definition: what the release wrote reads back equal, every file listed with its size."""
+    _, [(out, _), _] = released
+    for name in RELEASED_VARIANTS:
+        raw = (out / name / "manifest.json").read_bytes()
+        manifest = Manifest.from_json(raw, "manifest.json")
+        assert manifest.schema_version == SCHEMA_VERSION and manifest.variant == name
+        assert manifest.to_json() == raw
+        on_disk = {p.name: p for p in (out / name).iterdir() if p.name != "manifest.json"}
+        assert manifest.files.keys() == on_disk.keys()
+        for file, listed in manifest.files.items():
+            assert listed.size == on_disk[file].stat().st_size
+            assert listed.sha256 == hashlib.sha256(on_disk[file].read_bytes()).hexdigest()
+
+
+def test_a_version_1_manifest_without_sizes_still_serves(released, env, tmp_path, converted):
+    """The manifests released before the schema had a version (no sizes) are read as they are."""
+    _, [(out, _), _] = released
+    served = tmp_path / "served"
+    shutil.copytree(out / "coat_lite_tiny", served / "coat_lite_tiny")
+    manifest = json.loads((served / "coat_lite_tiny" / "manifest.json").read_text())
+    del manifest["schema_version"], manifest["sizes"]
+    (served / "coat_lite_tiny" / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    read = Manifest.from_json((served / "coat_lite_tiny" / "manifest.json").read_bytes(), "v1")
+    assert read.schema_version == 1 and {f.size for f in read.files.values()} == {None}
+    with serve(served) as url:
+        model = paddle_model.create_model("coat_lite_tiny", pretrained=True, weights_url=url)
+    _, weights = converted("coat_lite_tiny")
+    direct = paddle_model.create_model("coat_lite_tiny", pretrained=weights)
     assert all(np.array_equal(a, b) for a, b in zip(params(model), params(direct)))
