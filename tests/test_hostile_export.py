@@ -14,17 +14,27 @@ from .conftest import run_module
 VARIANT = "coat_lite_tiny"  # 23 MB of parameters: more than the tmpfs holds
 
 
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    """A 2 MiB tmpfs: the program (0.5 MB) fits, the parameters do not."""
-    mount = tmp_path / "small"
-    mount.mkdir()
+def _tmpfs(folder, size: str):
+    folder.mkdir()
     done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True, text=True
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True, text=True
     )
     assert done.returncode == 0, f"cannot mount a tmpfs for the export's disk tests: {done.stderr.strip()}"
-    yield mount
-    subprocess.run(["umount", str(mount)], check=True)
+    return folder
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 2 MiB tmpfs: the program (0.5 MB) fits, the parameters (23 MB) do not."""
+    yield _tmpfs(tmp_path / "small", "2m")
+    subprocess.run(["umount", str(tmp_path / "small")], check=True)
+
+
+@pytest.fixture
+def medium_tmpfs(tmp_path):
+    """A 40 MiB tmpfs: the Paddle files (23.4 MB) fit, they and the .onnx (23 MB) do not."""
+    yield _tmpfs(tmp_path / "medium", "40m")
+    subprocess.run(["umount", str(tmp_path / "medium")], check=True)
 
 
 def _one_error_line(result: subprocess.CompletedProcess) -> str:
@@ -42,6 +52,13 @@ def test_a_full_disk_names_the_file_and_leaves_nothing(small_tmpfs):
     assert line == f"error: {small_tmpfs}/deploy/m.pdiparams: No space left on device (ENOSPC)"
     assert "exported" not in result.stdout
     assert os.listdir(small_tmpfs) == []  # the folder it created is gone too
+
+
+def test_a_full_disk_while_writing_the_onnx_file_names_it_and_leaves_nothing(medium_tmpfs):
+    """With --onnx the export is all three files or none."""
+    line = _one_error_line(run_module("paddle_model.export", VARIANT, medium_tmpfs / "m", "--onnx"))
+    assert line == f"error: {medium_tmpfs}/m.onnx: No space left on device (ENOSPC)"
+    assert os.listdir(medium_tmpfs) == []
 
 
 def test_a_read_only_folder_says_so_and_leaves_nothing(small_tmpfs):

@@ -75,7 +75,10 @@ def export_onnx(prefix: str | Path, out: str | Path, opset: int = ONNX_OPSET) ->
         raise CoatError(f"paddle2onnx could not convert {prefix}.json ({type(e).__name__}: {e})") from None
     repair_pad_values(model, Path(f"{prefix}.json"))
     drop_unused_initializers(model)
-    onnx.save(model, str(out))
+    try:
+        onnx.save(model, str(out))
+    except OSError as e:  # a failed write names no file
+        raise OSError(e.errno, e.strerror, str(out)) from None
     return Path(out)
 
 

@@ -86,10 +86,15 @@ def save(variant: str, weights: str | Path | None, stage: Staging, kernels: bool
     model = create_model(variant, pretrained=weights)
     model.eval()
     spec = [paddle.static.InputSpec([None, 3, side, side], "float32", name="image")]
-    with sorted_stderr(_TRACE_NOISE):
-        static = paddle.jit.to_static(model, input_spec=spec, full_graph=True)
-        with _with_kernels(model) if kernels else contextlib.nullcontext():
-            paddle.jit.save(static, str(stage.staged_prefix))
+    try:
+        with sorted_stderr(_TRACE_NOISE):
+            static = paddle.jit.to_static(model, input_spec=spec, full_graph=True)
+            with _with_kernels(model) if kernels else contextlib.nullcontext():
+                paddle.jit.save(static, str(stage.staged_prefix))
+    except RuntimeError:
+        if no_space(stage.staged_prefix.parent):  # Paddle could not open or write a file
+            raise disk_full(stage.destination(".pdiparams")) from None
+        raise  # a tracing failure is a bug: its traceback is wanted
     _check_saved(stage)
     return static
 
