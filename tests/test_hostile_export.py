@@ -5,11 +5,14 @@ these machines run); without it they fail and say why."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import sys
+import time
 
 import pytest
 
-from .conftest import run_module
+from .conftest import ROOT, run_module, run_python
 
 VARIANT = "coat_lite_tiny"  # 23 MB of parameters: more than the tmpfs holds
 
@@ -97,3 +100,45 @@ def test_a_prefix_under_a_file_or_at_a_folder_is_refused(tmp_path):
     assert line == f"error: {tmp_path}/m.json: is a folder; give another output prefix"
     assert sorted(os.listdir(tmp_path)) == ["file", "m.json"]
     assert (tmp_path / "file").read_bytes() == b"mine" and os.listdir(tmp_path / "m.json") == []
+
+
+@pytest.mark.parametrize(("signum", "code", "said"), [(signal.SIGINT, 130, "interrupted")])
+def test_a_signal_during_the_export_leaves_nothing(tmp_path, signum, code, said):
+    """SIGINT once the staging folder exists (the model is built, now traced and saved): the
+    staging folder and the parent folder the export created are removed. (SIGTERM joins the
+    list when the commands keep their handler over Paddle's own, issue 24 item 4; until then
+    Paddle's handler kills the process and the hidden folder stays.)"""
+    out = tmp_path / "deploy"
+    child = subprocess.Popen(
+        [sys.executable, "-m", "paddle_model.export", VARIANT, out / "m"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not (out.is_dir() and os.listdir(out)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert out.is_dir() and os.listdir(out)[0].startswith(".m."), "the export never staged"
+    child.send_signal(signum)
+    stdout, stderr = child.communicate(timeout=120)
+    assert (child.returncode, stderr.strip().splitlines()[-1]) == (code, f"error: {said}")
+    assert "exported" not in stdout
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("interrupt", "code", "said"),
+    [("KeyboardInterrupt", 130, "interrupted"), ("Terminated", 143, "terminated")],
+)
+def test_an_export_interrupted_after_the_files_are_written_leaves_nothing(tmp_path, interrupt, code, said):
+    """The command wrapper turns SIGINT and SIGTERM into these exceptions; raised where the
+    written files are being read back (the last step before they are published)."""
+    script = (
+        "import sys\nfrom converter.cli import Terminated\nimport paddle_model.export.paddle as step\n"
+        f"def stop(stage):\n    raise {interrupt}\n"
+        "step._check_saved = stop\nfrom paddle_model.export import main\nsys.exit(main(sys.argv[1:]))\n"
+    )
+    result = run_python("-c", script, VARIANT, tmp_path / "deploy" / "m")
+    assert (result.returncode, result.stderr.strip().splitlines()[-1]) == (code, f"error: {said}")
+    assert os.listdir(tmp_path) == []

@@ -12,7 +12,7 @@ from ..hub import WEIGHTS_HELP
 from ..variants import VARIANTS
 from .files import Staging
 from .onnx import ONNX_OPSET, ONNX_TOLERANCE, export_and_check_onnx, require_onnx
-from .paddle import SUFFIXES, check_size, save
+from .paddle import SUFFIXES, build, check_size, save
 
 
 @command
@@ -59,9 +59,10 @@ def main(argv: list[str] | None = None) -> int:
 
     weights = resolve_cli_weights(args.variant, args.weights)
     suffixes = SUFFIXES + ((".onnx",) if args.onnx else ())
+    model = build(args.variant, weights, args.kernels)
     checks = None
     with Staging(args.prefix, suffixes, args.force) as stage:
-        static = save(args.variant, weights, stage, args.kernels, side)
+        static = save(model, stage, args.kernels, side)
         if args.onnx:
             _, checks = export_and_check_onnx(args.variant, static, stage.staged_prefix, stage.path(".onnx"))
         at_parity = checks is None or max(rel for _, rel in checks) <= ONNX_TOLERANCE

@@ -68,23 +68,30 @@ def export(
     layer.
     """
     side = check_size(variant, kernels, size)
+    model = build(variant, weights, kernels)
     with Staging(prefix, SUFFIXES, force) as stage:
-        static = save(variant, weights, stage, kernels, side)
+        static = save(model, stage, kernels, side)
         stage.publish(SUFFIXES)
     return static
 
 
-def save(variant: str, weights: str | Path | None, stage: Staging, kernels: bool, side: int | None):
-    """Build the model, trace it and save it at ``stage.staged_prefix``, then read it back;
-    ``side`` as :func:`check_size` returns it. Returns the traced layer."""
-    import paddle
-
+def build(variant: str, weights: str | Path | None, kernels: bool):
+    """The model to export, in eval mode: built (and its weights read) before any folder or
+    file of the export is made."""
     from ..factory import create_model
 
     if kernels:
         _require_kernels()
     model = create_model(variant, pretrained=weights)
     model.eval()
+    return model
+
+
+def save(model, stage: Staging, kernels: bool, side: int | None):
+    """Trace ``model`` and save it at ``stage.staged_prefix``, then read it back; ``side`` as
+    :func:`check_size` returns it. Returns the traced layer."""
+    import paddle
+
     spec = [paddle.static.InputSpec([None, 3, side, side], "float32", name="image")]
     try:
         with sorted_stderr(_TRACE_NOISE):
