@@ -14,7 +14,6 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-import ml_dtypes
 import numpy as np
 
 from . import safe_pickle, safetensors_io
@@ -22,7 +21,6 @@ from .errors import WeightsError
 from .files import check_input_file
 
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
-BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 
 # ``paddle.save`` adds this bookkeeping entry to state dicts; it holds no tensor
 _PADDLE_NAME_TABLE = "StructuredToParameterName@@"
@@ -55,7 +53,7 @@ def read_pdparams(path: str | os.PathLike) -> dict[str, np.ndarray]:
             continue
         if not isinstance(key, str) or not isinstance(value, np.ndarray):
             raise WeightsError(f"{path}: entry {key!r} is a {type(value).__name__}, expected an array")
-        state[key] = value.view(BFLOAT16) if value.dtype == np.uint16 else value
+        state[key] = value.view(safetensors_io.bfloat16()) if value.dtype == np.uint16 else value
     return state
 
 

@@ -14,9 +14,10 @@ from .detect import plan_for
 from .errors import ConversionError, WeightsError, preview
 from .files import sha256_file
 from .mapping import MappingReport, apply_plan, check_declared_ties
-from .paddle_weights import BFLOAT16, read_weights
+from .paddle_weights import read_weights
 from .readers import read_checkpoint
 from .reverse import paddle_layout_for, to_torch_layout, write_torch
+from .safetensors_io import bfloat16
 from .variants import CoatVariant, get_variant
 from .writers import (
     PADDLE_FORMATS,
@@ -65,7 +66,7 @@ def _cast_dtype(name: str | None) -> np.dtype | None:
         return None
     if name not in CAST_DTYPES:
         raise ConversionError(f"unknown dtype {name!r}; choose one of {', '.join(CAST_DTYPES)}")
-    return BFLOAT16 if name == "bfloat16" else np.dtype(name)
+    return bfloat16() if name == "bfloat16" else np.dtype(name)
 
 
 def convert_checkpoint(
