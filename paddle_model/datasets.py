@@ -18,7 +18,6 @@ import os
 import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -32,22 +31,6 @@ from .errors import CoatError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 MAX_LIST_BYTES = 64 << 20  # a file list or class map; ImageNet's val list is about 2 MB
 MAX_LINE_CHARS = 4096  # a path relative to the data root and a label: PATH_MAX is 4096
-
-
-@lru_cache(maxsize=1)
-def _imagenet_table() -> list[tuple[str, str]]:
-    table = Path(__file__).with_name("imagenet_classes.tsv").read_text().splitlines()
-    return [tuple(line.split("\t", 1)) for line in table]
-
-
-def imagenet_classes() -> list[str]:
-    """The 1000 ImageNet-1k class names in label order (WordNet lemmas)."""
-    return [name for _, name in _imagenet_table()]
-
-
-def imagenet_wnids() -> list[str]:
-    """The 1000 ImageNet-1k WordNet ids (``n01440764``, ...) in label order: sorted."""
-    return [wnid for wnid, _ in _imagenet_table()]
 
 
 def _kind(mode: int) -> str:

@@ -7,8 +7,8 @@ import os
 
 from converter.layout import num_classes_in
 
+from .classes import imagenet_classes
 from .coat import CoaT
-from .datasets import imagenet_classes
 from .hub import resolve_weights
 from .kernels import fast
 from .variants import get_variant

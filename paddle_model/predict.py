@@ -17,7 +17,8 @@ import numpy as np
 
 from converter.cli import ArgumentParser, command
 
-from .datasets import imagenet_classes, imagenet_wnids, load_image
+from .classes import imagenet_classes, imagenet_wnids
+from .datasets import load_image
 from .errors import CoatError
 from .hub import WEIGHTS_HELP
 from .variants import VARIANTS

@@ -23,7 +23,8 @@ import paddle
 import pytest
 from PIL import Image
 
-from paddle_model.datasets import EvalImages, imagenet_wnids, scan_folder
+from paddle_model.classes import imagenet_wnids
+from paddle_model.datasets import EvalImages, scan_folder
 from paddle_model.evaluate import main
 from paddle_model.transforms import eval_transform
 from reference.evaluate import main as reference_main

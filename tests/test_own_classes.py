@@ -17,7 +17,7 @@ from converter.layout import coat_layout, num_classes_in
 from converter.paddle_weights import label_names_metadata
 from converter.writers import write_state_dict
 from paddle_model import WeightsError, create_model, get_variant
-from paddle_model.datasets import imagenet_classes
+from paddle_model.classes import imagenet_classes
 from paddle_model.predict import main as predict_main
 
 from .conftest import run_module, sample_image_paths

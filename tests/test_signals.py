@@ -18,18 +18,19 @@ from pathlib import Path
 import paddle
 import pytest
 
-from .conftest import ROOT, sample_image_paths
+from .conftest import sample_image_paths
 
 VARIANT = "coat_lite_tiny"
 
-# python -c HOLD TRIGGER MODULE ARGS...: run ``python -m MODULE ARGS``; when it opens (or
-# renames) a path containing TRIGGER in its main thread after Paddle is imported, print "working" and wait there.
+# python -c HOLD TRIGGER MODULE ARGS...: run ``python -m MODULE ARGS``; when its main thread
+# opens (or renames) a path containing TRIGGER after Paddle is imported, print "working", wait.
 HOLD = """
 import runpy, sys, threading, time
 trigger, module = sys.argv[1], sys.argv[2]
 held = []
 def hold(event, args):
-    if event not in ("open", "os.rename") or held or threading.current_thread() is not threading.main_thread():
+    main = threading.current_thread() is threading.main_thread()
+    if event not in ("open", "os.rename") or held or not main:
         return
     if trigger in str(args[0]) and "paddle" in sys.modules:
         held.append(True)
@@ -117,7 +118,8 @@ def test_release(checkpoints, tmp_path):
     src.mkdir()
     (src / f"{VARIANT}_seeded.pth").write_bytes(checkpoints(VARIANT).read_bytes())
     # held when it writes the staged config.json: after the conversions and the parity run
-    done = terminate_at_work("staging/config.json", "reference.release", src, out, "--allow-unofficial", cwd=tmp_path)
+    args = [src, out, "--allow-unofficial"]
+    done = terminate_at_work("staging/config.json", "reference.release", *args, cwd=tmp_path)
     assert_terminated(done)
-    assert [p.name for p in out.iterdir()] == [] if out.exists() else True
+    assert not out.exists() or list(out.iterdir()) == []
     assert not list(tmp_path.rglob("*.staging")) and not list(tmp_path.rglob("*.part"))

@@ -17,11 +17,11 @@ from converter.cli import ArgumentParser, command, fail
 from converter.layout import num_classes_in
 from converter.writers import atomic_write, check_destination
 
+from ..classes import imagenet_wnids
 from ..datasets import (
     SORTED_FOLDERS,
     EvalData,
     EvalImages,
-    imagenet_wnids,
     read_class_map,
     read_list,
     scan_folder,
