@@ -13,6 +13,7 @@ import numpy as np
 from .detect import plan_for
 from .errors import ConversionError, WeightsError, preview
 from .files import sha256_file
+from .layout import num_classes_in
 from .mapping import MappingReport, apply_plan, check_declared_ties
 from .paddle_weights import read_weights
 from .readers import read_checkpoint
@@ -138,9 +139,7 @@ def _to_paddle(src, dst, variant, ema, allow_nonfinite, dtype, timings, force):
     metadata = {"format": "paddle", "variant": plan.variant.name}
     write_state_dict(state, dst, plan.layout.aliases, metadata, force)
     timings.update(read_s=t1 - t0, map_s=t2 - t1, write_s=time.perf_counter() - t2)
-    head = state.get("head.weight")
-    num_classes = 0 if head is None else int(head.shape[1])
-    return plan.variant.name, checkpoint.container, state, report, num_classes
+    return plan.variant.name, checkpoint.container, state, report, num_classes_in(state)
 
 
 def _to_torch(src, dst, variant, ema, allow_nonfinite, dtype, timings, force):
@@ -177,6 +176,4 @@ def _to_torch(src, dst, variant, ema, allow_nonfinite, dtype, timings, force):
         ties_checked=sorted(layout.aliases),
         ties_filled=[],
     )
-    head = state.get("head.weight")
-    num_classes = 0 if head is None else int(head.shape[0])
-    return v.name, "paddle weights", state, report, num_classes
+    return v.name, "paddle weights", state, report, num_classes_in(state, torch_layout=True)
