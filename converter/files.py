@@ -61,12 +61,16 @@ def read_bounded(path: str | os.PathLike, limit: int, error: type[CoatError], ex
         raise error(f"{path}: no such file; check the path") from None
     except OSError as e:
         raise error(f"{path}: cannot be read ({e.strerror or e})") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if stat.S_ISDIR(st.st_mode):
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
             raise error(f"{path}: is a directory; give {expected} itself")
-        if not stat.S_ISREG(st.st_mode):
+        if not stat.S_ISREG(mode):
             raise error(f"{path}: is not a regular file (a pipe or a device); give {expected}")
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as f:
         data = f.read(limit + 1)
     if len(data) > limit:
         raise error(f"{path}: larger than {limit} bytes, the most {expected} may hold")

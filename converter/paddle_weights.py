@@ -92,7 +92,7 @@ def read_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
         return read_pdparams(path)
     raise WeightsError(
         f"{path}: unknown weights format {suffix!r}; expected .pdparams or .safetensors "
-        "(convert PyTorch checkpoints with convert.py first)"
+        "(convert PyTorch checkpoints first: coat-convert SRC DST, or python convert.py SRC DST)"
     )
 
 

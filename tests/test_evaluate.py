@@ -367,6 +367,8 @@ def test_two_ranks_under_paddle_launch_equal_one_process(tree, rigged, tmp_path,
     assert {k: both[k] for k in keys} == {k: single[k] for k in keys}
     assert (both["evaluated"], (both["correct_top1"], both["correct_top5"])) == (13, designed(limited(13)))
     assert "2 processes" in (tmp_path / "log" / "workerlog.0").read_text()
+    for noise in ("Modified FLAGS detected", "tcp_store", "tcp_utils"):  # rank 0's rendezvous
+        assert noise not in done.stdout + done.stderr
 
 
 # ---- bad data: one clear line and exit 2, or with --skip-bad, counted and left out ----
