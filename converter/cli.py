@@ -16,7 +16,6 @@ import argparse
 import errno
 import functools
 import importlib.abc
-import importlib.machinery
 import os
 import signal
 import sys
@@ -94,7 +93,12 @@ class _AfterImport(importlib.abc.MetaPathFinder):
         if fullname != self.name:
             return None
         self.remove()
-        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        spec = None
+        for finder in list(sys.meta_path):  # the finders that would have found it without this one
+            find = getattr(finder, "find_spec", None)
+            spec = find(fullname, path, target) if find is not None else None
+            if spec is not None:
+                break
         if spec is not None and spec.loader is not None:
             spec.loader = _ThenCall(spec.loader, self.after)
         return spec
