@@ -1,6 +1,6 @@
-"""A user's own classifier is kept: create_model, coat-predict, coat-export and coat-evaluate all
-size the head from the weights, name classes only when they know the names, and say so when a
-new classifier is asked for."""
+"""A user's own classifier is kept: create_model, coat-predict and coat-export size the head from
+the weights (coat-evaluate builds through create_model: tests/test_evaluate.py), classes are named
+only where the names are known, and a new classifier asked for is said once."""
 
 from __future__ import annotations
 
