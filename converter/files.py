@@ -46,3 +46,32 @@ def sha256_file(path: Path, stop: threading.Event | None = None) -> str:
                 raise Cancelled
             h.update(block)
     return h.hexdigest()
+
+
+def read_bounded(path: str | os.PathLike, limit: int, error: type[CoatError], expected: str) -> bytes:
+    """The bytes of the regular file at ``path``, refused with one line by ``error`` when it is
+    not a regular file or holds more than ``limit`` bytes.
+
+    The file is opened without blocking and checked on the open descriptor (a FIFO or device
+    named like a list would block or never end), and never more than ``limit`` bytes are read.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
+        raise error(f"{path}: no such file; check the path") from None
+    except OSError as e:
+        raise error(f"{path}: cannot be read ({e.strerror or e})") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise error(f"{path}: is a directory; give {expected} itself")
+        if not stat.S_ISREG(mode):
+            raise error(f"{path}: is not a regular file (a pipe or a device); give {expected}")
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise error(f"{path}: larger than {limit} bytes, the most {expected} may hold")
+    return data

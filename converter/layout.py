@@ -11,7 +11,9 @@ shared by every block of stage N, and ``mlp3``/``mlp4`` that are ``mlp2`` in par
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from .variants import CoatVariant
 
@@ -91,6 +93,19 @@ class _Builder:
     def conv(self, prefix: str, c_in: int, c_out: int, kernel: tuple[int, ...], groups: int = 1):
         self.add(f"{prefix}.weight", (c_out, c_in // groups, *kernel), CONV)
         self.add(f"{prefix}.bias", (c_out,), CONV)
+
+
+def num_classes_in(state: Mapping[str, Any], torch_layout: bool = False) -> int:
+    """The number of classes of a state dict's classifier (``head.weight``), 0 when it has none.
+
+    ``state`` maps keys to arrays or to shapes; ``torch_layout``: Linear weights are stored
+    ``[out, in]`` (torch) rather than ``[in, out]`` (Paddle).
+    """
+    head = state.get("head.weight")
+    if head is None:
+        return 0
+    shape = tuple(getattr(head, "shape", head))
+    return int(shape[0 if torch_layout else 1])
 
 
 def coat_layout(variant: CoatVariant, num_classes: int = 1000, head: bool = True) -> Layout:

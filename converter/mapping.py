@@ -22,7 +22,7 @@ from functools import lru_cache, partial
 import numpy as np
 
 from .errors import ConversionError, preview
-from .layout import Layout, coat_layout
+from .layout import Layout, coat_layout, num_classes_in
 from .lazy import Lazy
 from .paddle_weights import FLOAT_DTYPES
 from .variants import CoatVariant
@@ -85,7 +85,7 @@ def layout_for(shapes: Mapping[str, tuple[int, ...]], variant: CoatVariant, padd
     ``paddle``: the shapes are in Paddle's layout (a Linear weight is ``[in, out]``).
     """
     head = any(k.startswith("norm4.") for k in shapes)
-    num_classes = int(shapes["head.weight"][1 if paddle else 0]) if "head.weight" in shapes else 0
+    num_classes = num_classes_in(shapes, torch_layout=not paddle)
     return coat_layout(variant, num_classes=num_classes, head=head)
 
 

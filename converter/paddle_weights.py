@@ -6,23 +6,26 @@ bfloat16 tensors as uint16 arrays of the same bits (CoaT has no integer tensors,
 always means bfloat16 here). ``.safetensors`` files may omit aliased tensors and record them
 in their metadata (``alias -> kept name``), as ``safetensors.torch.save_model`` does; reading
 fills them back in.
+
+The names of the classes can be recorded with the weights (:data:`LABEL_NAMES`, as timm's
+``pretrained_cfg`` and Hugging Face configs name them): in a ``.safetensors`` file's metadata
+(:func:`label_names_metadata`), or in a ``config.json`` beside the weights file.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import ml_dtypes
 import numpy as np
 
 from . import safe_pickle, safetensors_io
 from .errors import WeightsError
-from .files import check_input_file
+from .files import check_input_file, read_bounded
 
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
-BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 
 # ``paddle.save`` adds this bookkeeping entry to state dicts; it holds no tensor
 _PADDLE_NAME_TABLE = "StructuredToParameterName@@"
@@ -31,6 +34,11 @@ HEAD_PREFIXES = ("norm2.", "norm3.", "norm4.", "aggregate.", "head.")
 
 
 _WEIGHTS_FILE = "a .pdparams or .safetensors file"
+
+LABEL_NAMES = "label_names"  # the key of the class names, in safetensors metadata and config.json
+CONFIG_FILE = "config.json"  # read beside a weights file for its label names
+_MAX_CONFIG_BYTES = 16 << 20
+_MAX_NAME_CHARS = 200
 
 
 def read_pdparams(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -55,7 +63,7 @@ def read_pdparams(path: str | os.PathLike) -> dict[str, np.ndarray]:
             continue
         if not isinstance(key, str) or not isinstance(value, np.ndarray):
             raise WeightsError(f"{path}: entry {key!r} is a {type(value).__name__}, expected an array")
-        state[key] = value.view(BFLOAT16) if value.dtype == np.uint16 else value
+        state[key] = value.view(safetensors_io.bfloat16()) if value.dtype == np.uint16 else value
     return state
 
 
@@ -84,5 +92,56 @@ def read_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
         return read_pdparams(path)
     raise WeightsError(
         f"{path}: unknown weights format {suffix!r}; expected .pdparams or .safetensors "
-        "(convert PyTorch checkpoints with convert.py first)"
+        "(convert PyTorch checkpoints first: coat-convert SRC DST, or python convert.py SRC DST)"
     )
+
+
+def label_names_metadata(names: Sequence[str]) -> dict[str, str]:
+    """The ``.safetensors`` metadata entry that records the class names with the weights."""
+    return {LABEL_NAMES: json.dumps(list(names), ensure_ascii=False)}
+
+
+def _check_names(names, num_classes: int, where: str) -> list[str]:
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise WeightsError(f"{where}: {LABEL_NAMES} must be a list of strings, one per class")
+    if len(names) != num_classes:
+        raise WeightsError(
+            f"{where}: {len(names)} {LABEL_NAMES} for a classifier of {num_classes} classes; "
+            "record one name per class"
+        )
+    for i, name in enumerate(names):
+        if not name or len(name) > _MAX_NAME_CHARS or not name.isprintable():
+            raise WeightsError(
+                f"{where}: {LABEL_NAMES}[{i}] must be 1 to {_MAX_NAME_CHARS} printable characters"
+            )
+    return names
+
+
+def _parse_json(text: str | bytes, where: str):
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as e:  # ValueError: bad JSON, bad UTF-8, too many digits
+        raise WeightsError(f"{where}: not valid JSON ({type(e).__name__}: {e})") from None
+
+
+def read_label_names(path: str | os.PathLike, num_classes: int) -> list[str] | None:
+    """The class names recorded with the weights at ``path``, or None where none are.
+
+    Looked for in a ``.safetensors`` file's metadata, then in a ``config.json`` beside the file
+    (only its :data:`LABEL_NAMES` entry is read). Names that are there but do not fit (not one
+    printable string per class of the ``num_classes`` the weights have) raise
+    :class:`WeightsError`: a file that names its classes wrongly is not guessed around.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        recorded = safetensors_io.open_file(path)[1].get(LABEL_NAMES)
+        if recorded is not None:
+            where = f"{path} (metadata)"
+            return _check_names(_parse_json(recorded, where), num_classes, where)
+    config = path.with_name(CONFIG_FILE)
+    if not os.path.lexists(config):
+        return None
+    data = _parse_json(read_bounded(config, _MAX_CONFIG_BYTES, WeightsError, "a JSON config"), str(config))
+    if not isinstance(data, dict) or LABEL_NAMES not in data:
+        return None
+    return _check_names(data[LABEL_NAMES], num_classes, str(config))

@@ -13,10 +13,12 @@ import numpy as np
 from .detect import plan_for
 from .errors import ConversionError, WeightsError, preview
 from .files import sha256_file
+from .layout import num_classes_in
 from .mapping import MappingReport, apply_plan, check_declared_ties
-from .paddle_weights import BFLOAT16, read_weights
+from .paddle_weights import read_weights
 from .readers import read_checkpoint
 from .reverse import paddle_layout_for, to_torch_layout, write_torch
+from .safetensors_io import bfloat16
 from .variants import CoatVariant, get_variant
 from .writers import (
     PADDLE_FORMATS,
@@ -65,7 +67,7 @@ def _cast_dtype(name: str | None) -> np.dtype | None:
         return None
     if name not in CAST_DTYPES:
         raise ConversionError(f"unknown dtype {name!r}; choose one of {', '.join(CAST_DTYPES)}")
-    return BFLOAT16 if name == "bfloat16" else np.dtype(name)
+    return bfloat16() if name == "bfloat16" else np.dtype(name)
 
 
 def convert_checkpoint(
@@ -137,9 +139,7 @@ def _to_paddle(src, dst, variant, ema, allow_nonfinite, dtype, timings, force):
     metadata = {"format": "paddle", "variant": plan.variant.name}
     write_state_dict(state, dst, plan.layout.aliases, metadata, force)
     timings.update(read_s=t1 - t0, map_s=t2 - t1, write_s=time.perf_counter() - t2)
-    head = state.get("head.weight")
-    num_classes = 0 if head is None else int(head.shape[1])
-    return plan.variant.name, checkpoint.container, state, report, num_classes
+    return plan.variant.name, checkpoint.container, state, report, num_classes_in(state)
 
 
 def _to_torch(src, dst, variant, ema, allow_nonfinite, dtype, timings, force):
@@ -176,6 +176,4 @@ def _to_torch(src, dst, variant, ema, allow_nonfinite, dtype, timings, force):
         ties_checked=sorted(layout.aliases),
         ties_filled=[],
     )
-    head = state.get("head.weight")
-    num_classes = 0 if head is None else int(head.shape[0])
-    return v.name, "paddle weights", state, report, num_classes
+    return v.name, "paddle weights", state, report, num_classes_in(state, torch_layout=True)

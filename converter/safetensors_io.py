@@ -1,4 +1,5 @@
-"""The safetensors format on numpy, bfloat16 included (through ``ml_dtypes``).
+"""The safetensors format on numpy, bfloat16 included (through ``ml_dtypes``, imported only
+when a bfloat16 tensor is met: its import costs more than converting a float32 checkpoint).
 
 A file is an 8-byte little-endian header length, a JSON header (``name -> dtype, shape,
 data_offsets`` plus an optional ``__metadata__`` of strings), then the raw little-endian
@@ -13,8 +14,8 @@ import json
 import os
 import struct
 from collections.abc import Mapping
+from functools import lru_cache
 
-import ml_dtypes  # also makes safetensors' numpy side know bfloat16
 import numpy as np
 from safetensors import safe_open
 
@@ -25,7 +26,6 @@ DTYPES = {
     "F64": np.dtype("<f8"),
     "F32": np.dtype("<f4"),
     "F16": np.dtype("<f2"),
-    "BF16": np.dtype(ml_dtypes.bfloat16),
     "I64": np.dtype("<i8"),
     "I32": np.dtype("<i4"),
     "I16": np.dtype("<i2"),
@@ -34,6 +34,29 @@ DTYPES = {
     "BOOL": np.dtype("?"),
 }
 _NAMES = {dtype: name for name, dtype in DTYPES.items()}
+
+
+@lru_cache(maxsize=1)
+def bfloat16() -> np.dtype:
+    """numpy's bfloat16 (``ml_dtypes``), imported on first use; importing it also makes
+    safetensors' numpy side know bfloat16."""
+    import ml_dtypes
+
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def is_bfloat16(dtype) -> bool:
+    """Whether ``dtype`` is bfloat16, without importing ``ml_dtypes`` to ask."""
+    return np.dtype(dtype).name == "bfloat16"
+
+
+def dtype_of(name: str) -> np.dtype | None:
+    """The numpy dtype of a safetensors dtype name, or None for one CoaT weights never use."""
+    return bfloat16() if name == "BF16" else DTYPES.get(name)
+
+
+def _name_of(dtype: np.dtype) -> str | None:
+    return "BF16" if is_bfloat16(dtype) else _NAMES.get(dtype)
 
 
 def _fail(path, why: str) -> WeightsError:
@@ -54,12 +77,12 @@ def open_file(path: str | os.PathLike) -> tuple[dict[str, Lazy], dict[str, str]]
         state = {}
         for name in handle.keys():
             view = handle.get_slice(name)
-            dtype = DTYPES.get(view.get_dtype())
+            dtype = dtype_of(view.get_dtype())
             if dtype is None:
                 raise _fail(
                     path,
                     f"tensor {name!r} has dtype {view.get_dtype()}, which CoaT weights "
-                    f"never use (expected one of {', '.join(DTYPES)})",
+                    f"never use (expected one of {', '.join([*DTYPES, 'BF16'])})",
                 )
             state[name] = Lazy(tuple(view.get_shape()), dtype, _loader(handle, name, dtype, path))
     except WeightsError:
@@ -113,11 +136,12 @@ def serialize(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | N
     offset = 0
     for name, tensor in tensors.items():
         dtype = _little_endian(tensor.dtype)
-        if dtype not in _NAMES:
+        kind = _name_of(dtype)
+        if kind is None:
             raise WeightsError(f"{name}: dtype {tensor.dtype} cannot be stored in safetensors")
         nbytes = int(np.prod(tensor.shape, dtype=np.int64)) * dtype.itemsize
         header[name] = {
-            "dtype": _NAMES[dtype],
+            "dtype": kind,
             "shape": list(tensor.shape),
             "data_offsets": [offset, offset + nbytes],
         }

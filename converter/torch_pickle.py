@@ -20,12 +20,12 @@ import zlib
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import ml_dtypes
 import numpy as np
 
 from . import safe_pickle
 from .errors import CoatError, ConversionError, UnsafePickleError
 from .lazy import Lazy
+from .safetensors_io import bfloat16
 
 _STORAGE_DTYPES = {
     "FloatStorage": np.dtype("<f4"),
@@ -37,7 +37,7 @@ _STORAGE_DTYPES = {
     "CharStorage": np.dtype("i1"),
     "ByteStorage": np.dtype("u1"),
     "BoolStorage": np.dtype("?"),
-    "BFloat16Storage": np.dtype(ml_dtypes.bfloat16),
+    "BFloat16Storage": None,  # ml_dtypes' bfloat16, imported when a checkpoint holds one
 }
 MAX_MEMBERS = 100_000  # a training checkpoint of coat_lite_medium has 1,526
 MAX_PICKLE_BYTES = 64 << 20  # its data.pkl has about 200 KB
@@ -54,7 +54,7 @@ class _StorageType:
 
     @property
     def dtype(self) -> np.dtype:
-        return _STORAGE_DTYPES[self._name]
+        return _STORAGE_DTYPES[self._name] or bfloat16()
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("storage types are immutable")

@@ -23,7 +23,7 @@ import numpy as np
 from . import safetensors_io
 from .errors import ConversionError
 from .lazy import prefetch
-from .paddle_weights import BFLOAT16
+from .safetensors_io import is_bfloat16
 
 PADDLE_FORMATS = (".pdparams", ".safetensors")
 TORCH_FORMATS = (".pth", ".pt", ".safetensors")
@@ -160,7 +160,7 @@ class _Pickled:
     def __reduce_ex__(self, protocol):
         release(self.written)  # everything handed out before was written by now
         array = np.ascontiguousarray(next(self.arrays))
-        if array.dtype == BFLOAT16:
+        if is_bfloat16(array.dtype):
             array = array.view(np.uint16)  # Paddle's own encoding of bfloat16
         view = array.view()
         view.flags.writeable = False  # read-only: written as BINBYTES, read back as bytes

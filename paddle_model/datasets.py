@@ -16,33 +16,21 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+
+from converter.errors import preview
+from converter.files import read_bounded
 
 from .errors import CoatError
 
 # the file types torchvision's ImageFolder takes (compared lower-case), so both list the same files
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-
-
-@lru_cache(maxsize=1)
-def _imagenet_table() -> list[tuple[str, str]]:
-    table = Path(__file__).with_name("imagenet_classes.tsv").read_text().splitlines()
-    return [tuple(line.split("\t", 1)) for line in table]
-
-
-def imagenet_classes() -> list[str]:
-    """The 1000 ImageNet-1k class names in label order (WordNet lemmas)."""
-    return [name for _, name in _imagenet_table()]
-
-
-def imagenet_wnids() -> list[str]:
-    """The 1000 ImageNet-1k WordNet ids (``n01440764``, ...) in label order: sorted."""
-    return [wnid for wnid, _ in _imagenet_table()]
+MAX_LIST_BYTES = 64 << 20  # a file list or class map; ImageNet's val list is about 2 MB
+MAX_LINE_CHARS = 4096  # a path relative to the data root and a label: PATH_MAX is 4096
 
 
 def _kind(mode: int) -> str:
@@ -104,13 +92,20 @@ class Sample:
     label: int
 
 
+# how the samples got their labels (EvalData.labelling)
+SORTED_FOLDERS = "sorted folders"
+IMAGENET_WNIDS = "ImageNet wnids"
+LIST_FILE = "list file"
+CLASS_MAP = "class map"
+
+
 @dataclass
 class EvalData:
     """Samples in a fixed order, how they were labelled, and what was skipped while listing."""
 
     root: Path
     samples: list[Sample]
-    labelling: str  # "sorted folders", "ImageNet wnids" or "list file"
+    labelling: str  # SORTED_FOLDERS, IMAGENET_WNIDS, LIST_FILE or CLASS_MAP
     classes: list[str] = field(default_factory=list)  # folder names, for trees
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, folder or line; reason)
 
@@ -178,13 +173,20 @@ def _identity(path: str | os.PathLike) -> tuple[int, int]:
 
 
 def scan_folder(
-    root: str | os.PathLike, num_classes: int, skip_bad: bool = False, wnids: list[str] | None = None
+    root: str | os.PathLike,
+    num_classes: int,
+    skip_bad: bool = False,
+    wnids: list[str] | None = None,
+    class_map: Mapping[str, int] | None = None,
 ) -> EvalData:
     """An ImageFolder tree ``root/<class>/<image>``: one folder per class, in sorted order.
 
-    When every folder is named by an ImageNet wnid (``n01440764``, ...) and ``wnids`` (the
-    1000 ImageNet-1k wnids, sorted) is given, a folder's label is its ImageNet-1k index: the
-    same as sorted order for the full validation set, and still right for a subset of it.
+    ``class_map`` (folder name -> label) labels the folders explicitly; every folder must be in
+    it. Otherwise, with ``wnids`` (the 1000 ImageNet-1k wnids, sorted: given for a model with
+    ImageNet's classes) every folder must be named by a wnid (``n01440764``, ...) and gets its
+    ImageNet-1k index, the same as sorted order for the full validation set and still right for
+    a subset; other names are refused, as their sorted order would silently be read as
+    ImageNet's first classes. Without either, labels are the folders' sorted order.
     """
     root = Path(root)
     if not root.is_dir():
@@ -198,16 +200,31 @@ def scan_folder(
             f"{root}: no class folders in it; an ImageFolder tree is ROOT/<class>/<image> "
             "(or give a file list with --list)"
         )
-    if wnids is not None and set(classes) <= set(wnids):
-        index = {w: i for i, w in enumerate(wnids)}
-        labels, labelling = [index[c] for c in classes], "ImageNet wnids"
-    else:
-        labels, labelling = list(range(len(classes))), "sorted folders"
-    if max(labels) >= num_classes:
+    if class_map is None and len(classes) > num_classes:
         raise CoatError(
             f"{root}: {len(classes)} class folders but the model has {num_classes} classes; "
             "point DATA at the folder whose subfolders are the classes"
         )
+    if class_map is not None:
+        unmapped = [c for c in classes if c not in class_map]
+        if unmapped:
+            raise CoatError(
+                f"{root}: the class folders {preview(unmapped)} are not in the class map; "
+                "give every folder a label"
+            )
+        labels, labelling = [class_map[c] for c in classes], CLASS_MAP
+    elif wnids is not None:
+        index = {w: i for i, w in enumerate(wnids)}
+        others = [c for c in classes if c not in index]
+        if others:
+            raise CoatError(
+                f"{root}: the class folders {preview(others)} are not ImageNet wnids and the model "
+                f"has ImageNet's {len(wnids)} classes; give --class-map FILE ('<folder> <label>' "
+                f"per line) or use a model with {len(classes)} classes"
+            )
+        labels, labelling = [index[c] for c in classes], IMAGENET_WNIDS
+    else:
+        labels, labelling = list(range(len(classes))), SORTED_FOLDERS
     samples, skipped = [], []
     seen = {_identity(root), *(_identity(root / name) for name in classes)}
     for name, label in zip(classes, labels):
@@ -223,10 +240,7 @@ def read_list(
 ) -> EvalData:
     """A file list: ``<path relative to root> <label>`` per line (Paddle's ``val_list.txt``)."""
     list_file, root = Path(list_file), Path(root)
-    try:
-        lines = list_file.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise CoatError(f"{list_file}: cannot read the file list ({e})") from None
+    lines = read_lines(list_file, "a file list")
     samples, skipped = [], []
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -245,7 +259,42 @@ def read_list(
         samples.append(Sample(str(root / parts[0].strip()), label))
     if not samples and not skipped:
         raise CoatError(f"{list_file}: the file list is empty")
-    return EvalData(root, samples, "list file", [], skipped)
+    return EvalData(root, samples, LIST_FILE, [], skipped)
+
+
+def read_lines(path: str | os.PathLike, what: str) -> list[str]:
+    """The lines of a small UTF-8 text file (a file list, a class map), read within
+    :data:`MAX_LIST_BYTES` and :data:`MAX_LINE_CHARS`, only from a regular file."""
+    data = read_bounded(path, MAX_LIST_BYTES, CoatError, what)
+    try:
+        lines = data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise CoatError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); give {what}") from None
+    for number, line in enumerate(lines, 1):
+        if len(line) > MAX_LINE_CHARS:
+            raise CoatError(f"{path}:{number}: a line longer than {MAX_LINE_CHARS} characters; give {what}")
+    return lines
+
+
+def read_class_map(path: str | os.PathLike, num_classes: int) -> dict[str, int]:
+    """A class map: ``<folder name> <label>`` per line, each folder once, labels in range."""
+    mapping: dict[str, int] = {}
+    for number, line in enumerate(read_lines(path, "a class map"), 1):
+        if not line.strip():
+            continue
+        parts = line.rsplit(None, 1)
+        where = f"{path}:{number}"
+        if len(parts) != 2 or not parts[1].isdigit():
+            raise CoatError(f"{where}: cannot parse {line.strip()!r}; expected '<folder name> <label>'")
+        folder, label = parts[0].strip(), int(parts[1])
+        if not label < num_classes:
+            raise CoatError(f"{where}: label {label} is outside 0..{num_classes - 1}, the model's classes")
+        if folder in mapping:
+            raise CoatError(f"{where}: folder {folder!r} is mapped twice")
+        mapping[folder] = label
+    if not mapping:
+        raise CoatError(f"{path}: the class map is empty")
+    return mapping
 
 
 def read_image(path: str, transform) -> np.ndarray:

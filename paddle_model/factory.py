@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
+from converter.layout import num_classes_in
+
+from .classes import imagenet_classes
 from .coat import CoaT
 from .hub import resolve_weights
 from .kernels import fast
 from .variants import get_variant
-from .weights import HEAD_PREFIXES, load_state_dict, read_weights
+from .weights import HEAD_PREFIXES, load_state_dict, read_label_names, read_weights
+
+IMAGENET_CLASSES = 1000  # the classifier of the published weights, and of a model built without any
+_log = logging.getLogger(__name__)
 
 
 def create_model(
     name: str,
     pretrained: bool | str | os.PathLike | None = None,
-    num_classes: int = 1000,
+    num_classes: int | None = None,
     *,
     weights_url: str | os.PathLike | None = None,
     **kwargs,
@@ -25,29 +32,44 @@ def create_model(
     ``convert.py``); ``True`` for the variant's published weights, fetched from a weights
     location (``weights_url``, else ``$COAT_PADDLE_WEIGHTS_URL``, else the project's own; see
     :mod:`paddle_model.hub`) into the cache and checked against its manifest's sha256; or
-    ``"hf-hub:<repo_id>"`` for a release folder on the Hugging Face Hub. Every key must fit;
-    the only tolerated difference is a classifier of another size when ``num_classes`` asks
-    for one (it keeps its fresh initialisation), and a backbone (``return_interm_layers=True``)
-    ignores the head's weights.
+    ``"hf-hub:<repo_id>"`` for a release folder on the Hugging Face Hub. Every key must fit.
+
+    ``num_classes`` defaults to the classifier in the weights (1000 without weights or for a
+    backbone file), so a fine-tuned head is kept. Another size asks for a new classifier: it
+    keeps its fresh initialisation and a warning line says so (logger ``paddle_model.factory``).
+    A backbone (``return_interm_layers=True``) ignores the head's weights.
+
+    The model's ``label_names`` are the names of its classes where they are known: those
+    recorded with the weights (:func:`converter.paddle_weights.read_label_names`), else
+    ImageNet-1k's for a loaded 1000-class head; None otherwise (a new classifier, no weights).
     Other keyword arguments go to :class:`CoaT` (``drop_path_rate``, ``out_features``, ...).
     Eager CPU float32 inference calls run the compiled kernels (:mod:`paddle_model.kernels.fast`).
     """
     weights = resolve_weights(name, pretrained, weights_url)  # a download fails before the build
+    state = None if weights is None else read_weights(weights)
+    in_weights = 0 if state is None else num_classes_in(state)
+    if num_classes is None:
+        num_classes = in_weights or IMAGENET_CLASSES
     model = CoaT(get_variant(name), num_classes=num_classes, **kwargs)
-    if weights is not None:
-        state = read_weights(weights)
+    model.label_names = None
+    if state is not None:
         ignore: tuple[str, ...] = ()
         if model.return_interm_layers:
             ignore = HEAD_PREFIXES
-        elif _head_size(state) not in (None, num_classes):
+        elif in_weights and in_weights != num_classes:
             ignore = ("head.",)  # a new classifier was asked for: keep it freshly initialised
+            _log.warning(
+                "head: %d classes in the weights, %d asked: a new classifier (%s)",
+                in_weights,
+                num_classes,
+                weights,
+            )
         load_state_dict(model, state, source=str(weights), ignore_prefixes=ignore)
+        if not ignore:
+            model.label_names = read_label_names(weights, num_classes)
+            if model.label_names is None and num_classes == IMAGENET_CLASSES:
+                model.label_names = imagenet_classes()
     return fast.install(model)
-
-
-def _head_size(state) -> int | None:
-    weight = state.get("head.weight")
-    return None if weight is None else int(weight.shape[1])
 
 
 def coat_tiny(pretrained=None, **kwargs) -> CoaT:

@@ -12,9 +12,9 @@ from collections.abc import Mapping
 import numpy as np
 
 from converter.errors import WeightsError, preview
-from converter.paddle_weights import FLOAT_DTYPES, HEAD_PREFIXES, read_weights
+from converter.paddle_weights import FLOAT_DTYPES, HEAD_PREFIXES, read_label_names, read_weights
 
-__all__ = ["HEAD_PREFIXES", "load_state_dict", "read_weights"]
+__all__ = ["HEAD_PREFIXES", "load_state_dict", "read_label_names", "read_weights"]
 
 
 def load_state_dict(

@@ -75,8 +75,8 @@ def test_a_console_script_without_paddle_says_what_to_install_in_one_line():
     """paddle_model's own check, in a process where Paddle cannot be found: coat-evaluate (through
     coat_commands, as its console script) stops with one line and exit 2, coat-convert runs."""
     code = (
-        "import sys; sys.modules['paddle'] = None; sys.argv = ['coat-evaluate', '--help']; "
-        "import coat_commands; sys.exit(coat_commands.{}())"
+        "import sys; sys.modules['paddle'] = None; sys.argv = ['coat-{0}', '--help']; "
+        "import coat_commands; sys.exit(coat_commands.{0}())"
     )
     done = run_python("-c", code.format("evaluate"), timeout=120)
     assert done.returncode == 2
@@ -86,7 +86,7 @@ def test_a_console_script_without_paddle_says_what_to_install_in_one_line():
     )
     assert len(done.stderr.splitlines()) == 1
     converted = run_python("-c", code.format("convert"), timeout=120)
-    assert converted.returncode == 0 and converted.stdout.startswith("usage: convert.py")
+    assert converted.returncode == 0 and converted.stdout.startswith("usage: coat-convert")
 
 
 def test_other_import_errors_of_a_command_are_not_taken_for_a_missing_paddle(monkeypatch):
@@ -100,3 +100,32 @@ def test_other_import_errors_of_a_command_are_not_taken_for_a_missing_paddle(mon
     with pytest.raises(ImportError, match="cannot import name 'Tensor'") as raised:
         coat_commands.predict()
     assert not isinstance(raised.value, PaddleMissingError)
+
+
+@pytest.mark.parametrize(
+    "argv0, module, expected",
+    [
+        ("coat-convert", "convert", "coat-convert 0"),  # as the console script names itself
+        ("convert.py", "convert", "convert.py 0"),
+        ("coat-predict", "paddle_model.predict", "coat-predict 0"),
+        ("coat-evaluate", "paddle_model.evaluate", "coat-evaluate 0"),
+    ],
+)
+def test_version_names_the_command_the_user_ran(argv0, module, expected):
+    code = f"import sys, {module} as m; sys.argv = [{argv0!r}, '--version']; m.main()"
+    done = run_python("-c", code, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(expected)
+
+
+@pytest.mark.parametrize(
+    "module, expected",
+    [
+        ("paddle_model.predict", "python -m paddle_model.predict 0"),
+        ("paddle_model.evaluate", "python -m paddle_model.evaluate 0"),
+    ],
+)
+def test_version_under_python_m_names_the_module(module, expected):
+    done = run_python("-m", module, "--version", timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(expected)

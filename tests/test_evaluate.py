@@ -23,7 +23,8 @@ import paddle
 import pytest
 from PIL import Image
 
-from paddle_model.datasets import EvalImages, imagenet_wnids, scan_folder
+from paddle_model.classes import imagenet_wnids
+from paddle_model.datasets import EvalImages, scan_folder
 from paddle_model.evaluate import main
 from paddle_model.transforms import eval_transform
 from reference.evaluate import main as reference_main
@@ -166,7 +167,7 @@ def test_tree_is_listed_like_torchvision_imagefolder(tree, tmp_path):
 
     named = tmp_path / "named"
     _write_tree(named, ["tabby", "mug", "shuttle", "scooter"])
-    ours = scan_folder(named, 1000, wnids=imagenet_wnids())
+    ours = scan_folder(named, 4)  # a model of these 4 classes, labelled as ImageFolder labels them
     theirs = ImageFolder(str(named))
     assert ours.labelling == "sorted folders"
     assert [(s.path, s.label) for s in ours.samples] == theirs.samples
@@ -366,6 +367,8 @@ def test_two_ranks_under_paddle_launch_equal_one_process(tree, rigged, tmp_path,
     assert {k: both[k] for k in keys} == {k: single[k] for k in keys}
     assert (both["evaluated"], (both["correct_top1"], both["correct_top5"])) == (13, designed(limited(13)))
     assert "2 processes" in (tmp_path / "log" / "workerlog.0").read_text()
+    for noise in ("Modified FLAGS detected", "tcp_store", "tcp_utils"):  # rank 0's rendezvous
+        assert noise not in done.stdout + done.stderr
 
 
 # ---- bad data: one clear line and exit 2, or with --skip-bad, counted and left out ----
@@ -604,3 +607,99 @@ def test_workers_started_with_spawn_get_the_dataset(tree, rigged):
     result = json.loads(done.stdout)
     assert result["evaluated"] == 6
     assert (result["correct_top1"], result["correct_top5"]) == designed(limited(6))
+
+
+# ---- labels that are not ImageNet's: refused or mapped, never compared with ImageNet's numbers ----
+
+
+@pytest.fixture(scope="module")
+def random_heads(tmp_path_factory) -> dict[int, Path]:
+    """Seeded Paddle weights with a 1000-class and a 2-class classifier: {classes: .pdparams}."""
+    from paddle_model import create_model
+
+    folder = tmp_path_factory.mktemp("heads")
+    made = {}
+    for classes in (1000, 2):
+        paddle.seed(0)
+        made[classes] = folder / f"{classes}.pdparams"
+        paddle.save(create_model(VARIANT, num_classes=classes).state_dict(), str(made[classes]))
+    return made
+
+
+@pytest.fixture
+def named_tree(small_tree) -> Path:
+    """small_tree's two classes (tabby cat, coffee mug) in folders named as a user names them."""
+    named = small_tree.parent / "named"
+    for wnid, name in (("n02123045", "cat"), ("n03063599", "coffee")):
+        shutil.copytree(small_tree / wnid, named / name)
+    return named
+
+
+def test_folders_not_named_by_wnids_are_refused_for_an_imagenet_model(named_tree, random_heads, capsys):
+    args = [named_tree, "--variant", VARIANT, "--weights", random_heads[1000]]
+    _check_refused(capsys, args, "folders cat, coffee are", "not ImageNet wnids", "--class-map", "2 classes")
+
+
+def test_a_class_map_labels_the_folders_as_their_wnids(small_tree, named_tree, rigged, tmp_path, capsys):
+    wnids = imagenet_wnids()
+    class_map = tmp_path / "classes.txt"
+    class_map.write_text(f"cat {wnids.index('n02123045')}\ncoffee {wnids.index('n03063599')}\n")
+    common = ["--variant", VARIANT, "--weights", rigged.weights]
+    mapped = evaluate_json(capsys, named_tree, "--class-map", class_map, *common)
+    by_wnid = evaluate_json(capsys, small_tree, *common)
+    assert mapped["labelling"] == "class map" and by_wnid["labelling"] == "ImageNet wnids"
+    keys = ["evaluated", "correct_top1", "correct_top5"]
+    assert [mapped[k] for k in keys] == [by_wnid[k] for k in keys] and mapped["evaluated"] == 6
+
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("cat 281\n", "folders coffee are not in the class map"),
+        ("cat 281\ncoffee 1000\n", "label 1000 is outside 0..999"),
+        ("cat 281\ncat 282\ncoffee 504\n", "mapped twice"),
+        ("cat\n", "cannot parse"),
+    ],
+)
+def test_a_bad_class_map_is_refused(named_tree, random_heads, tmp_path, text, reason, capsys):
+    class_map = tmp_path / "classes.txt"
+    class_map.write_text(text)
+    args = [named_tree, "--class-map", class_map, "--variant", VARIANT, "--weights", random_heads[1000]]
+    _check_refused(capsys, args, reason)
+
+
+def test_a_model_of_other_classes_shows_no_imagenet_numbers(named_tree, random_heads, capsys):
+    args = [named_tree, "--variant", VARIANT, "--weights", random_heads[2], "--quiet", "--workers", "0"]
+    result = evaluate_json(capsys, *args)
+    assert result["labelling"] == "sorted folders" and result["evaluated"] == 6
+    assert result["official"] is None
+    code, out, err = evaluate(capsys, *args)
+    assert code == 0, err
+    assert "official" not in out and f"({result['correct_top1']}/6)" in out
+
+
+@pytest.mark.parametrize("kind", ["/dev/zero", "fifo", "too large", "long line", "not utf-8"])
+def test_a_list_is_read_only_from_a_small_regular_text_file(tree, random_heads, tmp_path, kind):
+    from paddle_model.datasets import MAX_LINE_CHARS, MAX_LIST_BYTES
+
+    listed = tmp_path / "list.txt"
+    if kind == "/dev/zero":
+        listed = Path("/dev/zero")
+    elif kind == "fifo":
+        os.mkfifo(listed)
+    elif kind == "too large":
+        with open(listed, "wb") as f:
+            f.truncate(MAX_LIST_BYTES + 1)  # sparse: no disk used
+    elif kind == "long line":
+        listed.write_text("n03063599/" + "x" * MAX_LINE_CHARS + ".JPEG 504\n")
+    else:
+        listed.write_bytes(b"n03063599/img_00.JPEG 504\n\xff\xfe 1\n")
+    done = _run_evaluate(tree, "--list", listed, "--variant", VARIANT, "--weights", random_heads[1000])
+    reason = {
+        "/dev/zero": "not a regular file",
+        "fifo": "not a regular file",
+        "too large": f"larger than {MAX_LIST_BYTES} bytes",
+        "long line": f"{listed}:1: a line longer than {MAX_LINE_CHARS} characters",
+        "not utf-8": "not UTF-8 text",
+    }[kind]
+    assert_refused(done, reason)

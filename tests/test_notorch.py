@@ -132,7 +132,7 @@ def test_evaluate_runs_without_torch(weights, tmp_path):
     from PIL import Image
 
     rng = np.random.default_rng(0)
-    for k, folder in enumerate(["a", "b"]):
+    for k, folder in enumerate(["n01440764", "n01443537"]):  # ImageNet wnids: the model has 1000 classes
         (tmp_path / "val" / folder).mkdir(parents=True)
         for j in range(2):
             pixels = rng.integers(0, 256, (60 + 10 * j, 80, 3), dtype=np.uint8)

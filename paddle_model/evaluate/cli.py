@@ -14,9 +14,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 from converter.cli import ArgumentParser, command, fail
+from converter.layout import num_classes_in
 from converter.writers import atomic_write, check_destination
 
-from ..datasets import EvalData, EvalImages, imagenet_wnids, read_list, scan_folder
+from ..classes import imagenet_wnids
+from ..datasets import (
+    SORTED_FOLDERS,
+    EvalData,
+    EvalImages,
+    read_class_map,
+    read_list,
+    scan_folder,
+)
 from ..errors import CoatError
 from ..hub import WEIGHTS_HELP
 from ..variants import VARIANTS
@@ -43,6 +52,12 @@ def build_parser(prog: str, description: str = DESCRIPTION) -> ArgumentParser:
         help=WEIGHTS_HELP,
     )
     p.add_argument("--list", type=Path, help="file list: '<relative path> <label>' per line")
+    p.add_argument(
+        "--class-map",
+        type=Path,
+        help="labels of the class folders: '<folder name> <label>' per line (needed for a "
+        "1000-class model when the folders are not ImageNet wnids)",
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument(
         "--workers",
@@ -68,6 +83,8 @@ def build_parser(prog: str, description: str = DESCRIPTION) -> ArgumentParser:
 def check_args(p: ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
     if args.batch_size < 1 or args.workers < 0:
         p.error("--batch-size must be at least 1 and --workers at least 0")
+    if args.list is not None and args.class_map is not None:
+        p.error("--class-map labels class folders; a --list file carries its own labels: give one of them")
     return args
 
 
@@ -90,12 +107,13 @@ def read_classifier(weights: Path) -> tuple[dict, int]:
     from ..weights import read_weights
 
     state = read_weights(weights)
-    if "head.weight" not in state:
+    num_classes = num_classes_in(state)
+    if not num_classes:
         raise CoatError(
             f"{weights}: these weights have no classifier (head.weight); "
             "evaluate needs a classification checkpoint"
         )
-    return state, int(state["head.weight"].shape[1])
+    return state, num_classes
 
 
 def list_data(args: argparse.Namespace, num_classes: int) -> EvalData:
@@ -103,19 +121,18 @@ def list_data(args: argparse.Namespace, num_classes: int) -> EvalData:
     if args.list is not None:
         data = read_list(args.list, args.data, num_classes, args.skip_bad)
     else:
-        data = scan_folder(
-            args.data, num_classes, args.skip_bad, wnids=imagenet_wnids() if num_classes == 1000 else None
-        )
+        class_map = None if args.class_map is None else read_class_map(args.class_map, num_classes)
+        wnids = imagenet_wnids() if num_classes == len(imagenet_wnids()) else None
+        data = scan_folder(args.data, num_classes, args.skip_bad, wnids=wnids, class_map=class_map)
     return data.limit(args.limit)
 
 
-def load_model(variant: str, state: dict, weights: Path):
-    """The Paddle model with ``state``, its classifier sized as the file's, in eval mode."""
+def load_model(variant: str, weights: Path):
+    """The Paddle model with the weights at ``weights``, as ``create_model`` (and so predict and
+    export) builds it: the classifier sized as the file's. In eval mode."""
     from ..factory import create_model
-    from ..weights import load_state_dict
 
-    model = create_model(variant, num_classes=int(state["head.weight"].shape[1]))
-    load_state_dict(model, state, source=str(weights))
+    model = create_model(variant, pretrained=weights)
     model.eval()
     return model
 
@@ -135,7 +152,7 @@ def evaluate(args: argparse.Namespace, reference_for: ReferenceFactory | None = 
     args.weights = resolve_cli_weights(args.variant, args.weights)
     state, num_classes = read_classifier(args.weights)
     data = list_data(args, num_classes)
-    model = load_model(args.variant, state, args.weights)
+    model = load_model(args.variant, args.weights)
     reference, about = reference_for(state) if reference_for is not None else (None, None)
     del state
     dataset = EvalImages(data.samples, eval_transform(args.variant))
@@ -154,7 +171,10 @@ def evaluate(args: argparse.Namespace, reference_for: ReferenceFactory | None = 
             f"{data.samples[bad[0]].path}: {dataset.failure(bad[0])} "
             "(fix the data, or pass --skip-bad to leave it out)"
         )
-    result = summarize(data, out, args.variant, reference=about, failure=dataset.failure)
+    imagenet_labels = num_classes == len(imagenet_wnids()) and data.labelling != SORTED_FOLDERS
+    result = summarize(
+        data, out, args.variant, reference=about, failure=dataset.failure, imagenet_labels=imagenet_labels
+    )
     if result["evaluated"] == 0:
         raise CoatError(f"{args.data}: no image could be evaluated")
     result.update(

@@ -35,11 +35,14 @@ def summarize(
     *,
     reference: dict | None = None,
     failure: Callable[[int], str] | None = None,
+    imagenet_labels: bool = True,
 ) -> dict:
     """The JSON result: counts, accuracies, official numbers, speed, skipped images, reference.
 
     ``reference`` names the reference model (``{"model": ..., "weights": ...}``) when one ran;
-    ``failure(i)`` says why image ``i`` could not be read.
+    ``failure(i)`` says why image ``i`` could not be read. The variant's official ImageNet
+    accuracy is given only with ``imagenet_labels`` (the labels are ImageNet-1k's); it is None
+    otherwise, as it says nothing about other labels.
     """
     v = get_variant(variant)
     seen = out.flags[:, SEEN] == 1
@@ -62,7 +65,7 @@ def summarize(
         "correct_top5": int(out.flags[good, TOP5].sum()),
         "top1": _percent(int(out.flags[good, TOP1].sum()), n),
         "top5": _percent(int(out.flags[good, TOP5].sum()), n),
-        "official": {"top1": v.top1, "top5": v.top5},
+        "official": {"top1": v.top1, "top5": v.top5} if imagenet_labels else None,
         "seconds": round(out.seconds, 3),
         "images_per_s": round(n / out.seconds, 2) if out.seconds > 0 else None,
         "reference": None,
@@ -101,10 +104,8 @@ def table(result: dict) -> str:
         f"data        {result['data']} ({result['labelling']}): {result['images']} images, {n} evaluated"
     )
     for k in ("1", "5"):
-        lines.append(
-            f"top-{k}       {result['top' + k]:.3f} %  "
-            f"({result['correct_top' + k]}/{n}; official {official['top' + k]})"
-        )
+        beside = "" if official is None else f"; official {official['top' + k]}"
+        lines.append(f"top-{k}       {result['top' + k]:.3f} %  ({result['correct_top' + k]}/{n}{beside})")
     ref = result["reference"]
     if ref is not None:
         lines.append(

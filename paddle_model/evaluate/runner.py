@@ -10,8 +10,10 @@ timm's CoaT); this module needs no torch.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,8 +48,31 @@ def world() -> tuple[int, int]:
 
     size = int(os.environ.get("PADDLE_TRAINERS_NUM", "1"))
     if size > 1 and not dist.is_initialized():
-        dist.init_parallel_env()
+        with _quiet_stderr():  # Paddle's table of modified flags and its rendezvous log lines
+            dist.init_parallel_env()
     return (dist.get_rank(), dist.get_world_size()) if size > 1 else (0, 1)
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Hold back what is written to file descriptor 2 (Python's and C++'s writes alike) inside
+    the block; write it out after all if the block raises, so that no error is lost."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            held.seek(0)
+            os.write(2, held.read())
+            raise
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def _any_rank(flag: bool, size: int) -> bool:
