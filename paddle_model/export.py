@@ -14,7 +14,6 @@ model on seeded inputs; above 1e-5 of the largest logit the file is removed and 
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import os
 import re
@@ -63,13 +62,14 @@ def export(
             "--size fixes the input size of a --kernels export; without --kernels the "
             "exported model takes any size"
         )
-    model = create_model(variant, pretrained=weights)
+    model = create_model(variant, pretrained=weights, kernels=kernels)
+    if kernels:
+        fast.trace_compiled(model)  # the traced graph holds the compiled ops
     model.eval()
     side = (size or get_variant(variant).img_size) if kernels else None
     spec = [paddle.static.InputSpec([None, 3, side, side], "float32", name="image")]
     static = paddle.jit.to_static(model, input_spec=spec, full_graph=True)
-    with fast.swapped(model) if kernels else contextlib.nullcontext():
-        paddle.jit.save(static, str(prefix))
+    paddle.jit.save(static, str(prefix))
     return static
 
 

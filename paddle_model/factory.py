@@ -17,6 +17,7 @@ def create_model(
     num_classes: int = 1000,
     *,
     weights_url: str | os.PathLike | None = None,
+    kernels: bool | None = None,
     **kwargs,
 ) -> CoaT:
     """Build the CoaT variant ``name``; with ``pretrained``, load those weights strictly.
@@ -30,10 +31,12 @@ def create_model(
     for one (it keeps its fresh initialisation), and a backbone (``return_interm_layers=True``)
     ignores the head's weights.
     Other keyword arguments go to :class:`CoaT` (``drop_path_rate``, ``out_features``, ...).
-    Eager CPU float32 inference calls run the compiled kernels (:mod:`paddle_model.kernels.fast`).
+    ``kernels`` chooses the layers (:func:`paddle_model.kernels.fast.layers`): None (default)
+    runs eager CPU float32 inference calls on the compiled kernels where they are built,
+    True requires them, False keeps Paddle's ops only.
     """
     weights = resolve_weights(name, pretrained, weights_url)  # a download fails before the build
-    model = CoaT(get_variant(name), num_classes=num_classes, **kwargs)
+    model = CoaT(get_variant(name), num_classes=num_classes, layers=fast.layers(kernels), **kwargs)
     if weights is not None:
         state = read_weights(weights)
         ignore: tuple[str, ...] = ()
@@ -42,7 +45,7 @@ def create_model(
         elif _head_size(state) not in (None, num_classes):
             ignore = ("head.",)  # a new classifier was asked for: keep it freshly initialised
         load_state_dict(model, state, source=str(weights), ignore_prefixes=ignore)
-    return fast.install(model)
+    return model
 
 
 def _head_size(state) -> int | None:

@@ -3,8 +3,9 @@
 Built on first use with ``paddle.utils.cpp_extension`` (about 20 s, then cached in
 ``$COAT_PADDLE_CACHE`` or ``~/.cache/coat_paddle``). :data:`OPS` lists them; :func:`op` returns
 one. Where no compiler is present, or the build fails, or ``COAT_PADDLE_KERNELS=0``, it returns
-None and the model keeps Paddle's own ops, with the same numbers. :mod:`.fast` applies them to a
-model (its layers' fast forms, swapped in for eager CPU inference).
+None and the model keeps Paddle's own ops, with the same numbers. :mod:`.fast` has the layer
+classes that use them (chosen at construction by ``create_model(kernels=...)``). Loading them
+changes no runtime setting: :mod:`paddle_model.runtime` applies those where inference starts.
 """
 
 from __future__ import annotations
@@ -171,7 +172,6 @@ def _load():
     if _tried:
         return _module
     _tried = True
-    runtime.configure()  # the first eager CPU inference call: threads, MKL's code path, malloc
     if os.environ.get("COAT_PADDLE_KERNELS", "1") == "0":
         return None
     import paddle
