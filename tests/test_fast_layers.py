@@ -268,3 +268,54 @@ def test_creating_a_model_prints_nothing():
     )
     done = run_python("-c", code)
     assert done.returncode == 0 and done.stdout == "" and done.stderr == "", done.stderr
+
+
+FORK = """
+import json, os, sys, time
+import torch  # first: the ops' OpenMP regions then reach torch's GNU OpenMP
+import numpy as np, paddle, paddle_model
+model = paddle_model.create_model("coat_lite_tiny", num_classes=10); model.eval()
+x = paddle.to_tensor(np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype("float32"))
+with paddle.no_grad():
+    parent = model(x).numpy()  # the parent's OpenMP threads now exist
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.close(r)
+    with paddle.no_grad():
+        child = model(x).numpy()
+    os.write(w, child.tobytes())
+    os._exit(0)
+os.close(w)
+os.set_blocking(r, False)
+data, deadline = b"", time.monotonic() + 60
+while time.monotonic() < deadline:
+    try:
+        chunk = os.read(r, 1 << 16)
+    except BlockingIOError:
+        time.sleep(0.05)
+        continue
+    if not chunk:
+        break
+    data += chunk
+if os.waitpid(pid, os.WNOHANG)[0] == 0:
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    print(json.dumps({"finished": False}))
+    sys.exit(0)
+child = np.frombuffer(data, np.float32).reshape(parent.shape)
+print(json.dumps({"finished": True, "rel": float(np.abs(child - parent).max() / np.abs(parent).max())}))
+"""
+
+
+def test_a_forked_child_runs_the_compiled_ops():
+    """A DataLoader worker forks: with torch imported first and one inference run in the
+    parent, the child's inference finishes (within a minute; it used to hang in GNU OpenMP)
+    and equals the parent's within float rounding (the child computes on one thread)."""
+    import json
+
+    done = run_python("-c", FORK, timeout=300)
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["finished"], "the forked child hung in the compiled ops"
+    assert got["rel"] <= 2e-6, got

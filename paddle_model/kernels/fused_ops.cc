@@ -23,6 +23,7 @@
 //                                 hidden activations would not fit in the cache (MKL too).
 // Forward only; the model keeps Paddle's ops where gradients are needed.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -32,6 +33,7 @@
 #include <vector>
 
 #include <omp.h>
+#include <pthread.h>
 
 #include "paddle/extension.h"
 
@@ -44,10 +46,19 @@ extern "C" int MKL_Get_Max_Threads();
 
 namespace {
 
+// A child made by fork() has only the thread that forked. GNU OpenMP (which these ops' regions
+// reach when torch was imported first) keeps the parent's thread pool in its books and the
+// child's next parallel region waits for those threads forever (DataLoader workers fork). So a
+// forked child runs these ops on its one thread: threads() is 1 there, and a team of one
+// starts no pool thread.
+std::atomic<bool> forked{false};
+const int fork_handler = pthread_atfork(nullptr, nullptr, [] { forked = true; });
+
 // Threads for these ops: as many as Paddle's math library runs on (paddle_model.runtime sizes it
 // to the process's CPUs, or MKL_NUM_THREADS does), so that the kernels and the matrix products
 // between them share the cores. MKL is asked on every call: set_cpu_threads() can change it.
 int threads() {
+  if (forked) return 1;
 #ifdef COAT_MKL
   return std::max(1, std::min(MKL_Get_Max_Threads(), 64));
 #else
