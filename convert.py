@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import warnings
 
 from converter.cli import ArgumentParser, command, fail
 from converter.variants import VARIANTS
@@ -53,7 +52,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 @command
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    warnings.filterwarnings("ignore", message="No ccache found")  # printed by paddle's import
     from converter.pipeline import convert_checkpoint
 
     if args.verify:

@@ -12,6 +12,7 @@ from types import MappingProxyType
 
 # (window size, number of heads using it), as the official {3: 2, 5: 3, 7: 3}
 DEFAULT_CRPE_WINDOW: tuple[tuple[int, int], ...] = ((3, 2), (5, 3), (7, 3))
+LATER_PATCH_SIZE = 2  # the patch size of stages 2-4: each halves the token grid
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,12 @@ class CoatVariant:
     def is_lite(self) -> bool:
         """CoaT-Lite has no parallel blocks and classifies from the last scale only."""
         return self.parallel_depth == 0
+
+    @property
+    def min_input_size(self) -> int:
+        """The smallest input height and width the variant takes: every stage then has at least
+        one token per side (the first patch size times the three later stages' halvings)."""
+        return self.patch_size * LATER_PATCH_SIZE**3
 
     def mlp_hidden(self, stage: int) -> int:
         return int(self.embed_dims[stage] * self.mlp_ratios[stage])

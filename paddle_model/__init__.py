@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import re
+import warnings
 from importlib import metadata
 
 OLDEST_PADDLE = (3, 0, 0)  # the oldest release the tests run on (the torch-free CI job)
@@ -51,6 +52,10 @@ if _problem is not None:  # its own type, so that the console scripts (coat_comm
     from converter.errors import PaddleMissingError
 
     raise PaddleMissingError(_problem, name="paddle")
+
+# Paddle's import warns that ccache (a compiler cache for its extension builder) is missing: it
+# is not needed here (paddle_model.kernels caches its build itself). Said once, for every command.
+warnings.filterwarnings("ignore", message="No ccache found", module="paddle.utils.cpp_extension")
 
 # imported after the check, so that a missing Paddle is said first and in one line
 from .errors import CoatError, UnsafePickleError, WeightsError  # noqa: E402

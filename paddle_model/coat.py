@@ -6,13 +6,19 @@ Paper: "Co-Scale Conv-Attentional Image Transformers", Xu et al., ICCV 2021
 The module and parameter names are the official ones (and timm's), so state-dict keys map one
 to one, and the blocks read side by side with timm's ``timm/models/coat.py``. Like the official
 code, and unlike timm's port, the parallel blocks resample between scales to the target scale's
-size, so the model runs at any input size.
+size, so the model runs at any input size of at least its variant's ``min_input_size`` (32 for every
+released variant).
+
+The layer classes are a choice made at construction (:class:`CoatLayers`), as timm chooses
+``norm_layer``: coat.py's own classes use Paddle's ops; :mod:`paddle_model.kernels.fast` gives
+subclasses that compute the same with compiled CPU ops where a call allows it.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -22,7 +28,9 @@ import paddle.nn.functional as F
 
 from converter.layout import FEATURE_NAMES
 
-from .variants import CoatVariant
+from . import runtime
+from .errors import InputError
+from .variants import LATER_PATCH_SIZE, CoatVariant
 
 _trunc_normal = nn.initializer.TruncatedNormal(mean=0.0, std=0.02, a=-2.0, b=2.0)
 _zeros = nn.initializer.Constant(0.0)
@@ -125,11 +133,14 @@ class Mlp(nn.Layer):
 class PatchEmbed(nn.Layer):
     """Non-overlapping patches by a strided convolution, then LayerNorm over channels."""
 
-    def __init__(self, patch_size: int, in_chans: int, embed_dim: int, eps: float) -> None:
+    def __init__(
+        self, patch_size: int, in_chans: int, embed_dim: int, eps: float, layers: CoatLayers | None = None
+    ) -> None:
         super().__init__()
+        layers = layers or PADDLE_LAYERS
         self.patch_size = patch_size
         self.proj = _conv(in_chans, embed_dim, patch_size, stride=patch_size)
-        self.norm = LayerNorm(embed_dim, eps)
+        self.norm = layers.layer_norm(embed_dim, eps)
 
     def forward(
         self, x: paddle.Tensor, size: tuple[int, int] | None = None
@@ -242,14 +253,16 @@ class SerialBlock(nn.Layer):
         eps: float,
         shared_cpe: ConvPosEnc,
         shared_crpe: ConvRelPosEnc,
+        layers: CoatLayers | None = None,
     ) -> None:
         super().__init__()
+        layers = layers or PADDLE_LAYERS
         self.cpe = shared_cpe
-        self.norm1 = LayerNorm(dim, eps)
-        self.factoratt_crpe = FactorAttnConvRelPosEnc(dim, num_heads, qkv_bias, proj_drop, shared_crpe)
+        self.norm1 = layers.layer_norm(dim, eps)
+        self.factoratt_crpe = layers.attention(dim, num_heads, qkv_bias, proj_drop, shared_crpe)
         self.drop_path = DropPath(drop_path)
-        self.norm2 = LayerNorm(dim, eps)
-        self.mlp = Mlp(dim, mlp_hidden, proj_drop)
+        self.norm2 = layers.layer_norm(dim, eps)
+        self.mlp = layers.mlp(dim, mlp_hidden, proj_drop)
 
     def forward(self, x: paddle.Tensor, size: tuple[int, int]) -> paddle.Tensor:
         x = self.cpe(x, size)
@@ -329,23 +342,25 @@ class ParallelBlock(nn.Layer):
         drop_path: float,
         eps: float,
         shared_crpes: Sequence[ConvRelPosEnc],
+        layers: CoatLayers | None = None,
     ) -> None:
         super().__init__()
         if not dims[1] == dims[2] == dims[3]:
             raise ValueError(f"parallel blocks need equal dims for scales 2-4, got {list(dims)}")
+        layers = layers or PADDLE_LAYERS
         dim = dims[1]
-        self.norm12 = LayerNorm(dim, eps)
-        self.norm13 = LayerNorm(dim, eps)
-        self.norm14 = LayerNorm(dim, eps)
-        self.factoratt_crpe2 = FactorAttnConvRelPosEnc(dim, num_heads, qkv_bias, proj_drop, shared_crpes[1])
-        self.factoratt_crpe3 = FactorAttnConvRelPosEnc(dim, num_heads, qkv_bias, proj_drop, shared_crpes[2])
-        self.factoratt_crpe4 = FactorAttnConvRelPosEnc(dim, num_heads, qkv_bias, proj_drop, shared_crpes[3])
+        self.norm12 = layers.layer_norm(dim, eps)
+        self.norm13 = layers.layer_norm(dim, eps)
+        self.norm14 = layers.layer_norm(dim, eps)
+        self.factoratt_crpe2 = layers.attention(dim, num_heads, qkv_bias, proj_drop, shared_crpes[1])
+        self.factoratt_crpe3 = layers.attention(dim, num_heads, qkv_bias, proj_drop, shared_crpes[2])
+        self.factoratt_crpe4 = layers.attention(dim, num_heads, qkv_bias, proj_drop, shared_crpes[3])
         self.drop_path = DropPath(drop_path)
-        self.norm22 = LayerNorm(dim, eps)
-        self.norm23 = LayerNorm(dim, eps)
-        self.norm24 = LayerNorm(dim, eps)
+        self.norm22 = layers.layer_norm(dim, eps)
+        self.norm23 = layers.layer_norm(dim, eps)
+        self.norm24 = layers.layer_norm(dim, eps)
         # one MLP serves the three scales, as in the official code
-        self.mlp2 = self.mlp3 = self.mlp4 = Mlp(dim, mlp_hidden, proj_drop)
+        self.mlp2 = self.mlp3 = self.mlp4 = layers.mlp(dim, mlp_hidden, proj_drop)
 
     # how the exchange resizes one scale's tokens to another's size (a class attribute, so that
     # a subclass can swap in another implementation of the same resampling)
@@ -376,6 +391,30 @@ class ParallelBlock(nn.Layer):
         return x1, x2, x3, x4
 
 
+@dataclass(frozen=True)
+class CoatLayers:
+    """The layer classes a CoaT is built from, one per kind of layer that has another form.
+
+    :data:`PADDLE_LAYERS` are this module's (Paddle's ops); another set (the compiled forms of
+    :func:`paddle_model.kernels.fast.layers`) must subclass these and compute the same, with the
+    same parameters and state-dict keys. Layers put into a model after its construction are
+    whatever the caller puts there.
+    """
+
+    layer_norm: type[LayerNorm]
+    mlp: type[Mlp]
+    patch_embed: type[PatchEmbed]
+    conv_pos_enc: type[ConvPosEnc]
+    attention: type[FactorAttnConvRelPosEnc]
+    serial_block: type[SerialBlock]
+    parallel_block: type[ParallelBlock]
+
+
+PADDLE_LAYERS = CoatLayers(
+    LayerNorm, Mlp, PatchEmbed, ConvPosEnc, FactorAttnConvRelPosEnc, SerialBlock, ParallelBlock
+)
+
+
 class CoaT(nn.Layer):
     """CoaT and CoaT-Lite: four serial stages, then (CoaT only) parallel blocks over scales 2-4."""
 
@@ -390,11 +429,17 @@ class CoaT(nn.Layer):
         global_pool: str = "token",
         return_interm_layers: bool = False,
         out_features: Sequence[str] | None = None,
+        layers: CoatLayers | None = None,
     ) -> None:
+        """``layers``: the layer classes to build from (default :data:`PADDLE_LAYERS`, Paddle's
+        ops); :func:`paddle_model.create_model` chooses them by its ``kernels`` argument."""
         super().__init__()
+        layers = layers or PADDLE_LAYERS
         if global_pool not in ("token", "avg"):
             raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
         self.variant = variant
+        self.in_chans = in_chans
+        self.min_input_size = variant.min_input_size  # height and width; smaller is refused
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.return_interm_layers = return_interm_layers
@@ -412,14 +457,15 @@ class CoaT(nn.Layer):
         for i in range(4):
             self.add_sublayer(
                 f"patch_embed{i + 1}",
-                PatchEmbed(
-                    variant.patch_size if i == 0 else 2,
+                layers.patch_embed(
+                    variant.patch_size if i == 0 else LATER_PATCH_SIZE,
                     in_chans if i == 0 else dims[i - 1],
                     dims[i],
                     variant.patch_norm_eps,
+                    layers=layers,
                 ),
             )
-        cpes = [self.add_sublayer(f"cpe{i + 1}", ConvPosEnc(dims[i])) for i in range(4)]
+        cpes = [self.add_sublayer(f"cpe{i + 1}", layers.conv_pos_enc(dims[i])) for i in range(4)]
         crpes = [
             self.add_sublayer(
                 f"crpe{i + 1}",
@@ -433,13 +479,14 @@ class CoaT(nn.Layer):
             proj_drop=proj_drop_rate,
             drop_path=drop_path_rate,
             eps=variant.norm_eps,
+            layers=layers,
         )
         for i in range(4):
             self.add_sublayer(
                 f"serial_blocks{i + 1}",
                 nn.LayerList(
                     [
-                        SerialBlock(
+                        layers.serial_block(
                             dims[i],
                             mlp_hidden=variant.mlp_hidden(i),
                             shared_cpe=cpes[i],
@@ -452,7 +499,9 @@ class CoaT(nn.Layer):
             )
         self.parallel_blocks = nn.LayerList(
             [
-                ParallelBlock(dims, mlp_hidden=variant.mlp_hidden(1), shared_crpes=crpes, **block_args)
+                layers.parallel_block(
+                    dims, mlp_hidden=variant.mlp_hidden(1), shared_crpes=crpes, **block_args
+                )
                 for _ in range(variant.parallel_depth)
             ]
         )
@@ -460,17 +509,42 @@ class CoaT(nn.Layer):
         self.norm2 = self.norm3 = self.norm4 = self.aggregate = self.head = None
         if not return_interm_layers:
             if not variant.is_lite:
-                self.norm2 = LayerNorm(dims[1], variant.norm_eps)
-                self.norm3 = LayerNorm(dims[2], variant.norm_eps)
-            self.norm4 = LayerNorm(dims[3], variant.norm_eps)
+                self.norm2 = layers.layer_norm(dims[1], variant.norm_eps)
+                self.norm3 = layers.layer_norm(dims[2], variant.norm_eps)
+            self.norm4 = layers.layer_norm(dims[3], variant.norm_eps)
             if not variant.is_lite:
                 # CoaT classifies from the CLS tokens of scales 2-4, mixed by a 1x1 conv
                 self.aggregate = _conv(3, 1, 1, conv=nn.Conv1D)
             self.head_drop = nn.Dropout(drop_rate)
             self.head = _linear(dims[3], num_classes) if num_classes > 0 else nn.Identity()
 
+    def check_input(self, x: paddle.Tensor) -> None:
+        """Raise :class:`InputError` unless ``x`` is a [B, in_chans, H, W] batch with H and W at
+        least :attr:`min_input_size` (a size a graph leaves open, -1, is not checked)."""
+        shape = list(x.shape)
+        if len(shape) != 4:
+            raise InputError(
+                f"CoaT takes a 4-D batch of images [B, {self.in_chans}, H, W], got shape {shape}: "
+                "add the batch axis (x.unsqueeze(0)) or reshape the input"
+            )
+        if shape[1] >= 0 and shape[1] != self.in_chans:
+            raise InputError(
+                f"this CoaT takes images with {self.in_chans} channels, got {shape[1]} (shape {shape}): "
+                f"convert the images to {'RGB' if self.in_chans == 3 else f'{self.in_chans} channels'}"
+            )
+        small = [side for side in shape[2:] if 0 <= side < self.min_input_size]
+        if small:
+            raise InputError(
+                f"{self.variant.name} takes images of at least {self.min_input_size}x{self.min_input_size} "
+                f"pixels, got {shape[2]}x{shape[3]}: resize or pad the input to at least "
+                f"{self.min_input_size} on each side"
+            )
+
     def forward_scales(self, x: paddle.Tensor) -> tuple[list[paddle.Tensor], list[tuple[int, int]]]:
         """Token sequences [B, 1 + H*W, C] of the four scales (after the parallel blocks) and their sizes."""
+        self.check_input(x)
+        if not self.training and paddle.in_dynamic_mode() and not paddle.is_grad_enabled():
+            runtime.configure()  # where eager inference starts: threads, MKL's code path, malloc
         xs, sizes = [], []
         for i in range(4):
             embed = getattr(self, f"patch_embed{i + 1}")

@@ -24,6 +24,7 @@ def create_model(
     num_classes: int | None = None,
     *,
     weights_url: str | os.PathLike | None = None,
+    kernels: bool | None = None,
     **kwargs,
 ) -> CoaT:
     """Build the CoaT variant ``name``; with ``pretrained``, load those weights strictly.
@@ -43,14 +44,16 @@ def create_model(
     recorded with the weights (:func:`converter.paddle_weights.read_label_names`), else
     ImageNet-1k's for a loaded 1000-class head; None otherwise (a new classifier, no weights).
     Other keyword arguments go to :class:`CoaT` (``drop_path_rate``, ``out_features``, ...).
-    Eager CPU float32 inference calls run the compiled kernels (:mod:`paddle_model.kernels.fast`).
+    ``kernels`` chooses the layers (:func:`paddle_model.kernels.fast.layers`): None (default)
+    runs eager CPU float32 inference calls on the compiled kernels where they are built,
+    True requires them, False keeps Paddle's ops only.
     """
     weights = resolve_weights(name, pretrained, weights_url)  # a download fails before the build
     state = None if weights is None else read_weights(weights)
     in_weights = 0 if state is None else num_classes_in(state)
     if num_classes is None:
         num_classes = in_weights or IMAGENET_CLASSES
-    model = CoaT(get_variant(name), num_classes=num_classes, **kwargs)
+    model = CoaT(get_variant(name), num_classes=num_classes, layers=fast.layers(kernels), **kwargs)
     model.label_names = None
     if state is not None:
         ignore: tuple[str, ...] = ()
@@ -69,7 +72,7 @@ def create_model(
             model.label_names = read_label_names(weights, num_classes)
             if model.label_names is None and num_classes == IMAGENET_CLASSES:
                 model.label_names = imagenet_classes()
-    return fast.install(model)
+    return model
 
 
 def coat_tiny(pretrained=None, **kwargs) -> CoaT:

@@ -10,7 +10,6 @@ the weights, ImageNet-1k's for a 1000-class head); otherwise they are given by i
 from __future__ import annotations
 
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +65,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.top < 1:
         p.error(f"--top {args.top}: give at least 1")
-    warnings.filterwarnings("ignore", message="No ccache found")
     from .factory import create_model
     from .hub import resolve_cli_weights
     from .transforms import eval_transform

@@ -15,6 +15,9 @@ did not set, after Python started:
   thread Paddle gives it, so that its ops do not spin against MKL's threads.
 - ``MKL_DEBUG_CPU_TYPE=5`` on AMD processors, in ``os.environ``: that MKL reads it at its
   first dispatch (not when Paddle is imported), and newer MKLs, such as torch's, ignore it.
+  Without it, that MKL dispatches AMD processors to its generic code path (branch 0), with it to
+  its AVX2 one (branch 5); :func:`mkl_code_path` reports which. (``MKL_Get_Version`` names
+  "Intel(R) Architecture processors" either way: it does not tell.)
 - glibc's ``M_MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD`` at 1 GiB by ``mallopt``, the values of
   ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``.
 
@@ -22,8 +25,8 @@ A variable the user set wins (:func:`user_set`): ``MKL_NUM_THREADS`` or ``OMP_NU
 (other than the ``1`` that Paddle writes itself) leaves the threads alone, ``MKL_DEBUG_CPU_TYPE``
 the code path, either ``MALLOC_*_THRESHOLD_`` the allocator.
 :func:`set_cpu_threads` chooses the threads explicitly, before or after the first call.
-``paddle_model.kernels`` calls :func:`configure` at the first eager CPU float32 inference call;
-training, graphs and models on a GPU never reach it.
+:class:`paddle_model.coat.CoaT` calls :func:`configure` where eager inference starts (eval mode,
+no gradients); training and graphs do not reach it, and neither does loading the kernels.
 """
 
 from __future__ import annotations
@@ -140,6 +143,15 @@ def mkl_threads() -> int | None:
     """The threads Paddle's MKL runs on now, or None without it."""
     lib = paddle_mkl()
     return None if lib is None else ctypes.CDLL(str(lib)).MKL_Get_Max_Threads()
+
+
+def mkl_code_path() -> int | None:
+    """The code branch Paddle's MKL dispatches its kernels to (its ``mkl_serv_cpu_detect``): 0 the
+    generic one, 5 AVX2 (what ``MKL_DEBUG_CPU_TYPE=5`` asks for), more for AVX-512; None
+    without that MKL or that function. Asking fixes the branch, as the first dispatch does."""
+    lib = paddle_mkl()
+    detect = None if lib is None else getattr(ctypes.CDLL(str(lib)), "mkl_serv_cpu_detect", None)
+    return None if detect is None else int(detect())
 
 
 def _set_mkl_threads(n: int) -> bool:

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from converter.variants import DEFAULT_CRPE_WINDOW, VARIANTS, CoatVariant, get_variant
+from converter.variants import DEFAULT_CRPE_WINDOW, LATER_PATCH_SIZE, VARIANTS, CoatVariant, get_variant
 
-__all__ = ["DEFAULT_CRPE_WINDOW", "VARIANTS", "CoatVariant", "get_variant"]
+__all__ = ["DEFAULT_CRPE_WINDOW", "LATER_PATCH_SIZE", "VARIANTS", "CoatVariant", "get_variant"]

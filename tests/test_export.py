@@ -122,7 +122,7 @@ def test_the_api_export_writes_complete_files_and_refuses_small_sizes(weights, t
 
 def test_every_variants_minimum_input_is_32_pixels():
     """Patch 4, then three 2x2 patch embeddings: the last stage has one token per side at 32."""
-    assert {export_module.min_input_size(v) for v in paddle_model.VARIANTS.values()} == {32}
+    assert {v.min_input_size for v in paddle_model.VARIANTS.values()} == {32}
 
 
 def test_a_kernels_export_at_the_minimum_size_works(weights, tmp_path):

@@ -190,13 +190,14 @@ def test_layer_norm_epsilon_is_the_public_eps_on_both_paths():
     from paddle_model.kernels import fast
 
     x = np.random.default_rng(0).standard_normal((3, 16)).astype(np.float32) * 1e-2
-    norm = LayerNorm(16, 1e-6)
-    norm.eps = 1e-3
+    norm, fast_norm = LayerNorm(16, 1e-6), fast.LayerNorm(16, 1e-6)
+    norm.eps = fast_norm.eps = 1e-3
     expected = F.layer_norm(torch.from_numpy(x), (16,), eps=1e-3).numpy()
+    fast_norm.eval()
     with paddle.no_grad():
         own = norm(paddle.to_tensor(x)).numpy()
-        with fast.swapped(norm):
-            compiled = norm(paddle.to_tensor(x)).numpy()
+        assert fast_norm.compiled(paddle.to_tensor(x))
+        compiled = fast_norm(paddle.to_tensor(x)).numpy()
     for got in (own, compiled):
         assert float(np.abs(got - expected).max()) <= 1e-5 * float(np.abs(expected).max())
     assert float(np.abs(expected - F.layer_norm(torch.from_numpy(x), (16,), eps=1e-6).numpy()).max()) > 0.1

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -146,7 +145,6 @@ def evaluate(args: argparse.Namespace, reference_for: ReferenceFactory | None = 
     from ..hub import resolve_cli_weights
     from ..transforms import eval_transform
 
-    warnings.filterwarnings("ignore", message="No ccache found")
     if args.result is not None:
         check_destination(args.result, args.force, (".json",))
     args.weights = resolve_cli_weights(args.variant, args.weights)

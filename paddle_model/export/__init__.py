@@ -6,7 +6,7 @@ writes ``out/coat_lite_small.json`` and ``.pdiparams`` (Paddle Inference, ``padd
 with dynamic batch, height and width and Paddle's own ops only. ``--kernels`` puts the compiled
 attention, cpe, LayerNorm, Linear, MLP, patch embedding and resampling ops of
 :mod:`paddle_model.kernels` into the graph instead, for a fixed input size (``--size``, default
-the variant's, at least :func:`min_input_size`); such a model runs only where those ops are
+the variant's, at least the variant's ``min_input_size``); such a model runs only where those ops are
 built and registered, which :func:`create_predictor` does. ``--onnx`` also writes
 ``out/coat_lite_small.onnx`` through paddle2onnx (dynamic batch, height and width) and checks it
 in onnxruntime against the eager model on seeded inputs; above 1e-5 of the largest logit the
@@ -35,7 +35,7 @@ from .onnx import (
     repair_pad_values,
     require_onnx,
 )
-from .paddle import export, kernel_ops, min_input_size, uses_kernels
+from .paddle import export, kernel_ops, uses_kernels
 from .predictor import create_predictor
 
 __all__ = [
@@ -50,7 +50,6 @@ __all__ = [
     "export_onnx",
     "kernel_ops",
     "main",
-    "min_input_size",
     "repair_pad_values",
     "require_onnx",
     "uses_kernels",

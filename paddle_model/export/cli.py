@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 from converter.cli import ArgumentParser, command, fail
@@ -47,7 +46,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--force", action="store_true", help="replace existing output files")
     args = p.parse_args(argv)
-    warnings.filterwarnings("ignore", message="No ccache found")
     side = check_size(args.variant, args.kernels, args.size)
     if args.onnx:
         if args.kernels:

@@ -7,29 +7,19 @@ when a user loads it.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 from pathlib import Path
 
 from ..errors import CoatError
 from ..kernels import OPS
-from ..variants import CoatVariant, get_variant
+from ..variants import get_variant
 from .capture import sorted_stderr
 from .files import Staging, disk_full, no_space
 
 SUFFIXES = (".json", ".pdiparams")
 # Paddle 3.3 logs this warning (glog, C++) while tracing any model: noise to a user
 _TRACE_NOISE = re.compile(r"not support input out tensor")
-
-
-def min_input_size(variant: CoatVariant) -> int:
-    """The smallest input side the variant takes: its fourth stage needs one token per side.
-
-    The first patch embedding takes ``patch_size`` pixels per token, the three after it 2 tokens
-    each (:class:`paddle_model.coat.CoaT`), so 32 for every released variant.
-    """
-    return variant.patch_size * 2**3
 
 
 def check_size(variant: str, kernels: bool, size: int | None) -> int | None:
@@ -41,7 +31,7 @@ def check_size(variant: str, kernels: bool, size: int | None) -> int | None:
             "--size fixes the input size of a --kernels export; without --kernels the "
             "exported model takes any size"
         )
-    smallest = min_input_size(get_variant(variant))
+    smallest = get_variant(variant).min_input_size
     if isinstance(size, bool) or not isinstance(size, int) or size < smallest:
         raise CoatError(
             f"--size {size}: {variant} needs an input of at least {smallest}x{smallest} pixels (each of "
@@ -70,7 +60,7 @@ def export(
     side = check_size(variant, kernels, size)
     model = build(variant, weights, kernels)
     with Staging(prefix, SUFFIXES, force) as stage:
-        static = save(model, stage, kernels, side)
+        static = save(model, stage, side)
         stage.publish(SUFFIXES)
     return static
 
@@ -79,15 +69,16 @@ def build(variant: str, weights: str | Path | None, kernels: bool):
     """The model to export, in eval mode: built (and its weights read) before any folder or
     file of the export is made."""
     from ..factory import create_model
+    from ..kernels import fast
 
+    model = create_model(variant, pretrained=weights, kernels=True if kernels else None)
     if kernels:
-        _require_kernels()
-    model = create_model(variant, pretrained=weights)
+        fast.trace_compiled(model)  # the traced graph holds the compiled ops
     model.eval()
     return model
 
 
-def save(model, stage: Staging, kernels: bool, side: int | None):
+def save(model, stage: Staging, side: int | None):
     """Trace ``model`` and save it at ``stage.staged_prefix``, then read it back; ``side`` as
     :func:`check_size` returns it. Returns the traced layer."""
     import paddle
@@ -96,31 +87,13 @@ def save(model, stage: Staging, kernels: bool, side: int | None):
     try:
         with sorted_stderr(_TRACE_NOISE):
             static = paddle.jit.to_static(model, input_spec=spec, full_graph=True)
-            with _with_kernels(model) if kernels else contextlib.nullcontext():
-                paddle.jit.save(static, str(stage.staged_prefix))
+            paddle.jit.save(static, str(stage.staged_prefix))
     except RuntimeError:
         if no_space(stage.staged_prefix.parent):  # Paddle could not open or write a file
             raise disk_full(stage.destination(".pdiparams")) from None
         raise  # a tracing failure is a bug: its traceback is wanted
     _check_saved(stage)
     return static
-
-
-def _require_kernels() -> None:
-    from .. import kernels as compiled
-
-    if not compiled.available():
-        raise CoatError(
-            "the compiled kernels are not available here (see the warning above, or "
-            "COAT_PADDLE_KERNELS=0); export without --kernels"
-        )
-
-
-def _with_kernels(model):
-    """The one place ``--kernels`` changes the traced model: the compiled layers during the save."""
-    from ..kernels import fast
-
-    return fast.swapped(model)
 
 
 def _check_saved(stage: Staging) -> None:

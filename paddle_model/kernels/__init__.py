@@ -3,8 +3,15 @@
 Built on first use with ``paddle.utils.cpp_extension`` (about 20 s, then cached in
 ``$COAT_PADDLE_CACHE`` or ``~/.cache/coat_paddle``). :data:`OPS` lists them; :func:`op` returns
 one. Where no compiler is present, or the build fails, or ``COAT_PADDLE_KERNELS=0``, it returns
-None and the model keeps Paddle's own ops, with the same numbers. :mod:`.fast` applies them to a
-model (its layers' fast forms, swapped in for eager CPU inference).
+None and the model keeps Paddle's own ops, with the same numbers. :mod:`.fast` has the layer
+classes that use them (chosen at construction by ``create_model(kernels=...)``). Loading them
+changes no runtime setting: :mod:`paddle_model.runtime` applies those where inference starts.
+
+The built library is code that runs in this process, so the cache is checked first
+(:mod:`paddle_model.cache`): every folder from the cache root down and every file of the build
+must be this user's, writable by nobody else, and no symbolic link; otherwise the kernels are
+refused with one warning and Paddle's ops run. The build's identity (a sha256 of its source,
+flags, CPU, compiler and Paddle) is stamped next to it once it has been imported.
 """
 
 from __future__ import annotations
@@ -23,8 +30,11 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from converter.writers import atomic_write
+
 from .. import runtime
-from ..cache import cache_root
+from ..cache import cache_root, open_private, private_folder, seal_tree, unsafe_tree
+from ..errors import CoatError
 
 _module = None
 _tried = False
@@ -120,7 +130,6 @@ def _compile(build: Path):
     """Build the op with Paddle's extension builder and return its module."""
     from paddle.utils.cpp_extension import load
 
-    build.mkdir(parents=True, exist_ok=True)
     cflags, ldflags = _flags()
     with _quiet():
         return load(
@@ -151,19 +160,32 @@ def _import_built(build: Path):
 
 @contextlib.contextmanager
 def _build_lock(build: Path):
-    """One process at a time checks and builds the cache (others wait, then import)."""
+    """One process at a time checks and builds the cache (others wait, then import). The lock
+    file is opened without following a link and never truncated."""
     try:
         import fcntl
     except ImportError:  # not POSIX: no lock
         yield
         return
-    build.mkdir(parents=True, exist_ok=True)
-    with open(build / "build.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    fd = open_private(build / "build.lock")
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+class UnsafeCacheError(CoatError):
+    """The kernel cache holds something this user cannot trust; nothing of it was loaded."""
+
+
+def _check_cache(build: Path) -> None:
+    problem = unsafe_tree(build)
+    if problem:
+        raise UnsafeCacheError(
+            f"{problem}, so the kernel cache is not loaded; remove {build} or set "
+            f"COAT_PADDLE_CACHE to a folder only you can write"
+        )
 
 
 def _load():
@@ -171,7 +193,6 @@ def _load():
     if _tried:
         return _module
     _tried = True
-    runtime.configure()  # the first eager CPU inference call: threads, MKL's code path, malloc
     if os.environ.get("COAT_PADDLE_KERNELS", "1") == "0":
         return None
     import paddle
@@ -181,9 +202,17 @@ def _load():
     build = _cache_root() / digest[:16]
     stamp = build / "coat_kernels.sha256"  # written once the build has been imported
     try:
+        problem = private_folder(cache_root(), build)
+        if problem:
+            raise UnsafeCacheError(
+                f"{problem}, so the kernel cache is not used; set COAT_PADDLE_CACHE to a folder only "
+                "you can write"
+            )
         with _build_lock(build):  # ranks of a distributed run may all start here at once
+            _check_cache(build)  # under the lock: what another process built is checked too
             if stamp.exists() and stamp.read_text() == digest:
                 _module = _import_built(build)
+                seal_tree(build)  # the import's own bytecode files, made with the user's umask
             else:
                 print(
                     f"coat_paddle: compiling the CPU kernels for this machine (once, about 20 s; "
@@ -192,7 +221,8 @@ def _load():
                     flush=True,
                 )
                 _module = _compile(build)
-                stamp.write_text(digest)
+                seal_tree(build)
+                atomic_write(stamp, lambda f: f.write(digest.encode()), force=True)
     except Exception as e:  # no compiler, no headers: fall back, but say so once
         warnings.warn(
             f"coat_paddle: compiled kernels unavailable ({type(e).__name__}: {e}); using Paddle's own ops",

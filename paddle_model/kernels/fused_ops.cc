@@ -23,6 +23,7 @@
 //                                 hidden activations would not fit in the cache (MKL too).
 // Forward only; the model keeps Paddle's ops where gradients are needed.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -32,6 +33,7 @@
 #include <vector>
 
 #include <omp.h>
+#include <pthread.h>
 
 #include "paddle/extension.h"
 
@@ -44,10 +46,19 @@ extern "C" int MKL_Get_Max_Threads();
 
 namespace {
 
+// A child made by fork() has only the thread that forked. GNU OpenMP (which these ops' regions
+// reach when torch was imported first) keeps the parent's thread pool in its books and the
+// child's next parallel region waits for those threads forever (DataLoader workers fork). So a
+// forked child runs these ops on its one thread: threads() is 1 there, and a team of one
+// starts no pool thread.
+std::atomic<bool> forked{false};
+const int fork_handler = pthread_atfork(nullptr, nullptr, [] { forked = true; });
+
 // Threads for these ops: as many as Paddle's math library runs on (paddle_model.runtime sizes it
 // to the process's CPUs, or MKL_NUM_THREADS does), so that the kernels and the matrix products
 // between them share the cores. MKL is asked on every call: set_cpu_threads() can change it.
 int threads() {
+  if (forked) return 1;
 #ifdef COAT_MKL
   return std::max(1, std::min(MKL_Get_Max_Threads(), 64));
 #else
@@ -63,8 +74,8 @@ int threads() {
 // One MKL thread for each thread of a parallel region of these ops, for the region's life.
 // MKL runs on Intel's OpenMP. Where these ops' OpenMP calls reach GNU OpenMP instead (torch
 // imported before Paddle loads them), MKL cannot see that the calling thread is already one of
-// a team: it starts a team of its own per call, and the cores are oversubscribed (a stage-2 MLP
-// of coat_lite_medium b8 in 128-row blocks, torch imported first: 96-102 -> 60-66 ms). Where
+// a team: it starts a team of its own per call, and the cores are oversubscribed (measured in
+// docs/benchmarks-history.md). Where
 // both reach Intel's runtime (Paddle alone) MKL sees the team itself and this changes nothing.
 // Outside a region (an ``if`` that kept it serial) MKL keeps all its threads.
 #ifdef COAT_MKL
@@ -112,7 +123,7 @@ inline float exp_nonpositive(float x) {
 // 1.9e-7 |x| of the exact value on [-12, 12] (torch's float GELU: 2.7e-7 |x|). Relative to the
 // value, the negative tail loses digits, since 1 + erf cancels near -1: at most 8.9e-4 where
 // |gelu| >= 1e-3, against torch's 2.2e-4 and 1.2e-7 for the erfc-and-exp form this replaced.
-// No exp and one division: 0.63 ns per element against that form's 1.5.
+// No exp and one division.
 inline float gelu(float x) {
   const float z = std::min(std::max(x * 0.70710678118654752f, -4.0f), 4.0f), s = z * z;
   const float p = 1.1283791352866557f +
@@ -147,7 +158,7 @@ inline void store_lanes(float* p, f8 x) { store8(p, x); }
 inline void store_lanes(float* p, float x) { *p = x; }
 
 // CoaT's position encodings (cpe 3x3, crpe 3x3/5x5/7x7) are depthwise convolutions: stride 1,
-// "same" zero padding, odd square kernels. Paddle's CPU kernel runs them 10-36x slower than
+// "same" zero padding, odd square kernels. Paddle's CPU kernel runs them far slower than
 // torch's. Here they run on the token rows as they lie (depthwise_pixel below); each sum
 // starts from the bias and adds the taps in order, as torch's direct convolution does.
 
@@ -587,8 +598,7 @@ void attention_head(const float* q, const float* k, const float* v, int64_t stri
     norm[c] = scale / total;
   }
 #ifdef COAT_MKL
-  if (Ch >= 32) {  // wide heads (the last two stages): as two products, by MKL on this thread
-    // (coat_lite_small, one thread: 1.15 -> 0.52 ms per call at stage 3, 0.85 -> 0.30 at 4)
+  if (Ch >= 32) {  // wide heads: as two products, by MKL on this thread
     cblas_sgemm(kRowMajor, kNoTrans, kTrans, Ch, Ch, tokens, 1.0f, et, tokens, vt, tokens, 0.0f, kv.data(), Ch);
     for (int64_t c1 = 0; c1 < Ch; ++c1)
       for (int64_t c2 = 0; c2 < Ch; ++c2) kv[c1 * Ch + c2] *= norm[c1];
@@ -652,8 +662,7 @@ void add_crpe_row(const float* qkv, int64_t C, int64_t i, int64_t height, int64_
 // Heads of 8, 16, ..., 64 channels (every CoaT-Lite stage, coat_small): the same core without
 // channel planes. Per (image, head), kv from the token rows of k and v as they lie in qkv;
 // then per image row, q kv for every head plus the crpe term. The planes' copies, the
-// scatter and the second pass over the output through memory are gone: in the model, the op
-// takes 122 instead of 201 ms of coat_lite_medium batch 8, 27 instead of 60 of coat_lite_tiny.
+// scatter and the second pass over the output through memory are gone.
 constexpr int64_t kChunk = 128;  // tokens per partial sum: sums of 3137 terms keep their digits
 
 // Rows (of kv, or tokens of q) whose V vectors of sums fit in eight registers: 8, 4, 2, 2, 1...
@@ -696,8 +705,8 @@ void head_kv(const float* __restrict__ k, const float* __restrict__ v, int64_t s
       most[l] = x > most[l] ? x : most[l];
     }
   }
-  // by MKL on this thread from 40 channels, over all tokens at once: the loops win at 32
-  // (9.5 against 11.5 ms at [8, 785, 768]) and lose at 40 (0.30 against 0.23 ms at [1, 197, 960])
+  // by MKL on this thread from 40 channels, over all tokens at once (the loops are faster
+  // at 32 channels, MKL at 40)
 #ifdef COAT_MKL
   constexpr bool by_mkl = Ch >= 40;
 #else
@@ -797,7 +806,7 @@ std::vector<paddle::Tensor> FactorAttnForward(const paddle::Tensor& qkv,
   PD_CHECK(s.size() == 3 && s[2] > 0 && s[2] % (3 * heads) == 0, "qkv must be [B, N, 3 * C]");
   const int64_t batch = s[0], tokens = s[1], C = s[2] / 3, Ch = C / heads;
   const int64_t plane = height * width;
-  PD_CHECK(tokens == plane + 1, "N must be 1 + H * W");
+  PD_CHECK(height > 0 && width > 0 && tokens == plane + 1, "N must be 1 + H * W, H and W at least 1");
   PD_CHECK(weights.size() == biases.size(), "one bias per weight");
   std::vector<CrpeGroup> groups;
   int64_t next = 0;
@@ -873,7 +882,8 @@ std::vector<paddle::Tensor> ConvPosEncForward(const paddle::Tensor& x, const pad
                                               const paddle::Tensor& bias, int64_t height, int64_t width) {
   PD_CHECK(x.is_cpu() && x.dtype() == paddle::DataType::FLOAT32, "coat_conv_pos_enc takes CPU float32");
   const auto& s = x.shape();
-  PD_CHECK(s.size() == 3 && s[1] == 1 + height * width, "x must be [B, 1 + H * W, C]");
+  PD_CHECK(s.size() == 3 && height > 0 && width > 0 && s[1] == 1 + height * width,
+           "x must be [B, 1 + H * W, C], H and W at least 1");
   const int64_t batch = s[0], tokens = s[1], channels = s[2];
   const int64_t k = weight.shape()[2];
   PD_CHECK(weight.shape()[0] == channels && k % 2 == 1, "weight must be [C, 1, k, k] with odd k");
@@ -939,7 +949,7 @@ paddle::Tensor patch_rows(const paddle::Tensor& x, int64_t batch, int64_t channe
 std::vector<paddle::Tensor> PatchesForward(const paddle::Tensor& x, int64_t p) {
   PD_CHECK(x.is_cpu() && x.dtype() == paddle::DataType::FLOAT32, "coat_patches takes CPU float32");
   const auto& s = x.shape();
-  PD_CHECK(s.size() == 4 && p > 0, "x must be [B, C, H, W]");
+  PD_CHECK(s.size() == 4 && p > 0 && s[2] >= p && s[3] >= p, "x must be [B, C, H, W], H and W at least p");
   const int64_t channels = s[1], height = s[2], width = s[3];
   const int64_t cols = width / p, row_len = channels * p * p;
   const float* in = x.data<float>();
@@ -970,13 +980,14 @@ PD_BUILD_OP(coat_patches)
     .SetInferDtypeFn(PD_INFER_DTYPE(PatchesInferDtype));
 
 // The same patches taken from the previous stage's tokens [B, 1 + H*W, C] (CLS first), as
-// the stage's image [B, C, H, W] would give them, without making that image: Paddle's
-// transpose into it took 17 ms for [8, 3136, 64].
+// the stage's image [B, C, H, W] would give them, without making that image (Paddle's
+// transpose into it is slow).
 std::vector<paddle::Tensor> TokenPatchesForward(const paddle::Tensor& x, int64_t height, int64_t width,
                                                 int64_t p) {
   PD_CHECK(x.is_cpu() && x.dtype() == paddle::DataType::FLOAT32, "coat_token_patches takes CPU float32");
   const auto& s = x.shape();
-  PD_CHECK(s.size() == 3 && s[1] == 1 + height * width && p > 0, "x must be [B, 1 + H * W, C]");
+  PD_CHECK(s.size() == 3 && s[1] == 1 + height * width && p > 0 && height >= p && width >= p,
+           "x must be [B, 1 + H * W, C], H and W at least p");
   const int64_t tokens = s[1], channels = s[2];
   const int64_t cols = width / p, row_len = channels * p * p;
   const float* in = x.data<float>();
@@ -1015,8 +1026,19 @@ std::vector<paddle::Tensor> ResampleForward(const paddle::Tensor& x, const paddl
                                             const paddle::Tensor& x_w, int64_t height, int64_t width) {
   PD_CHECK(x.is_cpu() && x.dtype() == paddle::DataType::FLOAT32, "coat_resample takes CPU float32");
   const auto& s = x.shape();
-  PD_CHECK(s.size() == 3 && s[1] == 1 + height * width, "x must be [B, 1 + H * W, C]");
+  PD_CHECK(s.size() == 3 && height > 0 && width > 0 && s[1] == 1 + height * width,
+           "x must be [B, 1 + H * W, C], H and W at least 1");
   const int64_t batch = s[0], channels = s[2], out_h = y_idx.shape()[0], out_w = x_idx.shape()[0];
+  PD_CHECK(y_idx.dtype() == paddle::DataType::INT64 && x_idx.dtype() == paddle::DataType::INT64 &&
+               y_w.dtype() == paddle::DataType::FLOAT32 && x_w.dtype() == paddle::DataType::FLOAT32,
+           "the taps must be int64 indices and float32 weights");
+  PD_CHECK(out_h > 0 && out_w > 0 && y_idx.shape() == y_w.shape() && x_idx.shape() == x_w.shape() &&
+               y_idx.numel() == 2 * out_h && x_idx.numel() == 2 * out_w,
+           "the taps must be [H', 2] and [W', 2], H' and W' at least 1");
+  for (int64_t t = 0; t < 2 * out_h; ++t)
+    PD_CHECK(y_idx.data<int64_t>()[t] >= 0 && y_idx.data<int64_t>()[t] < height, "a row tap outside the image");
+  for (int64_t t = 0; t < 2 * out_w; ++t)
+    PD_CHECK(x_idx.data<int64_t>()[t] >= 0 && x_idx.data<int64_t>()[t] < width, "a column tap outside the image");
   const int64_t tokens = 1 + out_h * out_w;
   auto out = paddle::empty({batch, tokens, channels}, x.dtype(), x.place());
   const float* in = x.data<float>();
