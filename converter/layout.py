@@ -18,7 +18,6 @@ from typing import Any
 from .variants import CoatVariant
 
 LINEAR, CONV, NORM, TOKEN = "linear", "conv", "norm", "token"
-FEATURE_NAMES = ("x1_nocls", "x2_nocls", "x3_nocls", "x4_nocls")
 
 # the backbone outputs (return_interm_layers): each scale's tokens without CLS, as NCHW maps
 FEATURE_NAMES = ("x1_nocls", "x2_nocls", "x3_nocls", "x4_nocls")

@@ -518,6 +518,7 @@ class CoaT(nn.Layer):
             self.head_drop = nn.Dropout(drop_rate)
             self.head = _linear(dims[3], num_classes) if num_classes > 0 else nn.Identity()
 
+    @paddle.jit.not_to_static  # plain Python on the static shape, where open sizes are -1
     def check_input(self, x: paddle.Tensor) -> None:
         """Raise :class:`InputError` unless ``x`` is a [B, in_chans, H, W] batch with H and W at
         least :attr:`min_input_size` (a size a graph leaves open, -1, is not checked)."""

@@ -4,10 +4,9 @@
 
 writes ``out/coat_lite_small.json`` and ``.pdiparams`` (Paddle Inference, ``paddle.jit.load``),
 with dynamic batch, height and width and Paddle's own ops only. ``--kernels`` puts the compiled
-attention, cpe, LayerNorm, Linear, MLP, patch embedding and resampling ops of
-:mod:`paddle_model.kernels` into the graph instead, for a fixed input size (``--size``, default
-the variant's, at least the variant's ``min_input_size``); such a model runs only where those ops are
-built and registered, which :func:`create_predictor` does. ``--onnx`` also writes
+ops of :data:`paddle_model.kernels.OPS` into the graph instead, for a fixed input size
+(``--size``, default the variant's, at least its ``min_input_size``); such a model runs only
+where those ops are built and registered, which :func:`create_predictor` does. ``--onnx`` also writes
 ``out/coat_lite_small.onnx`` through paddle2onnx (dynamic batch, height and width) and checks it
 in onnxruntime against the eager model on seeded inputs; above 1e-5 of the largest logit the
 ``.onnx`` is not written and the exit code is 1.

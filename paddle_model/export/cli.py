@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     model = build(args.variant, weights, args.kernels)
     checks = None
     with Staging(args.prefix, suffixes, args.force) as stage:
-        static = save(model, stage, args.kernels, side)
+        static = save(model, stage, side)
         if args.onnx:
             _, checks = export_and_check_onnx(args.variant, static, stage.staged_prefix, stage.path(".onnx"))
         at_parity = checks is None or max(rel for _, rel in checks) <= ONNX_TOLERANCE

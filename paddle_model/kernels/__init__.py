@@ -241,12 +241,11 @@ def available() -> bool:
 
 @dataclass(frozen=True)
 class Op:
-    """One compiled op of ``fused_ops.cc``: its name, arguments (inputs, then attributes), what
-    it computes, and whether it is built only with the MKL inside Paddle's x86 wheel."""
+    """One compiled op of ``fused_ops.cc``: its name, arguments (inputs, then attributes), and
+    whether it is built only with the MKL inside Paddle's x86 wheel."""
 
     name: str
     args: tuple[str, ...]
-    computes: str
     mkl: bool = False
 
 
@@ -256,53 +255,25 @@ class Op:
 OPS: dict[str, Op] = {
     op.name: op
     for op in (
-        Op("coat_bias_act_", ("x", "bias", "use_gelu"), "x += bias, then GELU if use_gelu (in place)"),
-        Op(
-            "coat_linear",
-            ("x", "weight", "bias", "use_gelu"),
-            "x @ weight + bias (MKL's product, Paddle's [in, out] weight), then GELU if use_gelu",
-            mkl=True,
-        ),
-        Op("coat_linear_add", ("x", "weight", "bias", "residual"), "residual + x @ weight + bias", mkl=True),
-        Op(
-            "coat_patch_linear",
-            ("x", "weight", "bias"),
-            "x @ weight^T + bias, the patch embedding's convolution weight as [out, C*p*p]",
-            mkl=True,
-        ),
-        Op(
-            "coat_mlp",
-            ("x", "w1", "b1", "w2", "b2", "residual"),
-            "residual + fc2(GELU(fc1(x))), in row blocks where the hidden activations would not fit "
-            "in the cache",
-            mkl=True,
-        ),
-        Op(
-            "coat_patches",
-            ("x", "p"),
-            "the non-overlapping p x p patches of [B, C, H, W] as rows [B, H/p * W/p, C*p*p]",
-        ),
-        Op(
-            "coat_token_patches",
-            ("x", "height", "width", "p"),
-            "the patches of coat_patches taken from a stage's tokens [B, 1 + H*W, C]",
-        ),
-        Op(
-            "coat_resample",
-            ("x", "y_idx", "y_w", "x_idx", "x_w", "height", "width"),
-            "bilinear resize of image tokens by two taps per axis, CLS kept",
-        ),
-        Op(
-            "coat_conv_pos_enc",
-            ("x", "weight", "bias", "height", "width"),
-            "tokens plus the depthwise convolution of their image part, CLS passed through",
-        ),
-        Op(
-            "coat_factor_attn",
-            ("qkv", "weights", "biases", "height", "width", "heads", "scale"),
-            "factorised attention plus conv relative position encoding, [B, N, 3C] -> [B, N, C]",
-        ),
-        Op("coat_layer_norm", ("x", "weight", "bias", "eps"), "LayerNorm over the last axis"),
+        Op("coat_bias_act_", ("x", "bias", "use_gelu")),  # x += bias, then GELU if use_gelu (in place)
+        # x @ weight + bias (MKL's product, Paddle's [in, out] weight), then GELU if use_gelu
+        Op("coat_linear", ("x", "weight", "bias", "use_gelu"), mkl=True),
+        Op("coat_linear_add", ("x", "weight", "bias", "residual"), mkl=True),  # residual + x @ weight + bias
+        # x @ weight^T + bias, the patch embedding's convolution weight as [out, C*p*p]
+        Op("coat_patch_linear", ("x", "weight", "bias"), mkl=True),
+        # residual + fc2(GELU(fc1(x))), in row blocks where the hidden activations would not fit in cache
+        Op("coat_mlp", ("x", "w1", "b1", "w2", "b2", "residual"), mkl=True),
+        # the non-overlapping p x p patches of [B, C, H, W] as rows [B, H/p * W/p, C*p*p]
+        Op("coat_patches", ("x", "p")),
+        # the patches of coat_patches taken from a stage's tokens [B, 1 + H*W, C]
+        Op("coat_token_patches", ("x", "height", "width", "p")),
+        # bilinear resize of image tokens by two taps per axis, CLS kept
+        Op("coat_resample", ("x", "y_idx", "y_w", "x_idx", "x_w", "height", "width")),
+        # tokens plus the depthwise convolution of their image part, CLS passed through
+        Op("coat_conv_pos_enc", ("x", "weight", "bias", "height", "width")),
+        # factorised attention plus conv relative position encoding, [B, N, 3C] -> [B, N, C]
+        Op("coat_factor_attn", ("qkv", "weights", "biases", "height", "width", "heads", "scale")),
+        Op("coat_layer_norm", ("x", "weight", "bias", "eps")),  # LayerNorm over the last axis
     )
 }
 
