@@ -174,7 +174,7 @@ def plan(src_dir: Path, allow_unofficial: bool) -> list[Planned]:
     """Every checkpoint in ``src_dir``, planned; :class:`ConversionError` (nothing written, nothing
     converted) for what would make the whole release wrong: a file name with control characters,
     an unofficial file without ``allow_unofficial``, two checkpoints of one variant (both would
-    release into the same folder)."""
+    release into the same folder), no file that can be released at all."""
     sources = find_checkpoints(src_dir)
     for source in sources:
         if _CONTROL.search(source.name):
@@ -184,12 +184,14 @@ def plan(src_dir: Path, allow_unofficial: bool) -> list[Planned]:
             )
     planned = []
     for source in sources:
-        check_input_file(source, ConversionError, "a checkpoint file")
         sha256 = sha256_file(source)
         if official_variant(sha256) is None and not allow_unofficial:
             raise ConversionError(f"{_unofficial(source, sha256)} (nothing was written)")
         planned.append(plan_source(source, sha256, allow_unofficial))
     _refuse_duplicates(src_dir, planned)
+    if all(p.variant is None for p in planned):
+        more = f" (and {len(planned) - 1} more that cannot be released)" if len(planned) > 1 else ""
+        raise ConversionError(f"nothing to release: {planned[0].refusal}{more}; nothing was written")
     return planned
 
 

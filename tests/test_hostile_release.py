@@ -170,3 +170,12 @@ def test_a_failing_or_interrupted_step_leaves_no_staging_folder(source, tmp_path
         assert entry.status is release_module.Status.REFUSED
         assert entry.detail == "stopped in the parity step"
     assert os.listdir(out) == []
+
+
+def test_a_folder_with_nothing_releasable_is_refused_creating_nothing(tmp_path):
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    (src / "junk.pth").write_bytes(b"not a checkpoint at all")
+    result = run_module("reference.release", src, out, "--allow-unofficial")
+    assert_refused(result, "nothing to release:", "junk.pth", "nothing was written")
+    assert not out.exists()
