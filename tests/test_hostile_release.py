@@ -179,3 +179,28 @@ def test_a_folder_with_nothing_releasable_is_refused_creating_nothing(tmp_path):
     result = run_module("reference.release", src, out, "--allow-unofficial")
     assert_refused(result, "nothing to release:", "junk.pth", "nothing was written")
     assert not out.exists()
+
+
+def _folder(path, text: str):
+    path.mkdir()
+    (path / "file.txt").write_text(text)
+    return path
+
+
+def test_publish_replaces_a_release_only_when_forced_and_never_through_a_symlink(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    final = _folder(out / "coat_tiny", "old")
+    with pytest.raises(release_module.ConversionError, match="already exists; pass --force"):
+        release_module.publish(_folder(out / ".staging-a", "new"), final, force=False)
+    assert (final / "file.txt").read_text() == "old"
+    release_module.publish(out / ".staging-a", final, force=True)
+    assert (final / "file.txt").read_text() == "new" and sorted(os.listdir(out)) == ["coat_tiny"]
+
+    outside = _folder(tmp_path / "outside", "not ours")
+    link = out / "coat_mini"
+    link.symlink_to(outside)
+    release_module.publish(_folder(out / ".staging-b", "newer"), link, force=True)
+    assert not link.is_symlink() and (link / "file.txt").read_text() == "newer"
+    assert (outside / "file.txt").read_text() == "not ours"  # what the link pointed to is untouched
+    assert sorted(os.listdir(out)) == ["coat_mini", "coat_tiny"]
