@@ -34,9 +34,9 @@ import math
 import os
 import platform
 import re
+import secrets
 import shutil
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from enum import Enum
@@ -596,7 +596,8 @@ def release_one(
     if (final.exists() or final.is_symlink()) and not force:  # before any work; publish checks again
         entry.detail = str(_exists(final))
         return entry
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
+    staging = out_dir / f".staging-{secrets.token_hex(6)}"  # short, whatever the source's name
+    staging.mkdir()  # as the user's umask says: it becomes the released folder
     try:
         state = convert(p, staging)
         report = verify(p, staging / f"{v.name}.pdparams")

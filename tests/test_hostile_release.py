@@ -136,6 +136,7 @@ def test_the_card_escapes_a_file_name_and_a_long_name_needs_no_longer_one(checkp
     result = run_module("reference.release", src, out, "--allow-unofficial")
     assert result.returncode == 0, result.stdout + result.stderr
     assert os.listdir(out) == ["coat_lite_tiny"]  # no staging folder left
+    assert (out / "coat_lite_tiny").stat().st_mode == out.stat().st_mode  # as the umask says, not 0700
     card = MarkdownIt("commonmark").render((out / "coat_lite_tiny" / "README.md").read_text())
     assert "<a " not in card and "<img" not in card and "<strong>" not in card  # neither link nor HTML
     assert "`[click](https:example.com) &lt;img src=x&gt; **bold** # aaaa" in card  # the name as text
