@@ -51,11 +51,19 @@ from converter.files import check_input_file, sha256_file
 from converter.pipeline import convert_checkpoint
 from converter.variants import VARIANTS, CoatVariant
 from converter.writers import atomic_write
-from paddle_model.transforms import eval_transform
 
 from . import REFERENCE_MODULES, require
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".tar", ".bin", ".safetensors")
+
+
+def eval_transform(v: CoatVariant):
+    """:func:`paddle_model.transforms.eval_transform`, imported when first needed: so that
+    ``python -m reference.release`` without Paddle says so in one line (:func:`reference.require`)
+    instead of failing at import."""
+    from paddle_model.transforms import eval_transform as transform
+
+    return transform(v)
 
 
 class Status(Enum):

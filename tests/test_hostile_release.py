@@ -124,6 +124,36 @@ def test_reference_commands_without_torch_say_what_to_install_in_one_line(tmp_pa
     assert sorted(os.listdir(tmp_path)) == []  # nothing written
 
 
+@pytest.mark.parametrize("module", ["report", "evaluate", "release"])
+def test_reference_commands_without_paddle_say_what_to_install_in_one_line(tmp_path, module):
+    """``python -m reference.<module>`` in a process where Paddle cannot be found."""
+    args = {
+        "report": ["--variants", "coat_lite_tiny"],
+        "evaluate": [str(tmp_path), "--variant", "coat_lite_tiny", "--weights", str(tmp_path / "w.pdparams")],
+        "release": [str(tmp_path), str(tmp_path / "out"), "--allow-unofficial"],
+    }[module]
+    code = (
+        "import runpy, sys; sys.modules['paddle'] = None; "
+        f"sys.argv = ['reference.{module}', *sys.argv[1:]]; "
+        f"runpy.run_module('reference.{module}', run_name='__main__', alter_sys=True)"
+    )
+    result = run_python("-c", code, *args, timeout=120)
+    assert_refused(result, "paddle_model needs PaddlePaddle >= 3.0, which is not installed")
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_make_checkpoint_needs_no_paddle(tmp_path):
+    code = (
+        "import runpy, sys; sys.modules['paddle'] = None; "
+        "sys.argv = ['reference.make_checkpoint', *sys.argv[1:]]; "
+        "runpy.run_module('reference.make_checkpoint', run_name='__main__', alter_sys=True)"
+    )
+    result = run_python("-c", code, "coat_lite_tiny", tmp_path / "x.pth", timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("wrote seeded coat_lite_tiny (official layout, seed 0)")
+    assert (tmp_path / "x.pth").stat().st_size > 1_000_000
+
+
 def test_the_card_escapes_a_file_name_and_a_long_name_needs_no_longer_one(checkpoints, tmp_path):
     """A legal 250-character source name holding Markdown: the release works (its staging folder
     has a short name of its own), the card shows the name as text, the manifest keeps it as is."""
