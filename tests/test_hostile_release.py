@@ -13,6 +13,7 @@ import time
 import pytest
 from markdown_it import MarkdownIt
 
+from reference import eval_results
 from reference import release as release_module
 
 from .conftest import assert_refused, run_module, run_python
@@ -75,9 +76,9 @@ def test_hostile_eval_results_are_refused_before_any_work(source, tmp_path, case
 def test_an_eval_results_file_larger_than_the_cap_is_refused_unread(tmp_path):
     big = tmp_path / "big.json"
     with open(big, "wb") as f:  # sparse: no disk used
-        f.truncate(release_module.MAX_EVAL_BYTES + 1)
+        f.truncate(eval_results.MAX_EVAL_BYTES + 1)
     with pytest.raises(release_module.ConversionError, match="larger than an evaluate --result file can be"):
-        release_module.read_eval_results([big])
+        eval_results.read_eval_results([big])
 
 
 def test_a_valid_eval_results_file_is_read_as_typed_numbers(tmp_path):
