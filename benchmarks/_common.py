@@ -140,7 +140,8 @@ def machine() -> str:
 def seeded_batch_prelude(root, *extra: str) -> str:
     """Source for a benchmark child: ``CHILD_TIMINGS``, the repository ``root`` importable (or,
     with ``root=None``, only what the interpreter has installed), argv ``name batch repeats`` and
-    then one string argument per name in ``extra``, the variant's seeded input batch ``x``, and
+    then one string argument per name in ``extra``, the variant's seeded input batch ``x``
+    (:func:`reference.parity.seeded_input`, as the parity harness feeds), and
     ``timed(run)``, which prints the timings for the parent's :func:`child_timings`."""
     more = "".join(f"{name} = sys.argv[{i}]\n" for i, name in enumerate(extra, start=4))
     path = "" if root is None else f"sys.path.insert(0, {str(root)!r})\n"
@@ -151,9 +152,9 @@ import json, sys, warnings
 warnings.filterwarnings("ignore")
 {path}import numpy as np
 from paddle_model.variants import get_variant
+from reference.parity import seeded_input
 name, batch, repeats = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-{more}size = get_variant(name).img_size
-x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
+{more}x = seeded_input(batch, get_variant(name).img_size)
 def timed(run):
     print(json.dumps(timings(run, repeats)))
 """

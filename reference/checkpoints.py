@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from paddle_model.variants import CoatVariant, get_variant
+from converter.variants import CoatVariant, get_variant
 
 from .timm_model import build_timm
 

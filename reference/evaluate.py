@@ -18,18 +18,17 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import timm
-import torch
 
 from converter.cli import command
 from converter.reverse import paddle_layout_for, to_torch_layout
 from converter.variants import get_variant
-from paddle_model.evaluate.cli import build_parser, check_args, evaluate, report
 
-from .timm_model import build_timm, load_timm_state, timm_from_checkpoint
+from . import require
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from paddle_model.evaluate.cli import build_parser, check_args
+
     p = build_parser("python -m reference.evaluate", __doc__.split("\n")[0])
     p.add_argument(
         "--reference",
@@ -49,6 +48,11 @@ def timm_reference(variant: str, paddle_state: dict, weights: Path, source: Path
 
     From the original PyTorch checkpoint if given, else from the Paddle weights converted back.
     """
+    import timm
+    import torch
+
+    from .timm_model import build_timm, load_timm_state, timm_from_checkpoint
+
     if source is not None:
         model, name = timm_from_checkpoint(source, variant), str(source)
     else:
@@ -67,7 +71,12 @@ def timm_reference(variant: str, paddle_state: dict, weights: Path, source: Path
 
 @command
 def main(argv: list[str] | None = None) -> int:
-    """``python -m reference.evaluate``: parse, evaluate beside timm, report."""
+    """``python -m reference.evaluate``: check the frameworks, parse, evaluate beside timm, report."""
+    require("python -m reference.evaluate")
+    import torch  # noqa: F401  (before Paddle, whose libraries would otherwise load first)
+
+    from paddle_model.evaluate.cli import evaluate, report
+
     args = parse_args(argv)
     result = evaluate(
         args, lambda state: timm_reference(args.variant, state, args.weights, args.reference_weights)

@@ -16,7 +16,7 @@ from converter.cli import ArgumentParser, command
 from converter.errors import CoatError
 from converter.variants import VARIANTS
 
-from .checkpoints import seeded_model, write_official_checkpoint, write_timm_checkpoint
+from . import require
 from .parity import run_torch, seeded_input
 
 
@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", help="overwrite PATH if it exists")
     p.add_argument("--logits", type=Path, help="also save timm's logits on the seeded batch here (.npy)")
     args = p.parse_args(argv)
+    require("python -m reference.make_checkpoint", paddle=False)
+    from .checkpoints import seeded_model, write_official_checkpoint, write_timm_checkpoint
+
     if args.path.exists() and not args.force:
         raise CoatError(f"{args.path}: already exists; pass --force to overwrite it")
     if args.path.suffix == ".safetensors":

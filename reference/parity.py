@@ -162,47 +162,49 @@ def _record(trace: list, name: str, output, to_numpy: Callable) -> None:
         trace.append((name, to_numpy(output[0] if isinstance(output, tuple) else output)))
 
 
-def run_torch(model, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, list]:
-    """(logits, classifier input, [(block, output)]) of a timm CoaT."""
-    import torch
-
+def _run_traced(
+    layers, head, post_hook: str, to_numpy: Callable, forward: Callable
+) -> tuple[np.ndarray, np.ndarray, list]:
+    """(logits, classifier input, [(block, output)]) of ``forward()``, with a forward hook
+    (``post_hook``: the framework's name for it) on each traced block of ``layers`` (``(name,
+    layer)`` pairs) and a pre-hook on ``head``; the hooks are removed whatever happens."""
     trace, head_input, handles = [], [], []
-    to_numpy = lambda t: t.detach().numpy().copy()  # noqa: E731
-    for name, module in model.named_modules():
+    for name, layer in layers:
         if _is_traced(name):
-            handles.append(
-                module.register_forward_hook(lambda m, i, o, name=name: _record(trace, name, o, to_numpy))
-            )
-    handles.append(model.head.register_forward_pre_hook(lambda m, i: head_input.append(to_numpy(i[0]))))
+            record = lambda m, i, o, name=name: _record(trace, name, o, to_numpy)  # noqa: E731
+            handles.append(getattr(layer, post_hook)(record))
+    handles.append(head.register_forward_pre_hook(lambda m, i: head_input.append(to_numpy(i[0]))))
     try:
-        with torch.no_grad():
-            logits = to_numpy(model.eval()(torch.from_numpy(x)))
+        logits = to_numpy(forward())
     finally:
         for h in handles:
             h.remove()
     return logits, head_input[0], trace
+
+
+def run_torch(model, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, list]:
+    """(logits, classifier input, [(block, output)]) of a timm CoaT in eval mode."""
+    import torch
+
+    def forward():
+        with torch.no_grad():
+            return model.eval()(torch.from_numpy(x))
+
+    to_numpy = lambda t: t.detach().numpy().copy()  # noqa: E731
+    return _run_traced(model.named_modules(), model.head, "register_forward_hook", to_numpy, forward)
 
 
 def run_paddle(model, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, list]:
-    """(logits, classifier input, [(block, output)]) of a Paddle CoaT."""
+    """(logits, classifier input, [(block, output)]) of a Paddle CoaT in eval mode."""
     import paddle
 
-    trace, head_input, handles = [], [], []
-    to_numpy = lambda t: t.numpy().copy()  # noqa: E731
-    for name, layer in model.named_sublayers():
-        if _is_traced(name):
-            handles.append(
-                layer.register_forward_post_hook(lambda m, i, o, name=name: _record(trace, name, o, to_numpy))
-            )
-    handles.append(model.head.register_forward_pre_hook(lambda m, i: head_input.append(to_numpy(i[0]))))
-    model.eval()
-    try:
+    def forward():
+        model.eval()
         with paddle.no_grad():
-            logits = to_numpy(model(paddle.to_tensor(x)))
-    finally:
-        for h in handles:
-            h.remove()
-    return logits, head_input[0], trace
+            return model(paddle.to_tensor(x))
+
+    to_numpy = lambda t: t.numpy().copy()  # noqa: E731
+    return _run_traced(model.named_sublayers(), model.head, "register_forward_post_hook", to_numpy, forward)
 
 
 def _stage_outputs(trace: list) -> dict[str, np.ndarray]:

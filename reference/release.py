@@ -9,9 +9,16 @@ tensors) it writes ``OUT_DIR/<variant>/`` with ``<variant>.pdparams``, ``<varian
 versions) and a model card ``README.md`` whose front matter ``huggingface_hub`` renders, with a
 ``model-index`` of measured top-1/top-5 when ``--eval-results`` gives ``evaluate --result`` files.
 Each folder is a weights location for ``create_model(v, pretrained=True)`` and a Hub repository as
-it is (``hf upload``, ``upload_folder``). A variant that fails parity leaves nothing behind; the exit
-code is then 1. Two checkpoints of the same variant are refused before anything is written. Needs
-torch and timm for the parity check.
+it is (``hf upload``, ``upload_folder``). Needs torch and timm for the parity check.
+
+The pipeline is a list of named steps, each a function below: :func:`plan` (hash each source
+once, decide its variant from the tensors, refuse the whole run before anything is written:
+unofficial files without ``--allow-unofficial``, two checkpoints of one variant, unusable file
+names; :mod:`reference.eval_results` validates those files before it), then per checkpoint in a
+private staging folder :func:`convert` -> :func:`verify` (parity against timm) -> :func:`hash_file`
+-> :func:`write_card` -> :func:`write_manifest` -> :func:`publish` (rename into place). A variant
+that fails parity leaves nothing behind (exit code 1); the staging folder is removed whatever
+happens (``finally``), interrupts included.
 
 "Official" means that the sha256 of the file starts with the 8 hex digits the official
 release publishes in its file name (``coat_tiny_c6efc33c.pth``): the full hash is not
@@ -21,39 +28,76 @@ sha256 of what was converted is recorded beside it.
 
 from __future__ import annotations
 
-import importlib.util
+import hashlib
 import json
+import math
+import os
 import platform
+import re
+import secrets
 import shutil
 import sys
-import warnings
 from dataclasses import dataclass, field, replace
+from enum import Enum
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
-from converter.cli import ArgumentParser, command, fail
+from converter.cli import ArgumentParser, command
 from converter.errors import CoatError, ConversionError
 from converter.files import sha256_file
 from converter.manifest import ListedFile, Manifest, Source
 from converter.pipeline import convert_checkpoint
 from converter.variants import VARIANTS, CoatVariant
-from paddle_model.transforms import eval_transform
+from converter.writers import atomic_write
+
+from . import REFERENCE_MODULES, require
+from .eval_results import MeasuredAccuracy, check_eval_result, read_eval_results
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".tar", ".bin", ".safetensors")
 
 
-@dataclass
-class Entry:
+def eval_transform(v: CoatVariant):
+    """:func:`paddle_model.transforms.eval_transform`, imported when first needed: so that
+    ``python -m reference.release`` without Paddle says so in one line (:func:`reference.require`)
+    instead of failing at import."""
+    from paddle_model.transforms import eval_transform as transform
+
+    return transform(v)
+
+
+class Status(Enum):
     """What became of one source file."""
 
+    RELEASED = "released"
+    PARITY_FAILED = "parity failed"  # exit code 1: the conversion does not hold
+    REFUSED = "refused"  # exit code 2: the input cannot be released as it is
+
+
+@dataclass
+class Entry:
+    """What became of one source file: its status, why (``detail``), the logits' parity and the
+    released files' sha256 by name."""
+
     source: Path
-    variant: str = "?"
-    status: str = "pending"  # released, parity failed, refused
+    variant: str = "-"
+    status: Status = Status.REFUSED
     detail: str = ""
     logits_rel: float = float("nan")
     files: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One source as :func:`plan` decided it: its sha256 (computed once), its variant (None when
+    it cannot be released, ``refusal`` saying why) and whether it is the official file."""
+
+    source: Path
+    sha256: str
+    variant: CoatVariant | None
+    official: bool
+    refusal: str = ""
 
 
 def find_checkpoints(src_dir: Path) -> list[Path]:
@@ -93,28 +137,67 @@ def official_match(sha256: str, known: CoatVariant | None) -> str | None:
     )
 
 
-def _planned_variant(source: Path, sha256: str, allow_unofficial: bool) -> str | None:
-    """The variant ``source`` would be released as, from its hash and tensor shapes alone;
-    None when it will be refused anyway."""
+# --- step: plan (before anything is written) ----------------------------------------------
+
+# A file name goes into the card's Markdown and every message: no control characters in it.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def plan_source(source: Path, sha256: str, allow_unofficial: bool) -> Planned:
+    """The variant ``source`` would be released as, from its hash and tensor shapes alone (no
+    conversion); a source that cannot be released is planned with its ``refusal``."""
     from converter.detect import plan_for
     from converter.readers import read_checkpoint
 
     known = official_variant(sha256)
     if known is None and not allow_unofficial:
-        return None
+        return Planned(source, sha256, None, False, _unofficial(source, sha256))
     try:
         shapes = {k: tuple(v.shape) for k, v in read_checkpoint(source).state.items()}
-        return plan_for(shapes, known, origin=str(source), name_hint=source.name).variant.name
-    except CoatError:
-        return None
+        variant = plan_for(shapes, known, origin=str(source), name_hint=source.name).variant
+    except CoatError as e:
+        return Planned(source, sha256, None, known is not None, str(e))
+    return Planned(source, sha256, variant, known is not None)
 
 
-def _refuse_duplicates(src_dir: Path, planned: dict[Path, str | None]) -> None:
+def _unofficial(source: Path, sha256: str) -> str:
+    return (
+        f"{source.name}: sha256 {sha256[:8]} matches no official release; pass --allow-unofficial "
+        "to release it marked official: false"
+    )
+
+
+def plan(src_dir: Path, allow_unofficial: bool) -> list[Planned]:
+    """Every checkpoint in ``src_dir``, planned; :class:`ConversionError` (nothing written, nothing
+    converted) for what would make the whole release wrong: a file name with control characters,
+    an unofficial file without ``allow_unofficial``, two checkpoints of one variant (both would
+    release into the same folder), no file that can be released at all."""
+    sources = find_checkpoints(src_dir)
+    for source in sources:
+        if _CONTROL.search(source.name):
+            raise ConversionError(
+                f"{src_dir}: the file name {source.name!r} holds control characters; rename it "
+                "(nothing was written)"
+            )
+    planned = []
+    for source in sources:
+        sha256 = sha256_file(source)
+        if official_variant(sha256) is None and not allow_unofficial:
+            raise ConversionError(f"{_unofficial(source, sha256)} (nothing was written)")
+        planned.append(plan_source(source, sha256, allow_unofficial))
+    _refuse_duplicates(src_dir, planned)
+    if all(p.variant is None for p in planned):
+        more = f" (and {len(planned) - 1} more that cannot be released)" if len(planned) > 1 else ""
+        raise ConversionError(f"nothing to release: {planned[0].refusal}{more}; nothing was written")
+    return planned
+
+
+def _refuse_duplicates(src_dir: Path, planned: list[Planned]) -> None:
     """Two checkpoints of one variant would release into the same folder: refuse both, first."""
     by_variant: dict[str, list[str]] = {}
-    for source, variant in planned.items():
-        if variant is not None:
-            by_variant.setdefault(variant, []).append(source.name)
+    for p in planned:
+        if p.variant is not None:
+            by_variant.setdefault(p.variant.name, []).append(p.source.name)
     twice = {v: names for v, names in by_variant.items() if len(names) > 1}
     if twice:
         variant, names = next(iter(twice.items()))
@@ -124,8 +207,16 @@ def _refuse_duplicates(src_dir: Path, planned: dict[Path, str | None]) -> None:
         )
 
 
-def _file_hashes(folder: Path) -> dict[str, str]:
-    return {p.name: sha256_file(p) for p in sorted(folder.iterdir())}
+IMAGENET_VAL_IMAGES = 50_000
+
+
+# --- steps: card and manifest -------------------------------------------------------------
+
+
+def markdown_text(text: str) -> str:
+    """``text`` shown as it is in Markdown: every ASCII punctuation character backslash-escaped
+    (CommonMark's rule), so that a file name cannot add links, emphasis, HTML or headings."""
+    return re.sub(r"([!-/:-@\[-`{-~])", r"\\\1", text)
 
 
 def _file_table(folder: Path, hashes: dict[str, str]) -> dict[str, ListedFile]:
@@ -171,6 +262,7 @@ def _manifest(
 
 
 def _model_card(m: dict) -> str:
+    """The card's Markdown body; the source's file name (the one text in it a user chose) escaped."""
     v, pre = m["variant"], m["preprocessing"]
     if pre["crop_mode"] == "squash":
         how = f"resize to {pre['size']}x{pre['size']} ({pre['interpolation']}), no crop"
@@ -210,7 +302,7 @@ top-5 {m["accuracy"]["top5"]}%.
 
 ## Provenance
 
-- source: `{source["file"]}`, sha256 `{source["sha256"]}`, official release: {official}
+- source: {markdown_text(source["file"])}, sha256 `{source["sha256"]}`, official release: {official}
 - parity against timm on a seeded batch at {m["input_size"][1]}x{m["input_size"][2]}: logits max|d|/max|ref|
   {logits["max_rel"]:.2e}, every scale and block within {m["parity"]["tolerance"]:.0e}
 - file hashes: see `manifest.json`
@@ -229,8 +321,6 @@ CLASS_NAMES = {
     "names": "WordNet lemmas in label order (sorted wnids), as timm's ImageNet info lists them",
     "function": "paddle_model.predict.imagenet_classes",
 }
-EVAL_FIELDS = ("variant", "top1", "top5", "evaluated")
-IMAGENET_VAL_IMAGES = 50_000
 
 
 def hub_config(v: CoatVariant, state: dict) -> dict:
@@ -253,42 +343,10 @@ def hub_config(v: CoatVariant, state: dict) -> dict:
     }
 
 
-def read_eval_results(paths: list[Path]) -> dict[str, dict]:
-    """The ``evaluate --result`` files by variant; one line naming the file if one is unusable."""
-    results: dict[str, dict] = {}
-    for path in paths:
-        try:
-            result = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ConversionError(f"{path}: cannot read it as an evaluate --result file ({e})") from None
-        missing = [k for k in EVAL_FIELDS if not isinstance(result, dict) or k not in result]
-        if missing:
-            raise ConversionError(f"{path}: not an evaluate --result file (no {', '.join(missing)})")
-        if result["variant"] not in VARIANTS:
-            raise ConversionError(f"{path}: unknown variant {result['variant']!r}")
-        if result["variant"] in results:
-            raise ConversionError(f"{path}: a second --eval-results file for {result['variant']}")
-        results[result["variant"]] = result
-    return results
-
-
-def check_eval_result(result: dict | None, files: dict[str, str], v: CoatVariant) -> None:
-    """Refuse evaluation results measured on other weights than these, when that can be told:
-    the evaluated file still exists and its sha256 is none of the released files'."""
-    if result is None:
-        return
-    evaluated = Path(str(result.get("weights", "")))
-    if evaluated.is_file() and sha256_file(evaluated) not in files.values():
-        raise ConversionError(
-            f"--eval-results for {v.name}: {evaluated} is not the file being released "
-            "(its sha256 differs); evaluate the released weights"
-        )
-
-
-def model_card(manifest: dict, eval_result: dict | None = None) -> str:
+def model_card(manifest: dict, measured: MeasuredAccuracy | None = None) -> str:
     """The model card: ``huggingface_hub``'s ModelCardData as YAML front matter over the text.
 
-    The model-index holds measured numbers only (from ``eval_result``); the published accuracy
+    The model-index holds measured numbers only (from ``measured``); the published accuracy
     stays in the text, stated as published. ``base_model`` names timm's Hub copy of the official
     weights, and only when the source is the official release file.
     """
@@ -296,8 +354,8 @@ def model_card(manifest: dict, eval_result: dict | None = None) -> str:
 
     v = manifest["variant"]
     eval_results = None
-    if eval_result is not None:
-        n = int(eval_result["evaluated"])
+    if measured is not None:
+        n = measured.evaluated
         name = "ImageNet-1k validation" + ("" if n == IMAGENET_VAL_IMAGES else f" ({n} images)")
         eval_results = [
             EvalResult(
@@ -308,9 +366,9 @@ def model_card(manifest: dict, eval_result: dict | None = None) -> str:
                 dataset_split="validation",
                 metric_type="accuracy",
                 metric_name=metric,
-                metric_value=float(eval_result[key]),
+                metric_value=value,
             )
-            for key, metric in (("top1", "top-1 accuracy"), ("top5", "top-5 accuracy"))
+            for value, metric in ((measured.top1, "top-1 accuracy"), (measured.top5, "top-5 accuracy"))
         ]
     data = ModelCardData(
         license="apache-2.0",
@@ -328,72 +386,133 @@ def model_card(manifest: dict, eval_result: dict | None = None) -> str:
     return str(card)
 
 
-def release_one(
-    source: Path,
-    out_dir: Path,
-    allow_unofficial: bool,
-    force: bool,
-    sha256: str | None = None,
-    eval_results: dict[str, dict] | None = None,
-) -> Entry:
-    """Convert, verify and package one checkpoint (``sha256``: its hash, if already known;
-    ``eval_results``: ``evaluate --result`` JSON by variant, for the model card)."""
+# --- the steps of one checkpoint, in a private staging folder -----------------------------
+
+
+def convert(p: Planned, staging: Path) -> dict[str, np.ndarray]:
+    """Write ``<variant>.pdparams`` and ``<variant>.safetensors`` of ``p`` into ``staging``
+    (the variant as planned, checked again by the conversion; the source is not hashed again)
+    and return their tensors, refusing outputs that differ."""
+    from converter.paddle_weights import read_weights
+
+    v = p.variant
+    written = []
+    for suffix in (".pdparams", ".safetensors"):
+        written.append(staging / f"{v.name}{suffix}")
+        convert_checkpoint(p.source, written[-1], variant=v, hash_source=False)
+    a, b = (read_weights(path) for path in written)
+    if a.keys() != b.keys() or not all(np.array_equal(a[k], b[k]) for k in a):
+        raise ConversionError(f"{p.source}: the .pdparams and .safetensors outputs differ")
+    return a
+
+
+def verify(p: Planned, weights: Path):
+    """Full parity of timm's model with the source against the Paddle model with ``weights``
+    (:func:`reference.parity.verify_conversion`): the report, ``ok`` or not."""
     from .parity import verify_conversion
 
-    entry = Entry(source)
-    sha256 = sha256 or sha256_file(source)
-    known = official_variant(sha256)
-    if known is None and not allow_unofficial:
-        entry.status, entry.detail = (
-            "refused",
-            (f"sha256 {sha256[:8]} matches no official release; pass --allow-unofficial"),
-        )
-        return entry
-    staging = out_dir / f".{source.name}.staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+    return verify_conversion(p.source, weights, p.variant)
+
+
+def hash_file(path: Path, data: bytes | None = None) -> str:
+    """The sha256 of a released file: of ``data``, the bytes just written there, when given
+    (nothing is read back), else of the file, streamed."""
+    return hashlib.sha256(data).hexdigest() if data is not None else sha256_file(path)
+
+
+def _write(path: Path, text: str) -> str:
+    """Write ``text`` to ``path`` (UTF-8, all or nothing); its sha256."""
+    data = text.encode()
+    atomic_write(path, lambda f: f.write(data))
+    return hash_file(path, data)
+
+
+def write_card(staging: Path, manifest: dict, measured: MeasuredAccuracy | None) -> str:
+    """``README.md``, the model card of ``manifest`` (with ``measured``'s model-index); its sha256."""
+    return _write(staging / "README.md", model_card(manifest, measured))
+
+
+def write_manifest(staging: Path, manifest: Manifest) -> None:
+    """``manifest.json``, last: it lists the sha256 and size of every other file."""
+    data = manifest.to_json()
+    atomic_write(staging / "manifest.json", lambda f: f.write(data))
+
+
+def publish(staging: Path, final: Path, force: bool) -> None:
+    """Rename the complete ``staging`` folder to ``final``. An existing ``final`` is replaced only
+    with ``force``: it is renamed aside first, and removed once the new folder is in place (a
+    symlink is removed itself, never what it points to)."""
+    if not (final.exists() or final.is_symlink()):
+        os.rename(staging, final)
+        return
+    if not force:
+        raise _exists(final)
+    old = final.with_name(f".{os.getpid()}-{os.urandom(4).hex()}.replaced")
+    os.rename(final, old)
     try:
-        first = convert_checkpoint(source, staging / "weights.pdparams", variant=known)
-        v = VARIANTS[first.variant]
-        entry.variant = v.name
-        final = out_dir / v.name
-        if final.exists() and not force:
-            raise ConversionError(f"{final}: already exists; pass --force to replace it")
-        (staging / "weights.pdparams").rename(staging / f"{v.name}.pdparams")
-        convert_checkpoint(source, staging / f"{v.name}.safetensors", variant=v)
-        report = verify_conversion(source, staging / f"{v.name}.pdparams", v)
+        os.rename(staging, final)
+    except BaseException:
+        os.rename(old, final)
+        raise
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old)
+    else:
+        old.unlink()
+
+
+def _exists(final: Path) -> ConversionError:
+    return ConversionError(f"{final}: already exists; pass --force to replace it")
+
+
+def release_one(
+    p: Planned,
+    out_dir: Path,
+    force: bool = False,
+    measured: dict[str, MeasuredAccuracy] | None = None,
+) -> Entry:
+    """Release one planned checkpoint into ``out_dir/<variant>`` through the steps above, in a
+    staging folder with a short name of its own (never derived from the source's name), which is
+    removed whatever happens. ``measured``: validated ``evaluate --result`` files by variant."""
+    entry = Entry(p.source)
+    if p.variant is None:
+        entry.detail = p.refusal
+        return entry
+    v = p.variant
+    entry.variant = v.name
+    final = out_dir / v.name
+    if (final.exists() or final.is_symlink()) and not force:  # before any work; publish checks again
+        entry.detail = str(_exists(final))
+        return entry
+    staging = out_dir / f".staging-{secrets.token_hex(6)}"  # short, whatever the source's name
+    staging.mkdir()  # as the user's umask says: it becomes the released folder
+    try:
+        state = convert(p, staging)
+        report = verify(p, staging / f"{v.name}.pdparams")
         entry.logits_rel = report.logits.max_rel
         if not report.ok:
-            entry.status = "parity failed"
+            entry.status = Status.PARITY_FAILED
             entry.detail = f"first divergence at {report.first_divergence}"
             return entry
-        from converter.paddle_weights import read_weights
-
-        a, b = read_weights(staging / f"{v.name}.pdparams"), read_weights(staging / f"{v.name}.safetensors")
-        if a.keys() != b.keys() or not all(np.array_equal(a[k], b[k]) for k in a):
-            raise ConversionError(f"{source}: the .pdparams and .safetensors outputs differ")
-        eval_result = (eval_results or {}).get(v.name)
-        (staging / "config.json").write_text(json.dumps(hub_config(v, a), indent=2) + "\n")
-        files = _file_hashes(staging)
-        check_eval_result(eval_result, files, v)
-        params = sum(array.size for array in {id(x): x for x in a.values()}.values())  # aliases once
-        manifest = _manifest(
-            v, source, sha256, known is not None, _file_table(staging, files), params, report.to_dict()
+        files = {path.name: hash_file(path) for path in sorted(staging.iterdir())}  # the weights
+        files["config.json"] = _write(
+            staging / "config.json", json.dumps(hub_config(v, state), indent=2) + "\n"
         )
-        (staging / "README.md").write_text(model_card(manifest.to_dict(), eval_result))
-        manifest = replace(manifest, files=_file_table(staging, files))  # the card included
-        (staging / "manifest.json").write_bytes(manifest.to_json())
-        files = {name: listed.sha256 for name, listed in manifest.files.items()}
-        if final.exists():
-            shutil.rmtree(final)
-        staging.rename(final)
-        entry.status, entry.files = "released", files
-        return entry
+        result = (measured or {}).get(v.name)
+        check_eval_result(result, files, v)
+        params = sum(array.size for array in {id(x): x for x in state.values()}.values())  # aliases once
+        manifest = _manifest(
+            v, p.source, p.sha256, p.official, _file_table(staging, files), params, report.to_dict()
+        )
+        files["README.md"] = write_card(staging, manifest.to_dict(), result)
+        manifest = replace(manifest, files=_file_table(staging, files))  # the card and config included
+        write_manifest(staging, manifest)
+        publish(staging, final, force)
+        entry.status, entry.files = Status.RELEASED, dict(sorted(files.items()))
     except CoatError as e:
-        entry.status, entry.detail = "refused", str(e)
-        return entry
+        entry.status, entry.detail = Status.REFUSED, str(e)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    return entry
 
 
 def release(
@@ -402,39 +521,30 @@ def release(
     allow_unofficial: bool = False,
     force: bool = False,
     progress: bool = True,
-    eval_results: dict[str, dict] | None = None,
+    eval_results: dict[str, MeasuredAccuracy] | None = None,
 ) -> list[Entry]:
     """Release every checkpoint in ``src_dir`` into ``out_dir``; ``eval_results`` maps a variant
-    to its ``evaluate --result`` JSON, for the model card's model-index.
+    to its validated ``evaluate --result`` file, for the model card's model-index.
 
-    Each source's variant is decided first (hash and shapes, no conversion), so that two
-    checkpoints of one variant are refused before anything is written or replaced.
+    :func:`plan` runs first, so that what would make the whole release wrong is refused before
+    anything is written (``out_dir`` is not even created).
     """
     from tqdm import tqdm
 
-    hashes = {source: sha256_file(source) for source in find_checkpoints(src_dir)}
-    _refuse_duplicates(src_dir, {s: _planned_variant(s, h, allow_unofficial) for s, h in hashes.items()})
+    planned = plan(src_dir, allow_unofficial)
     out_dir.mkdir(parents=True, exist_ok=True)
-    entries = []
-    for source in tqdm(hashes, desc="releasing", unit="checkpoint", disable=not progress, file=sys.stderr):
-        entries.append(release_one(source, out_dir, allow_unofficial, force, hashes[source], eval_results))
-    return entries
-
-
-# the reference extra: timm's model for the parity check, huggingface_hub and jinja2 for the card
-REFERENCE_MODULES = ("torch", "torchvision", "timm", "huggingface_hub", "jinja2")
-
-
-def missing_reference() -> list[str]:
-    """The modules of the reference extra that are not installed."""
-    return [name for name in REFERENCE_MODULES if importlib.util.find_spec(name) is None]
+    return [
+        release_one(p, out_dir, force, eval_results)
+        for p in tqdm(planned, desc="releasing", unit="checkpoint", disable=not progress, file=sys.stderr)
+    ]
 
 
 def summary(entries: list[Entry]) -> str:
     rows = [f"{'source':40} {'variant':22} {'logits max|d|/max|ref|':>23}  status"]
     for e in entries:
+        rel = "-" if math.isnan(e.logits_rel) else f"{e.logits_rel:.3e}"
         rows.append(
-            f"{e.source.name:40} {e.variant:22} {e.logits_rel:>23.3e}  {e.status}"
+            f"{e.source.name:40} {e.variant:22} {rel:>23}  {e.status.value}"
             + (f": {e.detail}" if e.detail else "")
         )
     return "\n".join(rows)
@@ -461,24 +571,18 @@ def main(argv: list[str] | None = None) -> int:
         "their top-1/top-5 go into the model card's model-index",
     )
     args = p.parse_args(argv)
-    missing = missing_reference()
-    if missing:
-        return fail(
-            f"the release needs {', '.join(missing)} (not installed) for the parity check and the "
-            "model card: pip install 'coat-paddle[reference]'"
-        )
-    warnings.filterwarnings("ignore", message="No ccache found")
+    require("the release", REFERENCE_MODULES, "for the parity check and the model card")
     eval_results = read_eval_results(args.eval_results)
     entries = release(
         args.src_dir, args.out_dir, args.allow_unofficial, args.force, eval_results=eval_results
     )
-    released = {e.variant for e in entries if e.status == "released"}
+    released = {e.variant for e in entries if e.status is Status.RELEASED}
     for variant in sorted(eval_results.keys() - released):
         print(f"note: the --eval-results of {variant} matched no released checkpoint", file=sys.stderr)
     print(summary(entries))
-    if any(e.status == "parity failed" for e in entries):
+    if any(e.status is Status.PARITY_FAILED for e in entries):
         return 1
-    return 2 if any(e.status == "refused" for e in entries) else 0
+    return 2 if any(e.status is Status.REFUSED for e in entries) else 0
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from converter.cli import ArgumentParser, command
 from converter.pipeline import convert_checkpoint
 from converter.variants import VARIANTS
 
-from .checkpoints import write_official_checkpoint
+from . import require
 from .parity import verify_conversion
 
 
@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     p.add_argument("--batch", type=int, default=2)
     args = p.parse_args(argv)
+    require("python -m reference.report")
+    from .checkpoints import write_official_checkpoint
+
     print(
         f"{'variant':22} {'size':>5} {'logits max|d|':>14} {'max|d|/max|ref|':>16} {'top-1':>6} "
         f"{'worst tensor':>22} {'its max|d|/max|ref|':>20}  verdict"

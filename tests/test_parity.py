@@ -8,15 +8,16 @@ CoaT and a CoaT-Lite.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import pickle
 
 import numpy as np
 import pytest
 
 from paddle_model.variants import VARIANTS
-from reference.parity import verify_conversion
+from reference.parity import compare, seeded_input, verify_conversion
 
-from .conftest import run_cli
+from .conftest import ROOT, run_cli, run_python
 
 RTOL = 1e-5
 
@@ -102,3 +103,43 @@ def test_verify_exits_one_when_parity_fails(checkpoints, tmp_path, monkeypatch):
     )
     code = convert.main([str(checkpoints("coat_lite_tiny")), str(tmp_path / "o.pdparams"), "--verify"])
     assert code == 1
+
+
+def test_both_sides_trace_the_same_blocks_and_leave_no_hooks(converted):
+    """run_torch and run_paddle (one hooked runner) record the same blocks in the same order, the
+    classifier's input and the logits; their hooks are gone afterwards."""
+    import paddle_model
+    from reference.checkpoints import seeded_model
+    from reference.parity import run_paddle, run_torch
+
+    name = "coat_lite_tiny"
+    _, dst = converted(name)
+    torch_model = seeded_model(name)
+    paddle_model_ = paddle_model.create_model(name, pretrained=dst)
+    x = seeded_input(1, 224, seed=3)
+
+    def hooks() -> list[int]:  # the models' own hooks, if any, stay
+        torch_side = [len(m._forward_hooks) + len(m._forward_pre_hooks) for m in torch_model.modules()]
+        layers = paddle_model_.sublayers(include_self=True)
+        return torch_side + [len(m._forward_post_hooks) + len(m._forward_pre_hooks) for m in layers]
+
+    before = hooks()
+    ref_logits, ref_head, ref_trace = run_torch(torch_model, x)
+    logits, head, trace = run_paddle(paddle_model_, x)
+    assert [n for n, _ in ref_trace] == [n for n, _ in trace]
+    assert len(trace) == 4 + sum(VARIANTS[name].serial_depths)
+    assert compare("logits", ref_logits, logits).ok and compare("cls", ref_head, head).ok
+    assert ref_head.shape == head.shape == (1, VARIANTS[name].embed_dims[-1])
+    assert hooks() == before
+
+
+def test_the_benchmarks_feed_the_parity_harness_seeded_batch(tmp_path):
+    """benchmarks/_common.py's child prelude makes ``x`` with reference.parity.seeded_input."""
+    spec = importlib.util.spec_from_file_location("_common", ROOT / "benchmarks" / "_common.py")
+    common = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(common)
+    code = common.seeded_batch_prelude(ROOT) + "np.save(sys.argv[4], x)\n"
+    done = run_python("-c", code, "coat_lite_tiny", 3, 1, tmp_path / "x.npy", timeout=120)
+    assert done.returncode == 0, done.stderr
+    x = np.load(tmp_path / "x.npy")
+    assert x.shape == (3, 3, 224, 224) and np.array_equal(x, seeded_input(3, 224, seed=0))

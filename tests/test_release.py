@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -136,14 +137,14 @@ def test_model_card_of_an_official_source_with_measured_results(released, tmp_pa
     assert entry["name"] == "coat_lite_tiny" and found["dataset"]["type"] == "imagenet-1k"
     assert found["dataset"]["name"] == "ImageNet-1k validation (5 images)"
     assert [(m["name"], m["value"]) for m in found["metrics"]] == [
-        ("top-1 accuracy", measured["top1"]),
-        ("top-5 accuracy", measured["top5"]),
+        ("top-1 accuracy", measured.top1),
+        ("top-5 accuracy", measured.top5),
     ]
     assert "as published by the authors: top-1 77.5%" in card.text
 
     with pytest.raises(release_module.ConversionError, match="is not the file being released"):
         release_module.check_eval_result(
-            {**measured, "weights": str(result_file)},
+            dataclasses.replace(measured, weights=str(result_file)),
             manifest["files"],
             paddle_model.get_variant("coat_lite_tiny"),
         )
@@ -170,16 +171,6 @@ def test_released_files_load_at_parity_through_hub_and_create_model(released, na
 
 def test_hub_lists_all_eight_variants():
     assert sorted(paddle.hub.list(str(ROOT), source="local")) == sorted(paddle_model.VARIANTS)
-
-
-def test_unofficial_source_is_refused_without_the_flag(checkpoints, tmp_path):
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "coat_lite_tiny.pth").write_bytes(checkpoints("coat_lite_tiny").read_bytes())
-    result = run_module("reference.release", src, tmp_path / "out")
-    assert result.returncode == 2
-    assert "matches no official release; pass --allow-unofficial" in result.stdout
-    assert list((tmp_path / "out").iterdir()) == []
 
 
 def test_official_release_files_are_recognised_by_hash():
@@ -214,8 +205,9 @@ def test_official_provenance_says_it_rests_on_the_published_hash_prefix(checkpoi
         "official_variant",  # as if it were the official file
         lambda digest: v if digest == sha256 else None,
     )
-    entry = release_module.release_one(source, tmp_path, allow_unofficial=False, force=False)
-    assert entry.status == "released", entry.detail
+    planned = release_module.plan_source(source, sha256, allow_unofficial=False)
+    entry = release_module.release_one(planned, tmp_path)
+    assert entry.status is release_module.Status.RELEASED, entry.detail
     manifest = json.loads((tmp_path / "coat_lite_tiny" / "manifest.json").read_text())
     assert manifest["source"]["sha256"] == sha256  # the full hash of what was converted
     assert manifest["source"]["official"] is True
@@ -226,8 +218,6 @@ def test_official_provenance_says_it_rests_on_the_published_hash_prefix(checkpoi
 
 
 def test_a_variant_failing_parity_leaves_nothing_behind(checkpoints, tmp_path, monkeypatch):
-    import dataclasses
-
     src = tmp_path / "src"
     src.mkdir()
     (src / "x.pth").write_bytes(checkpoints("coat_lite_tiny").read_bytes())
@@ -236,7 +226,7 @@ def test_a_variant_failing_parity_leaves_nothing_behind(checkpoints, tmp_path, m
         lambda n: dataclasses.replace(paddle_model.VARIANTS[n], norm_eps=1e-3),
     )
     entries = release_module.release(src, tmp_path / "out", allow_unofficial=True, progress=False)
-    assert [e.status for e in entries] == ["parity failed"]
+    assert [e.status for e in entries] == [release_module.Status.PARITY_FAILED]
     assert list((tmp_path / "out").iterdir()) == []
     assert release_module.main([str(src), str(tmp_path / "out"), "--allow-unofficial"]) == 1
 
