@@ -42,9 +42,11 @@ from converter.cli import command
 from converter.errors import CoatError
 from converter.layout import coat_layout
 from converter.pipeline import convert_checkpoint
+from converter.train_state import read_training_state
 from converter.variants import VARIANTS, get_variant
 from paddle_model import train
 from paddle_model.factory import create_model
+from paddle_model.weights import read_weights
 
 from .checkpoints import write_official_checkpoint
 from .timm_model import timm_from_checkpoint
@@ -325,7 +327,7 @@ class TimmSide:
         if self.ema is not None:
             self.ema.update(self.model, step=self.updates)
         self.scheduler.step_update(num_updates=self.updates)
-        return self.state(float(loss), lr, norm, False)  # timm's Mixup does not say which it drew
+        return self.state(loss.item(), lr, norm, False)  # timm's Mixup does not say which it drew
 
     def state(self, loss: float, lr: float, norm: float | None, cutmix: bool) -> StepState:
         weights = {k: self.params[k].detach().numpy().copy() for k in self.names}
@@ -419,6 +421,51 @@ class PaddleSide:
             own = self.ema.state_dict()
             ema = {k: torch_layout(k, own[k]) for k in self.names}
         return StepState(loss, lr, norm, cutmix, weights, m, v, ema)
+
+
+# --- resuming from a torch training checkpoint -------------------------------------------
+
+
+def save_torch_training_checkpoint(side: TimmSide, path: Path, epoch: int = 0) -> Path:
+    """``torch.save`` of what the official training code checkpoints, from timm's side."""
+    torch.save(
+        {
+            "model": side.model.state_dict(),
+            "optimizer": side.optimizer.state_dict(),
+            "lr_scheduler": side.scheduler.state_dict(),
+            "epoch": epoch,
+            "model_ema": side.ema.module.state_dict() if side.ema is not None else None,
+        },
+        path,
+    )
+    return path
+
+
+def _read_exact(path: Path) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v) for k, v in read_weights(path).items()}
+
+
+def resume_paddle_side(setup: Setup, checkpoint: Path, folder: Path) -> PaddleSide:
+    """A Paddle side continuing timm's run saved in ``checkpoint``: weights and EMA through the
+    converter, optimizer and schedule through :func:`converter.train_state.read_training_state`
+    (no pickle code runs), every tensor kept in its dtype."""
+    weights, ema_weights = folder / "resumed.pdparams", folder / "resumed_ema.pdparams"
+    convert_checkpoint(checkpoint, weights, setup.variant)
+    side = PaddleSide(setup, weights)
+    state = _read_exact(weights)
+    with paddle.no_grad():
+        for name, p in side.model.named_parameters():
+            p.set_value(state[name].astype(setup.dtype))
+        if side.ema is not None:
+            convert_checkpoint(checkpoint, ema_weights, setup.variant, ema=True)
+            ema = _read_exact(ema_weights)
+            for key, index in side.ema.keys:
+                side.ema.tensors[index].set_value(ema[key].astype(setup.dtype))
+    training = read_training_state(checkpoint)
+    side.optimizer.load_state_dict(training.optimizer)
+    side.scheduler.load_state_dict(training.scheduler)
+    side.updates = max(s["step"] for s in training.optimizer["state"].values())
+    return side
 
 
 # --- the run -------------------------------------------------------------------------------

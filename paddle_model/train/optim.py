@@ -23,13 +23,13 @@ from collections.abc import Collection, Iterable, Mapping
 import numpy as np
 import paddle
 
-CLS_TOKENS = ("cls_token1", "cls_token2", "cls_token3", "cls_token4")
+from converter.train_state import NO_WEIGHT_DECAY, excluded_from_decay
 
 
 def no_weight_decay(model: paddle.nn.Layer) -> set[str]:
     """The names the model excludes from weight decay (timm's ``model.no_weight_decay()``)."""
     own = getattr(model, "no_weight_decay", None)
-    return set(own()) if callable(own) else set(CLS_TOKENS)
+    return set(own()) if callable(own) else set(NO_WEIGHT_DECAY)
 
 
 def _matches(name: str, patterns: Collection[str]) -> bool:
@@ -38,8 +38,8 @@ def _matches(name: str, patterns: Collection[str]) -> bool:
 
 def is_decayed(name: str, param: paddle.Tensor, no_decay: Collection[str], exclude_1d: bool = True) -> bool:
     """timm's rule: 1-D parameters, ``*.bias`` and names matching ``no_decay`` are not decayed."""
-    if exclude_1d and (param.ndim <= 1 or name.endswith(".bias")):
-        return False
+    if exclude_1d:
+        return not excluded_from_decay(name, tuple(param.shape), no_decay)
     return not _matches(name, no_decay)
 
 
