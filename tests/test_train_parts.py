@@ -72,6 +72,19 @@ def test_warmup_prefix_and_cycles_follow_timm():
     assert ours == theirs
 
 
+def test_a_groups_lr_scale_multiplies_the_scheduled_lr_as_in_timm():
+    """Layer-wise lr decay's hook: a group's ``lr_scale`` (timm's) scales the absolute lr."""
+    topt = torch.optim.AdamW([{"params": [torch.nn.Parameter(torch.zeros(1))], "lr_scale": 0.3}], lr=1e-3)
+    popt = train.AdamW([{"names": ["p"], "params": [paddle.zeros([1])], "lr_scale": 0.3}], lr=1e-3)
+    kw = dict(t_initial=10, lr_min=1e-5, warmup_t=2, warmup_lr_init=1e-6, t_in_epochs=False)
+    theirs, ours = TimmCosine(topt, **kw), train.CosineLRScheduler(popt, **kw)
+    for t in range(12):
+        theirs.step_update(t)
+        ours.step_update(t)
+        assert popt.param_groups[0]["lr"] == topt.param_groups[0]["lr"]
+    assert popt.param_groups[0]["lr"] == pytest.approx(0.3 * 1e-5)
+
+
 @pytest.fixture(scope="module")
 def lite():
     """(Paddle coat_lite_tiny, timm coat_lite_tiny), untrained, built once."""

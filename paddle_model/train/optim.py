@@ -79,12 +79,6 @@ def decayed_parameters(
     return [n for g in groups if g["weight_decay"] for n in g["names"]]
 
 
-def layer_decay_scales(names: Iterable[str], num_layers: int, decay: float, layer_of) -> dict[str, float]:
-    """Layer-wise lr decay: ``decay ** (num_layers - layer_of(name))`` per name (timm's
-    ``param_groups_layer_decay`` scale); put into a group's ``lr_scale``."""
-    return {n: decay ** (num_layers - layer_of(n)) for n in names}
-
-
 class AdamW:
     """torch's ``AdamW`` (decoupled weight decay, ``amsgrad=False``) over named parameter groups.
 
