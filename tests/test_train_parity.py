@@ -36,6 +36,7 @@ def _assert_at_gate(reports, steps=STEPS):
     failed = first_failure(reports)
     assert failed is None, reports[failed - 1].line()
     assert max(r.weights_rel for r in reports) > 0  # two runs really were compared
+    print("\n".join(r.line() for r in reports))  # the growth per step, shown with -s or on failure
 
 
 def test_coat_lite_tiny_float64_official_recipe_holds_the_gates(lite_float64):
