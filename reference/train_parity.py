@@ -198,9 +198,11 @@ def _model_rel(ref: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> float:
     """max |d| over all tensors / max |ref| over all tensors: the difference at the model's scale."""
     if not ref:
         return 0.0
-    d = max(float(np.abs(got[k].astype(np.float64) - r).max()) for k, r in ref.items())
-    m = max(float(np.abs(r).max()) for r in ref.values())
-    return float("inf") if np.isnan(d) else (d / m if m > 0 else float(d > 0) * float("inf"))
+    ds = [float(np.abs(got[k].astype(np.float64) - r).max()) for k, r in ref.items()]
+    if any(np.isnan(ds)):  # Python's max() would pass over a NaN
+        return float("inf")
+    d, m = max(ds), max(float(np.abs(r).max()) for r in ref.values())
+    return d / m if m > 0 else (0.0 if d == 0 else float("inf"))
 
 
 def compare_step(step: int, ref: StepState, got: StepState, dtype: str) -> StepReport:

@@ -176,3 +176,19 @@ def test_plot_writes_a_png_or_says_what_to_install(tmp_path):
     else:
         assert result.returncode == 0, result.stderr
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_a_nan_weight_or_loss_fails_the_gate(dtype):
+    import numpy as np
+
+    from reference.train_parity import StepState
+
+    def state(loss, w):
+        t = {"a": np.array([1.0, -2.0]), "b": np.array(w)}
+        return StepState(loss, 1e-3, None, False, t, t, t, t)
+
+    ref = state(1.0, [0.5, 0.25])
+    assert compare_step(1, ref, state(1.0, [0.5, 0.25]), dtype).ok
+    assert not compare_step(1, ref, state(1.0, [0.5, np.nan]), dtype).ok
+    assert not compare_step(1, ref, state(float("nan"), [0.5, 0.25]), dtype).ok
