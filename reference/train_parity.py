@@ -14,8 +14,9 @@ timm's own code: ``torch.optim.AdamW`` over ``param_groups_weight_decay``, ``Cos
 relative difference (max |d| / max |ref| per tensor, the worst tensor) of the weights, the AdamW
 moments and the EMA weights. The schedule is the recipe's, compressed to the run: warmup over
 the first fifth of the updates from ``warmup_lr``, then cosine to ``min_lr``, stepped per update.
+In float64 timm's LayerNorms get Paddle's float32-rounded epsilon (:func:`float32_layer_norm_eps`).
 Exit 1 when a step is above the gates. float64: losses 1e-10; weights, AdamW moments and EMA
-1e-9, each tensor on its own scale. float32: losses 1e-4; weights and EMA 1e-4 at the model's
+1e-9, each tensor on its own scale; the lr equal. float32: losses 1e-4; weights and EMA 1e-4 at the model's
 scale (max |d| over all tensors / max |ref| over all tensors): per tensor, float32 cannot hold
 1e-4, because AdamW turns a gradient element near eps into a step of about lr whatever its
 rounding, so the two frameworks' float32 rounding of such gradients moves a tensor whose
@@ -617,8 +618,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps({**out, "ok": failed is None, "first_failure": failed}))
     else:
         worst = max(r.weights_rel for r in reports)
+        model = max(r.model_weights_rel for r in reports)
         print(
-            f"worst weight difference {worst:.2e}; "
+            f"largest weight difference {worst:.2e} per tensor, {model:.2e} at the model's scale; "
             + ("ok" if failed is None else f"FAIL from step {failed}")
         )
     return 0 if failed is None else 1
