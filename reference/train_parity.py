@@ -513,9 +513,11 @@ def run(
     sides: Sequence[Mutation] = (Mutation(),),
     reference: str = "timm",
     on_step: Callable[[int, list[StepReport]], None] | None = None,
+    stop_at_failure: bool = False,
 ) -> list[list[StepReport]]:
     """Train the reference (timm's, or with ``reference="paddle"`` an unmutated Paddle side, for
-    the control) and one Paddle side per mutation in lock step; per side, one report per step."""
+    the control) and one Paddle side per mutation in lock step; per side, one report per step
+    (with ``stop_at_failure``, a side that fails the gates stops there: its reports end with it)."""
     paddle.seed(setup.seed)
     torch.manual_seed(setup.seed)
     with tempfile.TemporaryDirectory(prefix="train_parity_") as tmp:
@@ -527,6 +529,8 @@ def run(
         expected = ref.step(step)
         now = []
         for side, out in zip(candidates, reports):
+            if stop_at_failure and out and not out[-1].ok:
+                continue
             out.append(compare_step(step, expected, side.step(step), setup.dtype))
             now.append(out[-1])
         if on_step is not None:

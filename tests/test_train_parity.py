@@ -24,10 +24,13 @@ STEPS = 10
 @pytest.fixture(scope="module")
 def lite_float64():
     """coat_lite_tiny, float64, official recipe: one timm run against the faithful Paddle side
-    and every mutation, in lock step. -> {side name: [StepReport per step]}"""
+    and every mutation, in lock step, each mutation stopped where it fails.
+    -> {side name: [StepReport per step]}"""
     setup = Setup("coat_lite_tiny", STEPS, "float64", size=32, batch=2)
     names = ["faithful", *MUTATIONS]
-    reports = run(setup, [Mutation(), *MUTATIONS.values()])
+    reports = run(
+        setup, [Mutation(), *MUTATIONS.values()], stop_at_failure=True
+    )  # a mutation ends at its failure
     return dict(zip(names, reports))
 
 
