@@ -68,9 +68,15 @@ def export(
 def build(variant: str, weights: str | Path | None, kernels: bool):
     """The model to export, in eval mode: built (and its weights read) before any folder or
     file of the export is made."""
+    from .. import kernels as compiled
     from ..factory import create_model
     from ..kernels import fast
 
+    if kernels and not compiled.available():  # said in the command's terms, before any work
+        raise CoatError(
+            "the compiled kernels are not available here (see the warning above, or "
+            "COAT_PADDLE_KERNELS=0); export without --kernels"
+        )
     model = create_model(variant, pretrained=weights, kernels=True if kernels else None)
     if kernels:
         fast.trace_compiled(model)  # the traced graph holds the compiled ops
