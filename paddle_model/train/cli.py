@@ -129,6 +129,10 @@ def _fresh(args, given: set[str], say) -> TrainConfig:
         say(f"--recipe finetune set {listed}")
     if values["batch_size"] < 1 or values["epochs"] < 1 or args.workers < 0:
         raise CoatError("--batch-size and --epochs must be at least 1, --workers at least 0")
+    if args.output.exists() and not args.force:
+        raise CoatError(
+            f"{args.output}: already exists; pass --resume to continue its run or --force to replace it"
+        )
     values["data"] = str(args.data)
     return TrainConfig(**values)
 
@@ -150,11 +154,10 @@ def _resumed(out: Path, args, given: set[str]):
     return TrainConfig(**saved), ckpt
 
 
-def _prepare_output(out: Path, resume: bool, force: bool) -> None:
+def _prepare_output(out: Path, resume: bool) -> None:
+    """A new run's folder (an existing one only with --force, checked before): our files removed."""
     if resume:
         return
-    if out.exists() and not force:
-        raise CoatError(f"{out}: already exists; pass --resume to continue its run or --force to replace it")
     if out.exists() and not out.is_dir():
         raise CoatError(f"{out}: is not a folder")
     out.mkdir(parents=True, exist_ok=True)
@@ -176,7 +179,7 @@ def _train(cfg: TrainConfig, out: Path, ckpt, args, say) -> int:
         cfg.classes = train_set.classes
     elif cfg.classes != train_set.classes:
         raise CoatError(f"{root}: its class folders changed since the run started; resume on the same data")
-    _prepare_output(out, ckpt is not None, args.force)
+    _prepare_output(out, ckpt is not None)
     run = build(cfg, out, train_set, val_set)
     log_path = out / "log.jsonl"
     if ckpt is not None:
