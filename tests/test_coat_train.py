@@ -6,6 +6,7 @@ Tiny settings throughout: coat_lite_tiny at 32 px, 2 classes of seeded 40x48 PNG
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -282,3 +283,45 @@ def test_help_and_version_work_without_data(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--version"])
     assert e.value.code == 0 and "coat-train" in capsys.readouterr().out
+
+
+# --- distributed ---------------------------------------------------------------------------
+
+
+def test_two_cpu_ranks_with_batch_2_train_as_one_process_with_batch_4(data, tmp_path):
+    """Losses to 2e-5 relative, weights to 1e-3 of the model's scale: the ranks' all-reduce sums
+    the gradients in another order, and AdamW's first updates turn such float32 differences in
+    near-zero gradients into lr-sized steps (lr 1e-3 here) of single elements."""
+    train, _ = data
+    args = [*TINY, "--epochs", "2", "--batch-size", "4", "--mixup", "0", "--cutmix", "0", "--lr", "1e-3"]
+    args += ["--warmup-epochs", "0"]
+    assert main([str(train), *args, "--output", str(tmp_path / "one")]) == 0
+    script = tmp_path / "coat_train.py"
+    script.write_text("import sys\nfrom paddle_model.train.cli import main\nsys.exit(main())\n")
+    launch = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2"]
+    launch += ["--log_dir", str(tmp_path / "logs"), str(script), str(train), *args]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [*launch, "--output", str(tmp_path / "two")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    def losses(out: Path) -> list[float]:
+        rows = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+        assert [r["world"] for r in rows if r["kind"] == "start"] == [1 if out.name == "one" else 2]
+        return [r["loss"] for r in rows if r["kind"] == "step"]
+
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert len(one) == len(two) == 4
+    assert np.allclose(two, one, rtol=2e-5, atol=0), (one, two)
+    a, b = (
+        read_weights(tmp_path / "one" / "model.pdparams"),
+        read_weights(tmp_path / "two" / "model.pdparams"),
+    )
+    diff = max(float(np.abs(a[k].astype(np.float64) - b[k]).max()) for k in a)
+    assert diff / max(float(np.abs(a[k]).max()) for k in a) <= 1e-3

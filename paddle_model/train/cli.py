@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, fields
@@ -105,6 +106,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     given = _given(argv)
     say = print if not args.json else (lambda *a, **k: print(*a, file=sys.stderr, **k))
+    if _rank() != 0:  # one voice for a distributed run
+
+        def say(*a, **k) -> None:
+            return None
+
     if args.resume is not None:
         out = Path(args.resume or args.output or "")
         if not str(out):
@@ -129,7 +135,7 @@ def _fresh(args, given: set[str], say) -> TrainConfig:
         say(f"--recipe finetune set {listed}")
     if values["batch_size"] < 1 or values["epochs"] < 1 or args.workers < 0:
         raise CoatError("--batch-size and --epochs must be at least 1, --workers at least 0")
-    if args.output.exists() and not args.force:
+    if args.output.exists() and not args.force and _rank() == 0:  # rank 0 creates it
         raise CoatError(
             f"{args.output}: already exists; pass --resume to continue its run or --force to replace it"
         )
@@ -154,9 +160,15 @@ def _resumed(out: Path, args, given: set[str]):
     return TrainConfig(**saved), ckpt
 
 
+def _rank() -> int:
+    """This process's rank under ``paddle.distributed.launch`` (0 outside it), before any setup."""
+    return int(os.environ.get("PADDLE_TRAINER_ID", "0"))
+
+
 def _prepare_output(out: Path, resume: bool) -> None:
-    """A new run's folder (an existing one only with --force, checked before): our files removed."""
-    if resume:
+    """A new run's folder (an existing one only with --force, checked before): our files removed.
+    Rank 0 writes every file of the run; the other ranks only read."""
+    if resume or _rank() != 0:
         return
     if out.exists() and not out.is_dir():
         raise CoatError(f"{out}: is not a folder")
@@ -170,6 +182,11 @@ def _train(cfg: TrainConfig, out: Path, ckpt, args, say) -> int:
     train_set = read_split(root, cfg.list_file, cfg.skip_bad, "training")
     val_set = read_split(Path(cfg.val), cfg.val_list, cfg.skip_bad, "val") if cfg.val else None
     n = check_classes(train_set, val_set, cfg.num_classes, root)
+    ranks = int(os.environ.get("PADDLE_TRAINERS_NUM", "1"))
+    if cfg.batch_size % ranks:
+        raise CoatError(
+            f"--batch-size {cfg.batch_size} (the global batch) must be a multiple of the {ranks} processes"
+        )
     if len(train_set.samples) < cfg.batch_size:
         raise CoatError(
             f"{root}: {len(train_set.samples)} images, fewer than one batch of {cfg.batch_size}; "
