@@ -325,3 +325,49 @@ def test_two_cpu_ranks_with_batch_2_train_as_one_process_with_batch_4(data, tmp_
     )
     diff = max(float(np.abs(a[k].astype(np.float64) - b[k]).max()) for k in a)
     assert diff / max(float(np.abs(a[k]).max()) for k in a) <= 1e-3
+
+
+def test_a_full_disk_while_checkpointing_leaves_the_previous_checkpoint_whole(
+    data, tmp_path, capsys, monkeypatch
+):
+    import errno
+
+    from converter import writers
+
+    train, _ = data
+    real, calls = writers.atomic_write, []
+
+    def fills_up(path, write, force=False):
+        calls.append(path)
+        if len(calls) < 3:
+            return real(path, write, force)
+
+        class Full:  # takes a little, then the disk is full
+            def write(self, chunk):
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+        def partial(f):
+            f.write(b"x" * 100)
+            write(Full())
+
+        return real(path, partial, force)
+
+    monkeypatch.setattr(writers, "atomic_write", fills_up)
+    out = tmp_path / "o"
+    argv = [
+        str(train),
+        *TINY,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "2",
+        "--checkpoint-every",
+        "1",
+        "--output",
+        str(out),
+    ]
+    assert main(argv) == 2
+    line = error_line(capsys)
+    assert str(out / "last.safetensors") in line and "ENOSPC" in line
+    assert checkpoint.load(out / "last.safetensors").state["step"] == 2
+    assert sorted(p.name for p in out.iterdir()) == ["last.safetensors", "log.jsonl"]
