@@ -371,3 +371,11 @@ def test_a_full_disk_while_checkpointing_leaves_the_previous_checkpoint_whole(
     assert str(out / "last.safetensors") in line and "ENOSPC" in line
     assert checkpoint.load(out / "last.safetensors").state["step"] == 2
     assert sorted(p.name for p in out.iterdir()) == ["last.safetensors", "log.jsonl"]
+
+
+def test_amp_on_the_cpu_is_refused_rather_than_silently_float32(data, tmp_path, capsys):
+    train, _ = data
+    assert (
+        main([str(train), *TINY, "--batch-size", "2", "--amp", "bf16", "--output", str(tmp_path / "o")]) == 2
+    )
+    assert "--amp bf16 needs a GPU" in error_line(capsys)

@@ -76,6 +76,7 @@ def build_parser(defaults: bool = True) -> ArgumentParser:
     opt("--model-ema", action="store_true")
     opt("--model-ema-decay", type=float)
     opt("--aug", choices=["none"], help="'none': train on the eval transform (the only one so far)")
+    opt("--amp", choices=["bf16", "fp16"], help="mixed precision (a GPU; float32 by default)")
     opt("--seed", type=int)
     opt("--checkpoint-every", type=int, help="also checkpoint every N updates (0: at epoch ends)")
     opt("--skip-bad", action="store_true", help="leave unreadable images out, each listed in the log")

@@ -35,6 +35,7 @@ from ..factory import create_model
 from ..transforms import EvalTransform
 from ..variants import get_variant
 from . import checkpoint
+from .amp import autocast
 from .clip import dispatch_clip_grad
 from .data import TrainImages, TrainSet, batches, epoch_batches, rank_slice, sample_paths
 from .droppath import SeededMasks, install_drop_path, reset_calls
@@ -81,6 +82,7 @@ class TrainConfig:
     model_ema: bool = False
     model_ema_decay: float = 0.99996
     aug: str = "none"
+    amp: str | None = None  # "bf16" (a GPU only); float32 by default
     seed: int = 0
     checkpoint_every: int = 0  # updates between mid-epoch checkpoints (0: at epoch ends only)
     skip_bad: bool = False
@@ -125,6 +127,12 @@ def build(cfg: TrainConfig, out: Path, train: TrainSet, val: TrainSet | None) ->
     """The model (with ``cfg.weights``, a fresh head when the class count differs), optimizer,
     schedule, EMA and Mixup of a new run, before any update."""
     rank, size = world()
+    if cfg.amp == "fp16":
+        raise CoatError(
+            "--amp fp16 is not supported by coat-train yet (it needs loss scaling, and Paddle's GradScaler "
+            "drives only Paddle's own optimizers); use --amp bf16"
+        )
+    autocast(cfg.amp)  # refuses --amp where paddle.amp would not apply (the CPU), before the build
     paddle.seed(cfg.seed)  # the fresh head's initialisation
     n = len(cfg.classes)
     pretrained = True if cfg.weights == "pretrained" else cfg.weights
@@ -280,7 +288,8 @@ def train(r: Run, log: Callable[[dict], None], workers: int = 0, progress: bool 
                 r.masks.step = step
                 reset_calls(r.model)
                 lr = r.optimizer.param_groups[0]["lr"]
-                loss = _loss(r, paddle.to_tensor(x), paddle.to_tensor(labels), step)
+                with autocast(cfg.amp):
+                    loss = _loss(r, paddle.to_tensor(x), paddle.to_tensor(labels), step)
                 value = _mean_over_ranks(float(loss), r.world)
                 if not math.isfinite(value):
                     raise _diverged(r, step, epoch, i, sample_paths(r.train_set, indices), value)
