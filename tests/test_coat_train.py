@@ -294,7 +294,7 @@ def test_two_cpu_ranks_with_batch_2_train_as_one_process_with_batch_4(data, tmp_
     near-zero gradients into lr-sized steps (lr 1e-3 here) of single elements."""
     train, _ = data
     args = [*TINY, "--epochs", "2", "--batch-size", "4", "--mixup", "0", "--cutmix", "0", "--lr", "1e-3"]
-    args += ["--warmup-epochs", "0"]
+    args += ["--warmup-epochs", "0", "--aug", "none"]
     assert main([str(train), *args, "--output", str(tmp_path / "one")]) == 0
     script = tmp_path / "coat_train.py"
     script.write_text("import sys\nfrom paddle_model.train.cli import main\nsys.exit(main())\n")

@@ -75,7 +75,12 @@ def build_parser(defaults: bool = True) -> ArgumentParser:
     opt("--clip-grad", type=float, help="clip the gradients' global norm to this (torch's rule)")
     opt("--model-ema", action="store_true")
     opt("--model-ema-decay", type=float)
-    opt("--aug", choices=["none"], help="'none': train on the eval transform (the only one so far)")
+    opt(
+        "--aug",
+        choices=["official", "none"],
+        help="official: timm's RandomResizedCrop, flip, RandAugment m9-mstd0.5, erasing 0.25; "
+        "none: the eval transform (for debugging and exact checks)",
+    )
     opt("--amp", choices=["bf16", "fp16"], help="mixed precision (a GPU; float32 by default)")
     opt("--seed", type=int)
     opt("--checkpoint-every", type=int, help="also checkpoint every N updates (0: at epoch ends)")

@@ -37,7 +37,16 @@ from ..variants import get_variant
 from . import checkpoint
 from .amp import autocast
 from .clip import dispatch_clip_grad
-from .data import TrainImages, TrainSet, batches, epoch_batches, rank_slice, sample_paths
+from .data import (
+    AugmentedImages,
+    TrainImages,
+    TrainSet,
+    TrainTransform,
+    batches,
+    epoch_batches,
+    rank_slice,
+    sample_paths,
+)
 from .droppath import SeededMasks, install_drop_path, reset_calls
 from .ema import ModelEma
 from .loss import label_smoothing_cross_entropy, soft_target_cross_entropy
@@ -81,7 +90,7 @@ class TrainConfig:
     clip_grad: float | None = None
     model_ema: bool = False
     model_ema_decay: float = 0.99996
-    aug: str = "none"
+    aug: str = "official"
     amp: str | None = None  # "bf16" (a GPU only); float32 by default
     seed: int = 0
     checkpoint_every: int = 0  # updates between mid-epoch checkpoints (0: at epoch ends only)
@@ -171,12 +180,20 @@ def build(cfg: TrainConfig, out: Path, train: TrainSet, val: TrainSet | None) ->
         ema,
         mixup,
         masks,
-        TrainImages(train.samples, tf),
+        _train_images(cfg, train, tf),
         TrainImages(val.samples, tf) if val is not None else None,
         rank,
         size,
         {"epoch": 0, "batch": 0, "step": 0, "history": [], "best": None, "losses": []},
     )
+
+
+def _train_images(cfg: TrainConfig, train: TrainSet, tf: EvalTransform) -> TrainImages:
+    """``--aug official``: timm's train transform, each image's draws from (seed, epoch, index);
+    ``--aug none``: the eval transform."""
+    if cfg.aug == "official":
+        return AugmentedImages(train.samples, TrainTransform(tf.size), tf.size, cfg.seed)
+    return TrainImages(train.samples, tf)
 
 
 def save_checkpoint(r: Run, name: str = LAST) -> None:
@@ -278,6 +295,8 @@ def train(r: Run, log: Callable[[dict], None], workers: int = 0, progress: bool 
             epoch = r.state["epoch"]
             plan = epoch_batches(len(r.train_set), cfg.batch_size, cfg.seed, epoch)
             start = r.state["batch"]
+            if isinstance(r.train_set, AugmentedImages):
+                r.train_set.epoch = epoch  # before the workers get their copy
             mine = [rank_slice(b, r.rank, r.world) for b in plan[start:]]
             bar = _bar(len(plan), start, epoch, progress and r.rank == 0)
             losses, began = r.state.setdefault("losses", []), time.perf_counter()
