@@ -21,7 +21,7 @@ from converter.paddle_weights import read_weights
 from paddle_model.train import checkpoint
 from paddle_model.train.cli import main
 
-from .conftest import ROOT
+from .conftest import ROOT, run_cli
 
 VARIANT = "coat_lite_tiny"
 TINY = ["--variant", VARIANT, "--img-size", "32", "--quiet"]
@@ -86,7 +86,7 @@ def test_resume_after_sigkill_mid_epoch_gives_the_uninterrupted_weights_bit_for_
     proc.wait()
     at = checkpoint.load(killed / "last.safetensors").state
     assert at["epoch"] == 0 and 0 < at["batch"] < 4
-    assert main(["--resume", str(killed)]) == 0
+    assert main(["--resume", str(killed), "--workers", "1"]) == 0  # workers only read files
     for name in ("model.pdparams", "model_ema.pdparams"):
         whole, resumed = read_weights(tmp_path / "whole" / name), read_weights(killed / name)
         assert whole.keys() == resumed.keys()
@@ -115,22 +115,30 @@ def test_ctrl_c_exits_130_with_a_checkpoint_of_the_last_step_and_resumes(data, t
 # --- the end-to-end fine-tune --------------------------------------------------------------
 
 
-def test_a_fine_tune_writes_weights_create_model_loads_with_class_names_and_curves(
-    data, tmp_path, converted, capsys
-):
-    from paddle_model.factory import create_model
+@pytest.fixture(scope="module")
+def fine_tuned(tmp_path_factory, converted) -> tuple[Path, Path, str]:
+    """A two-epoch fine-tune from converted seeded weights: (run folder, start weights, stderr+stdout)."""
+    import contextlib
+    import io
 
-    train, val = data
+    root = tmp_path_factory.mktemp("fine_tune")
+    train, val = make_folder(root / "train", 4), make_folder(root / "val", 2, seed=1)
     _, weights = converted(VARIANT)
-    out = tmp_path / "run"
+    out = root / "run"
     argv = [str(train), "--val", str(val), *TINY, "--weights", str(weights), "--epochs", "2"]
     argv += ["--batch-size", "4", "--recipe", "finetune", "--model-ema", "--json", "--output", str(out)]
-    assert main(argv) == 0
-    captured = capsys.readouterr()
-    result = json.loads(captured.out)
-    assert (
-        "--recipe finetune set lr=5e-06, sched=constant, warmup_epochs=0, weight_decay=1e-08" in captured.err
-    )
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        assert main(argv) == 0, stderr.getvalue()
+    return out, weights, stdout.getvalue() + "\n" + stderr.getvalue()
+
+
+def test_a_fine_tune_writes_weights_create_model_loads_with_class_names_and_curves(fine_tuned):
+    from paddle_model.factory import create_model
+
+    out, weights, printed = fine_tuned
+    result = json.loads(printed.splitlines()[0])
+    assert "--recipe finetune set lr=5e-06, sched=constant, warmup_epochs=0, weight_decay=1e-08" in printed
     assert result["steps"] == 4 and {"top1", "top5", "ema_top1", "ema_top5"} <= set(result["last_epoch"])
     config = json.loads((out / "config.json").read_text())
     assert config["label_names"] == ["cat", "dog"] and config["num_classes"] == 2
@@ -146,6 +154,29 @@ def test_a_fine_tune_writes_weights_create_model_loads_with_class_names_and_curv
     assert [r["epoch"] for r in rows if r["kind"] == "epoch"] == [0, 1]
     assert all(r["lr"] == 5e-6 for r in rows if r["kind"] == "step")  # constant, no warmup
     assert (out / "best.safetensors").is_file()
+
+
+def test_the_fine_tuned_weights_convert_back_to_timm_with_equal_logits(fine_tuned, tmp_path):
+    import paddle
+    import torch
+
+    from paddle_model.factory import create_model
+    from reference.timm_model import timm_from_checkpoint
+
+    out, _, _ = fine_tuned
+    back = tmp_path / "back.pth"
+    done = run_cli(out / "model.pdparams", back, "--to", "torch")
+    assert done.returncode == 0, done.stderr
+    timm_model = timm_from_checkpoint(back, VARIANT, img_size=32)
+    model = create_model(VARIANT, pretrained=out / "model.pdparams", num_classes=2)
+    model.eval()
+    x = np.random.default_rng(5).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    with paddle.no_grad():
+        ours = model(paddle.to_tensor(x)).numpy()
+    with torch.no_grad():
+        ref = timm_model(torch.from_numpy(x)).numpy()
+    assert ref.shape == (3, 2)
+    assert np.abs(ours - ref).max() <= 1e-5
 
 
 # --- parity with timm ----------------------------------------------------------------------
