@@ -410,3 +410,20 @@ def test_amp_on_the_cpu_is_refused_rather_than_silently_float32(data, tmp_path, 
         main([str(train), *TINY, "--batch-size", "2", "--amp", "bf16", "--output", str(tmp_path / "o")]) == 2
     )
     assert "--amp bf16 needs a GPU" in error_line(capsys)
+    assert not (tmp_path / "o").exists()
+
+
+def test_file_lists_train_and_validate_like_folders(data, tmp_path):
+    train, val = data
+    lines = [f"{p.relative_to(train)} {int(p.parent.name == 'dog')}" for p in sorted(train.rglob("*.png"))]
+    (tmp_path / "train.txt").write_text("\n".join(lines) + "\n")
+    vlines = [f"{p.relative_to(val)} {int(p.parent.name == 'dog')}" for p in sorted(val.rglob("*.png"))]
+    (tmp_path / "val.txt").write_text("\n".join(vlines) + "\n")
+    out = tmp_path / "o"
+    argv = [str(train), "--list", str(tmp_path / "train.txt"), "--val", str(val), "--val-list"]
+    argv += [str(tmp_path / "val.txt"), *TINY, "--epochs", "1", "--batch-size", "4", "--output", str(out)]
+    assert main(argv) == 0
+    rows = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert len([r for r in rows if r["kind"] == "step"]) == 2
+    assert [r["top5"] for r in rows if r["kind"] == "epoch"] == [100.0]  # two classes: always in the top 5
+    assert json.loads((out / "config.json").read_text())["label_names"] == ["0", "1"]

@@ -23,7 +23,7 @@ from ..hub import WEIGHTS_HELP
 from ..variants import VARIANTS
 from . import checkpoint
 from .data import check_classes, read_split
-from .loop import LAST, Diverged, TrainConfig, build, finish, train
+from .loop import LAST, Diverged, TrainConfig, build, check_amp, finish, train
 
 DESCRIPTION = "Fine-tune a CoaT in Paddle on your own images (ImageFolder), resumably."
 FINETUNE = {"lr": 5e-6, "sched": "constant", "warmup_epochs": 0, "weight_decay": 1e-8}
@@ -202,13 +202,15 @@ def _train(cfg: TrainConfig, out: Path, ckpt, args, say) -> int:
         cfg.classes = train_set.classes
     elif cfg.classes != train_set.classes:
         raise CoatError(f"{root}: its class folders changed since the run started; resume on the same data")
+    check_amp(cfg)  # before anything is written
     _prepare_output(out, ckpt is not None)
     run = build(cfg, out, train_set, val_set)
     log_path = out / "log.jsonl"
     if ckpt is not None:
         checkpoint.restore(ckpt, run.model, run.optimizer, run.scheduler, run.ema, str(out / LAST))
         run.state.update({k: ckpt.state[k] for k in run.state if k in ckpt.state})
-        _truncate_log(log_path, run.state["step"], run.state["epoch"])
+        if run.rank == 0:
+            _truncate_log(log_path, run.state["step"], run.state["epoch"])
     skipped = train_set.data.skipped + (val_set.data.skipped if val_set else [])
     with open(log_path, "a") as log_file:
 

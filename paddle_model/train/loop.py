@@ -132,16 +132,22 @@ def eval_transform(cfg: TrainConfig) -> EvalTransform:
     return EvalTransform(size, math.floor(size / v.crop_pct), v.crop_mode, v.interpolation)
 
 
-def build(cfg: TrainConfig, out: Path, train: TrainSet, val: TrainSet | None) -> Run:
-    """The model (with ``cfg.weights``, a fresh head when the class count differs), optimizer,
-    schedule, EMA and Mixup of a new run, before any update."""
-    rank, size = world()
+def check_amp(cfg: TrainConfig) -> None:
+    """Refuse an ``--amp`` this loop cannot honour: fp16, and any on the CPU (where paddle.amp
+    would silently run float32)."""
     if cfg.amp == "fp16":
         raise CoatError(
             "--amp fp16 is not supported by coat-train yet (it needs loss scaling, and Paddle's GradScaler "
             "drives only Paddle's own optimizers); use --amp bf16"
         )
-    autocast(cfg.amp)  # refuses --amp where paddle.amp would not apply (the CPU), before the build
+    autocast(cfg.amp)
+
+
+def build(cfg: TrainConfig, out: Path, train: TrainSet, val: TrainSet | None) -> Run:
+    """The model (with ``cfg.weights``, a fresh head when the class count differs), optimizer,
+    schedule, EMA and Mixup of a new run, before any update."""
+    rank, size = world()
+    check_amp(cfg)
     paddle.seed(cfg.seed)  # the fresh head's initialisation
     n = len(cfg.classes)
     pretrained = True if cfg.weights == "pretrained" else cfg.weights
