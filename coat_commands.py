@@ -1,5 +1,5 @@
 """The console scripts (``coat-convert``, ``coat-release``, ``coat-evaluate``, ``coat-predict``,
-``coat-export``): each imports its command's module only when run.
+``coat-export``, ``coat-train``): each imports its command's module only when run.
 
 The script pip writes for an entry point imports the module before any of its code runs.
 ``paddle_model`` checks at import that a supported Paddle is installed (it is not a requirement:
@@ -43,3 +43,7 @@ def predict() -> int:
 
 def export() -> int:
     return _run("paddle_model.export")
+
+
+def train() -> int:
+    return _run("paddle_model.train.cli")
