@@ -51,7 +51,7 @@ def build_parser(defaults: bool = True) -> ArgumentParser:
     opt("--val", help="val ImageFolder root (same class folders), evaluated after every epoch")
     opt("--val-list", help="val file list (paths relative to --val)")
     opt("--variant", choices=list(VARIANTS))
-    opt("--weights", help=WEIGHTS_HELP + "; 'pretrained' for the published ones; none: random init")
+    opt("--weights", help=WEIGHTS_HELP + "; without it: random init")
     opt(
         "--num-classes",
         type=int,
