@@ -12,6 +12,7 @@ import json
 import sys
 
 from converter.cli import ArgumentParser, command, fail
+from converter.extras import install_hint
 from converter.variants import VARIANTS
 
 
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
             from reference.parity import verify_conversion
         except ImportError as e:
-            return fail(f"--verify needs torch and timm ({e}): pip install 'coat-paddle[reference]'")
+            return fail(f"--verify needs torch and timm ({e}): {install_hint('reference')}")
     result = convert_checkpoint(
         args.src,
         args.dst,

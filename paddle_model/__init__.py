@@ -17,10 +17,16 @@ from importlib import metadata
 
 OLDEST_PADDLE = (3, 0, 0)  # the oldest release the tests run on (the torch-free CI job)
 PADDLE_DISTRIBUTIONS = ("paddlepaddle", "paddlepaddle-gpu")
-_INSTALL = (
-    "pip install 'coat-paddle[cpu]' for the CPU build, or paddlepaddle-gpu>=3.0 for a GPU "
-    "(https://www.paddlepaddle.org.cn/install)"
-)
+
+
+def _install() -> str:
+    """What to install for a supported Paddle: the cpu extra's packages, or the GPU build."""
+    from converter.extras import install_hint
+
+    return (
+        f"{install_hint('cpu')} for the CPU build, or 'paddlepaddle-gpu>=3.0' for a GPU "
+        "(https://www.paddlepaddle.org.cn/install)"
+    )
 
 
 def _release(version: str) -> tuple[int, ...]:
@@ -34,7 +40,7 @@ def paddle_problem() -> str | None:
     None. A Paddle without distribution metadata (a source build) is taken as it is, and so is
     a develop build (version 0.0.0)."""
     if importlib.util.find_spec("paddle") is None:
-        return f"paddle_model needs PaddlePaddle >= 3.0, which is not installed: {_INSTALL}"
+        return f"paddle_model needs PaddlePaddle >= 3.0, which is not installed: {_install()}"
     for dist in PADDLE_DISTRIBUTIONS:
         try:
             version = metadata.version(dist)
@@ -42,7 +48,7 @@ def paddle_problem() -> str | None:
             continue
         release = _release(version)
         if release and release != (0, 0, 0) and release < OLDEST_PADDLE:
-            return f"paddle_model needs PaddlePaddle >= 3.0, but {dist} {version} is installed: {_INSTALL}"
+            return f"paddle_model needs PaddlePaddle >= 3.0, but {dist} {version} is installed: {_install()}"
         return None
     return None
 

@@ -46,6 +46,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from converter.errors import WeightsError
+from converter.extras import install_hint
 from converter.files import sha256_file
 from converter.manifest import FILE_SIZE_LIMIT, MANIFEST_LIMIT, ListedFile, Manifest
 from converter.variants import VARIANTS
@@ -202,7 +203,7 @@ def fetch_hf(repo_id: str, variant: str, *, revision: str | None = None) -> Path
     except ImportError:
         raise WeightsError(
             f"{where}: reading from the Hugging Face Hub needs the huggingface_hub package: "
-            "pip install 'coat-paddle[hub]'"
+            f"{install_hint('hub')}"
         ) from None
     cache = cache_root() / "hf-hub"
 

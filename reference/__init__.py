@@ -1,9 +1,9 @@
 """The PyTorch side of every comparison: timm's CoaT, seeded checkpoints, and the parity harness.
 
-This package needs torch and timm (``pip install 'coat-paddle[reference]'``). Importing it needs
-neither: each ``python -m reference.*`` command calls :func:`require` first, so that a missing
-framework is one line and exit code 2 (as the console scripts say a missing Paddle), not an import
-traceback.
+This package needs torch and timm (the ``reference`` extra; :data:`REFERENCE_INSTALL` says what to
+install). Importing it needs neither: each ``python -m reference.*`` command calls :func:`require`
+first, so that a missing framework is one line and exit code 2 (as the console scripts say a
+missing Paddle), not an import traceback.
 """
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ from __future__ import annotations
 import importlib.util
 
 from converter.errors import CoatError, PaddleMissingError
+from converter.extras import install_hint
 
 # the reference extra: timm's model for the parity check, huggingface_hub and jinja2 for the card
 REFERENCE_MODULES = ("torch", "torchvision", "timm", "huggingface_hub", "jinja2")
-REFERENCE_INSTALL = "pip install 'coat-paddle[reference]'"
+REFERENCE_INSTALL = install_hint("reference")
 
 
 class ReferenceMissingError(CoatError):

@@ -82,7 +82,7 @@ def test_a_console_script_without_paddle_says_what_to_install_in_one_line():
     assert done.returncode == 2
     assert done.stderr.startswith(
         "error: paddle_model needs PaddlePaddle >= 3.0, which is not installed: "
-        "pip install 'coat-paddle[cpu]'"
+        "pip install 'paddlepaddle>=3.0' for the CPU build, or 'paddlepaddle-gpu>=3.0' for a GPU"
     )
     assert len(done.stderr.splitlines()) == 1
     converted = run_python("-c", code.format("convert"), timeout=120)

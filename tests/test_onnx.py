@@ -79,8 +79,8 @@ def test_onnx_without_its_packages_says_what_to_install(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
-        "error: --onnx needs onnxruntime, not installed here: pip install 'coat-paddle[onnx]' "
-        "(paddle2onnx, onnx <= 1.17, onnxruntime)"
+        "error: --onnx needs onnxruntime, not installed here: "
+        "pip install paddle2onnx==2.1.0 'onnx<=1.17.0,>=1.16' 'onnxruntime>=1.17'"
     )
     assert list(tmp_path.iterdir()) == []
     result = run_module("paddle_model.export", "coat_lite_tiny", tmp_path / "m", "--onnx", "--kernels")

@@ -231,7 +231,8 @@ def test_a_missing_or_old_paddle_is_one_line_saying_what_to_install(monkeypatch)
     monkeypatch.setattr(metadata, "version", old)
     problem = paddle_model.paddle_problem()
     assert problem.startswith("paddle_model needs PaddlePaddle >= 3.0, but paddlepaddle 2.6.2 is installed")
-    assert "pip install 'coat-paddle[cpu]'" in problem and "paddlepaddle-gpu" in problem
+    assert "pip install 'paddlepaddle>=3.0' for the CPU build" in problem
+    assert "'paddlepaddle-gpu>=3.0' for a GPU" in problem and "coat-paddle[" not in problem
     no_paddle = "import sys; sys.modules['paddle'] = None; import paddle_model"
     done = subprocess.run(
         [sys.executable, "-c", no_paddle], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
@@ -240,7 +241,7 @@ def test_a_missing_or_old_paddle_is_one_line_saying_what_to_install(monkeypatch)
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith(
         "converter.errors.PaddleMissingError: paddle_model needs PaddlePaddle >= 3.0, which is not "
-        "installed: pip install"
+        "installed: pip install 'paddlepaddle>=3.0'"
     )
 
 

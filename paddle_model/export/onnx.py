@@ -13,6 +13,8 @@ import importlib
 import re
 from pathlib import Path
 
+from converter.extras import install_hint
+
 from ..errors import CoatError
 from ..variants import get_variant
 from .capture import sorted_stderr
@@ -35,10 +37,7 @@ def require_onnx() -> None:
         except ImportError:
             missing.append(name)
     if missing:
-        raise CoatError(
-            f"--onnx needs {', '.join(missing)}, not installed here: pip install "
-            "'coat-paddle[onnx]' (paddle2onnx, onnx <= 1.17, onnxruntime)"
-        )
+        raise CoatError(f"--onnx needs {', '.join(missing)}, not installed here: {install_hint('onnx')}")
 
 
 def export_onnx(prefix: str | Path, out: str | Path, opset: int = ONNX_OPSET) -> Path:
