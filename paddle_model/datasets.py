@@ -320,19 +320,22 @@ class EvalImages:
     def __len__(self) -> int:
         return len(self.samples)
 
+    def read(self, index: int) -> np.ndarray:
+        """The model input of item ``index`` (CoatError if its file cannot be read)."""
+        return read_image(self.samples[index].path, self.transform)
+
     def __getitem__(self, index: int):
-        sample = self.samples[index]
         try:
-            x, ok = read_image(sample.path, self.transform), 1
+            x, ok = self.read(index), 1
         except CoatError:
             x, ok = np.zeros((3, self.transform.size, self.transform.size), np.float32), 0
-        return x, np.int64(sample.label), np.int64(index), np.int64(ok)
+        return x, np.int64(self.samples[index].label), np.int64(index), np.int64(ok)
 
     def failure(self, index: int) -> str:
         """Why item ``index`` could not be read, asked again here (workers pass no strings)."""
         path = self.samples[index].path
         try:
-            read_image(path, self.transform)
+            self.read(index)
         except CoatError as e:
             return str(e).removeprefix(f"{path}: ")
         return "could not be read during the run"

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from converter.cli import command
+from converter.layout import num_classes_in
 from converter.reverse import paddle_layout_for, to_torch_layout
 from converter.variants import get_variant
 
@@ -58,7 +59,7 @@ def timm_reference(variant: str, paddle_state: dict, weights: Path, source: Path
     else:
         shapes = {k: tuple(v.shape) for k, v in paddle_state.items()}
         _, layout = paddle_layout_for(shapes, get_variant(variant), str(weights))
-        model = build_timm(variant, num_classes=int(paddle_state["head.weight"].shape[1]))
+        model = build_timm(variant, num_classes=num_classes_in(paddle_state))
         load_timm_state(model, to_torch_layout(paddle_state, layout, str(weights)))
         name = f"{weights} (reverse-converted)"
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from converter.layout import FEATURE_NAMES
+from converter.layout import FEATURE_NAMES, num_classes_in
 from converter.variants import CoatVariant, get_variant
 
 DEFAULT_RTOL = 1e-5  # max |delta| / max |reference| allowed, fp32
@@ -282,11 +282,10 @@ def reference_models(src: str | Path, variant: CoatVariant, size: tuple[int, int
     from .timm_model import build_timm, load_timm_state
 
     state = read_checkpoint(src, ema=ema).arrays()
-    head = state.get("head.weight")
     official = any(s % 32 for s in size)
     models = []
     for kwargs in (
-        {"num_classes": 0 if head is None else head.shape[0]},
+        {"num_classes": num_classes_in(state, torch_layout=True)},
         {"return_interm_layers": True, "out_features": list(FEATURE_NAMES)},
     ):
         model = build_timm(variant, img_size=size, **kwargs)

@@ -47,6 +47,7 @@ import numpy as np
 from converter.cli import ArgumentParser, command
 from converter.errors import CoatError, ConversionError
 from converter.files import sha256_file
+from converter.layout import num_classes_in
 from converter.manifest import ListedFile, Manifest, Source
 from converter.pipeline import convert_checkpoint
 from converter.variants import VARIANTS, CoatVariant
@@ -326,8 +327,7 @@ CLASS_NAMES = {
 def hub_config(v: CoatVariant, state: dict) -> dict:
     """``config.json``: what a Hub page or a loader needs to build the model and feed it."""
     pre = eval_transform(v).describe()
-    head = state.get("head.weight")
-    num_classes = 0 if head is None else int(head.shape[1])
+    num_classes = num_classes_in(state)
     return {
         "architecture": "CoaT",
         "variant": v.name,

@@ -10,6 +10,7 @@ import timm
 import torch
 from timm.models.coat import checkpoint_filter_fn
 
+from converter.layout import num_classes_in
 from converter.readers import read_checkpoint
 from converter.reverse import torch_tensor
 from converter.variants import CoatVariant, get_variant
@@ -50,7 +51,6 @@ def timm_from_checkpoint(
 ) -> torch.nn.Module:
     """timm's model for ``variant`` with the weights of the PyTorch checkpoint at ``path``."""
     state = read_checkpoint(path, ema=ema).arrays()
-    head = state.get("head.weight")
-    model = build_timm(variant, img_size, num_classes=0 if head is None else head.shape[0])
+    model = build_timm(variant, img_size, num_classes=num_classes_in(state, torch_layout=True))
     load_timm_state(model, state)
     return model

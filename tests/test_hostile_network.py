@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import http.server
 import json
 import os
 import random
@@ -31,6 +30,7 @@ from paddle_model import hub
 from paddle_model.errors import WeightsError
 
 from .conftest import run_python
+from .hub_server import HubFiles, serve_http
 
 VARIANT = "coat_lite_tiny"
 WEIGHTS = f"{VARIANT}.safetensors"
@@ -451,49 +451,19 @@ def test_a_full_cache_names_the_file_the_folder_and_what_to_do(small_cache):
 # hf-hub: huggingface_hub downloads (HF_ENDPOINT at a local server), the hub checks.
 
 
-class _HubRepo(http.server.BaseHTTPRequestHandler):
-    """HEAD and GET of /<repo>/resolve/<revision>/<file> for plain files, as the Hub answers."""
+class _HubRepo(HubFiles):
+    """The Hub's file endpoint serving ``files`` by file name, whatever the repo and revision."""
 
     files: dict[str, bytes] = {}
 
-    def log_message(self, *args) -> None:
-        pass
-
-    def _head(self) -> bytes | None:
-        data = self.files.get(self.path.rsplit("/", 1)[-1])
-        if data is None:
-            self.send_response(404)
-            self.send_header("X-Error-Code", "EntryNotFound")
-            self.end_headers()
-            return None
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
-        self.send_header("X-Repo-Commit", "0123456789abcdef0123456789abcdef01234567")
-        self.end_headers()
-        return data
-
-    def do_HEAD(self) -> None:
-        self._head()
-
-    def do_GET(self) -> None:
-        data = self._head()
-        if data is not None:
-            self.wfile.write(data)
+    def data(self) -> bytes | None:
+        return self.files.get(self.path.rsplit("/", 1)[-1])
 
 
 @contextlib.contextmanager
 def hub_server(files: dict[str, bytes]) -> Iterator[str]:
-    handler = type("Repo", (_HubRepo,), {"files": files})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serve_http(type("Repo", (_HubRepo,), {"files": files})) as url:
+        yield url
 
 
 FETCH_HF = (

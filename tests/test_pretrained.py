@@ -18,7 +18,6 @@ import re
 import shutil
 import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from reference.parity import seeded_input
 from reference.timm_model import timm_from_checkpoint
 
 from .conftest import RELEASED_VARIANTS, ROOT, run_python, sample_image_paths
+from .hub_server import HubFiles, serve_http
 
 LOCATION_VARS = (hub.LOCATION_ENV, hub.OFFLINE_ENV, hub.TIMEOUT_ENV, "HF_HUB_OFFLINE", "HF_ENDPOINT")
 
@@ -48,16 +48,8 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
 @contextlib.contextmanager
 def serve(folder: Path, handler=None):
     """A static HTTP server for ``folder`` on 127.0.0.1 in a thread: yields its base URL."""
-    handler = handler or functools.partial(_Quiet, directory=str(folder))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serve_http(handler or functools.partial(_Quiet, directory=str(folder))) as url:
+        yield url
 
 
 @pytest.fixture
@@ -259,45 +251,18 @@ def test_a_folder_path_is_a_weights_location(released, env, converted):
     assert all(np.array_equal(a, b) for a, b in zip(params(model), params(direct)))
 
 
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-
 def _hub_handler(repos: dict[str, Path]):
-    """Answers HEAD and GET of /<repo_id>/resolve/<revision>/<file> as the Hub does for plain
-    (non-LFS, non-xet) files: the body, its ETag and the X-Repo-Commit header."""
+    """The Hub's file endpoint (:class:`tests.hub_server.HubFiles`) serving each repo's folder."""
 
-    class Hub(_Quiet):
-        def _file(self) -> Path | None:
+    class Hub(HubFiles):
+        def data(self) -> bytes | None:
             for repo_id, folder in repos.items():
                 prefix = f"/{repo_id}/resolve/"
                 if self.path.startswith(prefix):
                     _, _, name = self.path[len(prefix) :].partition("/")
                     path = folder / name
-                    return path if path.is_file() else None
+                    return path.read_bytes() if path.is_file() else None
             return None
-
-        def _head(self) -> bytes | None:
-            path = self._file()
-            if path is None:
-                self.send_response(404)
-                self.send_header("X-Error-Code", "EntryNotFound")
-                self.end_headers()
-                return None
-            data = path.read_bytes()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
-            self.send_header("X-Repo-Commit", COMMIT)
-            self.end_headers()
-            return data
-
-        def do_HEAD(self) -> None:
-            self._head()
-
-        def do_GET(self) -> None:
-            data = self._head()
-            if data is not None:
-                self.wfile.write(data)
 
     return Hub
 

@@ -322,19 +322,6 @@ class AugmentedImages(TrainImages):
         super().__init__(samples, transform)
         self.eval_size, self.seed, self.epoch = eval_size, seed, 0
 
-    def __getitem__(self, index: int):
-        sample = self.samples[index]
-        try:
-            image = load_image(sample.path)
-            x, ok = self.transform(image, SampleDraws(self.seed, self.epoch, index)), 1
-        except CoatError:
-            x, ok = np.zeros((3, self.transform.size, self.transform.size), np.float32), 0
-        return x, np.int64(sample.label), np.int64(index), np.int64(ok)
-
-    def failure(self, index: int) -> str:
-        path = self.samples[index].path
-        try:
-            load_image(path)
-        except CoatError as e:
-            return str(e).removeprefix(f"{path}: ")
-        return "could not be read during the run"
+    def read(self, index: int) -> np.ndarray:
+        image = load_image(self.samples[index].path)
+        return self.transform(image, SampleDraws(self.seed, self.epoch, index))
