@@ -53,6 +53,7 @@ from converter.variants import VARIANTS
 from converter.writers import atomic_write
 
 from .cache import cache_root as project_cache_root
+from .cache import private_folder
 
 # The project's own published weights location, set here and nowhere else. Nothing has been
 # published yet, so it is None and pretrained=True needs COAT_PADDLE_WEIGHTS_URL (or hf-hub:).
@@ -179,10 +180,7 @@ def fetch(
             f"{variant}: {why}, and the cache has no {name}: download {base}/{variant}/{name} into "
             f"{folder}/, or pass the path of a weights file"
         )
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise _cache_error(folder, e) from None
+    _private_folder(folder)
     _download(f"{base}/{variant}/{name}", target, listed, timeout, progress)
     _store(cached_manifest, raw)
     return target
@@ -206,6 +204,7 @@ def fetch_hf(repo_id: str, variant: str, *, revision: str | None = None) -> Path
             f"{install_hint('hub')}"
         ) from None
     cache = cache_root() / "hf-hub"
+    _private_folder(cache)  # huggingface_hub would make the cache root with the user's umask
 
     errors: tuple[type[BaseException], ...] = (
         OSError,
@@ -408,6 +407,21 @@ def _store(path: Path, data: bytes) -> None:
         atomic_write(path, lambda f: f.write(data), force=True)
     except OSError as e:
         raise _cache_error(path, e) from None
+
+
+def _private_folder(folder: Path) -> None:
+    """Make ``folder`` below the project's cache (and the cache root itself) where missing,
+    private (0700) and reached through no link, as the kernel cache requires of the root it
+    shares; WeightsError when it cannot be made or an existing folder is not private."""
+    try:
+        problem = private_folder(project_cache_root(), folder)
+    except OSError as e:
+        raise _cache_error(folder, e) from None
+    if problem:
+        raise WeightsError(
+            f"{problem}, so the weights cache {cache_root()} is not used; run chmod go-w on it, or set "
+            "COAT_PADDLE_CACHE to a folder only you can write (nothing was downloaded)"
+        )
 
 
 def _cache_error(path: Path, e: OSError) -> WeightsError:

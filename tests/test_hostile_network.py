@@ -419,11 +419,14 @@ def test_a_cached_link_to_an_outside_file_is_removed_and_the_outside_file_surviv
 
 @pytest.fixture
 def small_cache(env, tmp_path):
-    """A 1 MiB tmpfs as the cache; the test fails (no skip) when it cannot be mounted."""
+    """A 1 MiB tmpfs as the cache, private as the cache must be (a tmpfs is 1777 by default); the
+    test fails (no skip) when it cannot be mounted."""
     mount = tmp_path / "tmpfs"
     mount.mkdir()
     result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, text=True
+        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
     )
     if result.returncode != 0:
         pytest.fail(f"mounting a 1 MiB tmpfs needs root: {result.stderr.strip()}")
