@@ -415,6 +415,15 @@ PADDLE_LAYERS = CoatLayers(
 )
 
 
+def _starts_cpu_inference(training: bool, x: paddle.Tensor) -> bool:
+    """Whether a forward on ``x`` is eager inference on the CPU, where :func:`runtime.configure`
+    applies its CPU settings: not training, eager, no gradient, and ``x`` on the CPU (a model on
+    a GPU is left alone)."""
+    return (
+        not training and paddle.in_dynamic_mode() and not paddle.is_grad_enabled() and x.place.is_cpu_place()
+    )
+
+
 class CoaT(nn.Layer):
     """CoaT and CoaT-Lite: four serial stages, then (CoaT only) parallel blocks over scales 2-4."""
 
@@ -544,8 +553,8 @@ class CoaT(nn.Layer):
     def forward_scales(self, x: paddle.Tensor) -> tuple[list[paddle.Tensor], list[tuple[int, int]]]:
         """Token sequences [B, 1 + H*W, C] of the four scales (after the parallel blocks) and their sizes."""
         self.check_input(x)
-        if not self.training and paddle.in_dynamic_mode() and not paddle.is_grad_enabled():
-            runtime.configure()  # where eager inference starts: threads, MKL's code path, malloc
+        if _starts_cpu_inference(self.training, x):
+            runtime.configure()  # threads, MKL's code path, malloc
         xs, sizes = [], []
         for i in range(4):
             embed = getattr(self, f"patch_embed{i + 1}")
