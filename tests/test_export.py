@@ -178,3 +178,51 @@ def test_an_onnx_file_off_parity_is_not_written(weights, tmp_path):
     assert result.returncode == 1, result.stderr
     assert result.stderr.strip().splitlines()[-1].endswith("(tolerance 0e+00); it was not written")
     assert sorted(os.listdir(tmp_path)) == ["m.json", "m.pdiparams"]
+
+
+def _forced_staging(tmp_path, suffixes: tuple[str, ...]):
+    """Old files of an earlier export at ``tmp_path/m`` for ``suffixes``, and a forced Staging
+    for them whose staged files hold b"new"."""
+    from paddle_model.export.files import Staging
+
+    for suffix in suffixes:
+        (tmp_path / f"m{suffix}").write_bytes(b"old")
+    return Staging(tmp_path / "m", suffixes, force=True)
+
+
+def test_a_forced_export_interrupted_between_two_files_keeps_the_earlier_export(tmp_path, monkeypatch):
+    suffixes = (".json", ".pdiparams")
+    stage = _forced_staging(tmp_path, suffixes)
+    with pytest.raises(KeyboardInterrupt), stage:
+        for suffix in suffixes:
+            stage.path(suffix).write_bytes(b"new")
+        staged = {str(stage.path(suffix)) for suffix in suffixes}
+        moved = []
+
+        def interrupted(move):
+            def call(source, target, *args, **kwargs):
+                if str(source) in staged:  # a new file taking its name
+                    moved.append(target)
+                    if len(moved) == 2:
+                        raise KeyboardInterrupt
+                return move(source, target, *args, **kwargs)
+
+            return call
+
+        monkeypatch.setattr(os, "link", interrupted(os.link))
+        monkeypatch.setattr(os, "replace", interrupted(os.replace))
+        stage.publish(suffixes)
+    monkeypatch.undo()
+    assert len(moved) == 2
+    assert sorted(os.listdir(tmp_path)) == ["m.json", "m.pdiparams"]
+    assert [(tmp_path / f"m{s}").read_bytes() for s in suffixes] == [b"old", b"old"]
+
+
+def test_a_forced_export_whose_onnx_is_not_published_removes_the_earlier_onnx(tmp_path):
+    stage = _forced_staging(tmp_path, (".json", ".pdiparams", ".onnx"))
+    with stage:
+        for suffix in (".json", ".pdiparams", ".onnx"):
+            stage.path(suffix).write_bytes(b"new")
+        stage.publish((".json", ".pdiparams"))  # the .onnx failed its check
+    assert sorted(os.listdir(tmp_path)) == ["m.json", "m.pdiparams"]
+    assert (tmp_path / "m.json").read_bytes() == (tmp_path / "m.pdiparams").read_bytes() == b"new"

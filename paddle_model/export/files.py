@@ -25,10 +25,11 @@ class Staging:
     suffix, then ``stage.publish(suffixes)``; whatever is not published is removed on exit.
 
     Entering checks the destinations (none exists unless ``force``; none is a folder) and creates
-    the missing parent folders, which are removed again if nothing is published. Publishing links
-    each file to its name (``link(2)`` fails if another writer got there first) or, with
-    ``force``, renames it over the old one; the files are published one after the other, so a
-    reader racing the export may see the new ``.json`` before the new ``.pdiparams``.
+    the missing parent folders, which are removed again if nothing is published. Publishing
+    (:meth:`publish`) links each file to its name (``link(2)`` fails if another writer got there
+    first), with ``force`` after renaming the old files aside; it is all or nothing, but the files
+    are published one after the other, so a reader racing the export may see the new ``.json``
+    before the new ``.pdiparams``.
     """
 
     def __init__(self, prefix: str | Path, suffixes: tuple[str, ...], force: bool = False) -> None:
@@ -84,28 +85,45 @@ class Staging:
             self.created.append(folder)
 
     def publish(self, suffixes: tuple[str, ...]) -> None:
-        """Move the staged files of ``suffixes`` to their destinations."""
-        for suffix in suffixes:
-            source, target = self.path(suffix), self.destination(suffix)
+        """Move the staged files of ``suffixes`` to their destinations, all or none.
+
+        With ``force``, every existing destination of the export (also one of a suffix not
+        published now, such as the ``.onnx`` of an earlier export whose new one failed its
+        check) is first renamed aside into the staging folder; the new files then take their
+        names. A failure or an interrupt takes the new files back and returns the old ones to
+        their names, so the destination never mixes two exports.
+        """
+        assert self.folder is not None, "use Staging in a with statement"
+        aside: list[tuple[Path, Path]] = []  # (old file in the staging folder, its name)
+        try:
             if self.force:
-                os.replace(source, target)
-            else:
+                for suffix in self.suffixes:
+                    target = self.destination(suffix)
+                    if os.path.lexists(target):
+                        old = self.folder / f"{self.prefix.name}{suffix}.replaced"
+                        os.rename(target, old)
+                        aside.append((old, target))
+            for suffix in suffixes:
+                source, target = self.path(suffix), self.destination(suffix)
                 try:
-                    os.link(source, target)
+                    os.link(source, target)  # fails if another writer got there first
                 except FileExistsError:
                     raise CoatError(
                         f"{target}: was created by someone else during the export; pass --force "
                         "to overwrite it"
                     ) from None
-            self.published.append(target)
+                self.published.append(target)
+        except BaseException:
+            for target in self.published:
+                target.unlink(missing_ok=True)
+            self.published = []
+            for old, target in reversed(aside):
+                os.replace(old, target)
+            raise
 
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
-        if error is not None and not self.force:  # a half publication: take back what it linked
-            for target in self.published:
-                target.unlink(missing_ok=True)
-            self.published = []
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
         if not self.published:
