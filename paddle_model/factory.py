@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
 
 from converter.layout import num_classes_in
 
@@ -50,6 +54,21 @@ def create_model(
     """
     weights = resolve_weights(name, pretrained, weights_url)  # a download fails before the build
     state = None if weights is None else read_weights(weights)
+    return model_from_state(name, state, weights, num_classes, kernels=kernels, **kwargs)
+
+
+def model_from_state(
+    name: str,
+    state: Mapping[str, np.ndarray] | None,
+    weights: Path | None,
+    num_classes: int | None = None,
+    *,
+    kernels: bool | None = None,
+    **kwargs,
+) -> CoaT:
+    """:func:`create_model` once the weights file ``weights`` is read into ``state`` (both None
+    for no weights): for a caller that has read the file already and must not read it twice.
+    ``weights`` names the file in messages and is where its label names are looked for."""
     in_weights = 0 if state is None else num_classes_in(state)
     if num_classes is None:
         num_classes = in_weights or IMAGENET_CLASSES

@@ -126,12 +126,12 @@ def list_data(args: argparse.Namespace, num_classes: int) -> EvalData:
     return data.limit(args.limit)
 
 
-def load_model(variant: str, weights: Path):
-    """The Paddle model with the weights at ``weights``, as ``create_model`` (and so predict and
-    export) builds it: the classifier sized as the file's. In eval mode."""
-    from ..factory import create_model
+def load_model(variant: str, weights: Path, state: dict):
+    """The Paddle model with the weights ``state`` read from ``weights``, as ``create_model``
+    (and so predict and export) builds it: the classifier sized as the file's. In eval mode."""
+    from ..factory import model_from_state
 
-    model = create_model(variant, pretrained=weights)
+    model = model_from_state(variant, state, weights)
     model.eval()
     return model
 
@@ -150,7 +150,7 @@ def evaluate(args: argparse.Namespace, reference_for: ReferenceFactory | None = 
     args.weights = resolve_cli_weights(args.variant, args.weights)
     state, num_classes = read_classifier(args.weights)
     data = list_data(args, num_classes)
-    model = load_model(args.variant, args.weights)
+    model = load_model(args.variant, args.weights, state)  # the file is read once
     reference, about = reference_for(state) if reference_for is not None else (None, None)
     del state
     dataset = EvalImages(data.samples, eval_transform(args.variant))
