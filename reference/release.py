@@ -49,9 +49,11 @@ from converter.errors import CoatError, ConversionError
 from converter.files import sha256_file
 from converter.layout import num_classes_in
 from converter.manifest import ListedFile, Manifest, Source
+from converter.paddle_weights import LABEL_NAMES
 from converter.pipeline import convert_checkpoint
 from converter.variants import VARIANTS, CoatVariant
 from converter.writers import atomic_write
+from paddle_model.classes import imagenet_classes
 
 from . import REFERENCE_MODULES, require
 from .eval_results import MeasuredAccuracy, check_eval_result, read_eval_results
@@ -91,14 +93,20 @@ class Entry:
 
 @dataclass(frozen=True)
 class Planned:
-    """One source as :func:`plan` decided it: its sha256 (computed once), its variant (None when
-    it cannot be released, ``refusal`` saying why) and whether it is the official file."""
+    """One source as :func:`plan` decided it: its sha256 (computed once), the official release
+    whose published hash prefix it matches (``known``, None for another file), and its variant
+    (None when it cannot be released, ``refusal`` saying why)."""
 
     source: Path
     sha256: str
+    known: CoatVariant | None
     variant: CoatVariant | None
-    official: bool
     refusal: str = ""
+
+    @property
+    def official(self) -> bool:
+        """Whether the source is an official release file (by its published hash prefix)."""
+        return self.known is not None
 
 
 def find_checkpoints(src_dir: Path) -> list[Path]:
@@ -144,21 +152,19 @@ def official_match(sha256: str, known: CoatVariant | None) -> str | None:
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-def plan_source(source: Path, sha256: str, allow_unofficial: bool) -> Planned:
-    """The variant ``source`` would be released as, from its hash and tensor shapes alone (no
-    conversion); a source that cannot be released is planned with its ``refusal``."""
+def plan_source(source: Path, sha256: str, known: CoatVariant | None) -> Planned:
+    """The variant ``source`` would be released as, from its tensor shapes alone (no conversion)
+    and ``known``, the official release its sha256 matches (:func:`official_variant`); a source
+    that cannot be released is planned with its ``refusal``."""
     from converter.detect import plan_for
     from converter.readers import read_checkpoint
 
-    known = official_variant(sha256)
-    if known is None and not allow_unofficial:
-        return Planned(source, sha256, None, False, _unofficial(source, sha256))
     try:
         shapes = {k: tuple(v.shape) for k, v in read_checkpoint(source).state.items()}
         variant = plan_for(shapes, known, origin=str(source), name_hint=source.name).variant
     except CoatError as e:
-        return Planned(source, sha256, None, known is not None, str(e))
-    return Planned(source, sha256, variant, known is not None)
+        return Planned(source, sha256, known, None, str(e))
+    return Planned(source, sha256, known, variant)
 
 
 def _unofficial(source: Path, sha256: str) -> str:
@@ -183,9 +189,10 @@ def plan(src_dir: Path, allow_unofficial: bool) -> list[Planned]:
     planned = []
     for source in sources:
         sha256 = sha256_file(source)
-        if official_variant(sha256) is None and not allow_unofficial:
+        known = official_variant(sha256)
+        if known is None and not allow_unofficial:
             raise ConversionError(f"{_unofficial(source, sha256)} (nothing was written)")
-        planned.append(plan_source(source, sha256, allow_unofficial))
+        planned.append(plan_source(source, sha256, known))
     _refuse_duplicates(src_dir, planned)
     if all(p.variant is None for p in planned):
         more = f" (and {len(planned) - 1} more that cannot be released)" if len(planned) > 1 else ""
@@ -325,10 +332,14 @@ CLASS_NAMES = {
 
 
 def hub_config(v: CoatVariant, state: dict) -> dict:
-    """``config.json``: what a Hub page or a loader needs to build the model and feed it."""
+    """``config.json``: what a Hub page or a loader needs to build the model and feed it.
+
+    A 1000-class release names its classes (ImageNet-1k's) under ``label_names``, the key that
+    coat-train writes and :func:`converter.paddle_weights.read_label_names` reads beside a
+    weights file; ``class_names`` says where those names come from, for the Hub card."""
     pre = eval_transform(v).describe()
     num_classes = num_classes_in(state)
-    return {
+    config = {
         "architecture": "CoaT",
         "variant": v.name,
         "library": "coat-paddle (paddle_model.create_model)",
@@ -341,6 +352,9 @@ def hub_config(v: CoatVariant, state: dict) -> dict:
         "std": list(pre["std"]),
         "class_names": CLASS_NAMES if num_classes == 1000 else None,
     }
+    if num_classes == 1000:
+        config[LABEL_NAMES] = imagenet_classes()
+    return config
 
 
 def model_card(manifest: dict, measured: MeasuredAccuracy | None = None) -> str:

@@ -16,6 +16,7 @@ from PIL import Image
 
 import paddle_model
 from paddle_model import export as export_module
+from paddle_model.classes import imagenet_classes
 from paddle_model.variants import get_variant
 from reference import release as release_module
 from reference.checkpoints import seeded_model
@@ -81,6 +82,7 @@ def test_release_folders_are_hub_ready(released):
         assert (config["crop_pct"], config["interpolation"]) == (cfg["crop_pct"], cfg["interpolation"])
         assert config["mean"] == pytest.approx(cfg["mean"]) and config["std"] == pytest.approx(cfg["std"])
         assert config["class_names"]["dataset"] == "imagenet-1k"
+        assert config["label_names"] == imagenet_classes()  # what a loader reads beside the weights
         card = ModelCard.load(out / name / "README.md")
         assert card.data.to_dict() == {
             "license": "apache-2.0",
@@ -196,16 +198,11 @@ def test_two_checkpoints_of_one_variant_are_refused_before_anything_is_written(c
     assert not out.exists()
 
 
-def test_official_provenance_says_it_rests_on_the_published_hash_prefix(checkpoints, tmp_path, monkeypatch):
+def test_official_provenance_says_it_rests_on_the_published_hash_prefix(checkpoints, tmp_path):
     source = checkpoints("coat_lite_tiny")
     sha256 = hashlib.sha256(source.read_bytes()).hexdigest()
     v = paddle_model.VARIANTS["coat_lite_tiny"]
-    monkeypatch.setattr(
-        release_module,
-        "official_variant",  # as if it were the official file
-        lambda digest: v if digest == sha256 else None,
-    )
-    planned = release_module.plan_source(source, sha256, allow_unofficial=False)
+    planned = release_module.plan_source(source, sha256, known=v)  # as if it were the official file
     entry = release_module.release_one(planned, tmp_path)
     assert entry.status is release_module.Status.RELEASED, entry.detail
     manifest = json.loads((tmp_path / "coat_lite_tiny" / "manifest.json").read_text())
