@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,31 +45,51 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def open_checked(path: str | os.PathLike, check: Callable[[os.stat_result], int]) -> tuple[int, int]:
+    """A read-only descriptor of the file at ``path`` (links followed) and what ``check`` returns
+    for it (its size). ``check`` refuses, by raising, whatever may not be read; it runs on the
+    path's status before the open (opening a device can act on it) and again on the open
+    descriptor (a file swapped in between cannot slip in). ``O_NONBLOCK`` keeps a FIFO swapped in
+    from blocking the open. OSError (FileNotFoundError among them) is left to the caller to word.
+    """
+    check(os.stat(path))
+    flags = (
+        os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    )
+    fd = os.open(path, flags)
+    try:
+        return fd, check(os.fstat(fd))
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def read_bounded(path: str | os.PathLike, limit: int, error: type[CoatError], expected: str) -> bytes:
     """The bytes of the regular file at ``path``, refused with one line by ``error`` when it is
     not a regular file or holds more than ``limit`` bytes.
 
-    The file is opened without blocking and checked on the open descriptor (a FIFO or device
-    named like a list would block or never end), and never more than ``limit`` bytes are read.
+    The file is checked before it is opened and again on the open descriptor
+    (:func:`open_checked`: a FIFO or device named like a list would block or never end), and
+    never more than ``limit`` bytes are read.
     """
+
+    def check(st: os.stat_result) -> int:
+        if stat.S_ISDIR(st.st_mode):
+            raise error(f"{path}: is a directory; give {expected} itself")
+        if not stat.S_ISREG(st.st_mode):
+            raise error(f"{path}: is not a regular file (a pipe or a device); give {expected}")
+        if st.st_size > limit:  # refused unread
+            raise error(
+                f"{path}: {st.st_size} bytes, larger than {limit} bytes; larger than {expected} can be"
+            )
+        return st.st_size
+
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        fd, _ = open_checked(path, check)
     except FileNotFoundError:
         raise error(f"{path}: no such file; check the path") from None
     except OSError as e:
         raise error(f"{path}: cannot be read ({e.strerror or e})") from None
-    try:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
-            raise error(f"{path}: is a directory; give {expected} itself")
-        if not stat.S_ISREG(mode):
-            raise error(f"{path}: is not a regular file (a pipe or a device); give {expected}")
-        size = os.fstat(fd).st_size
-        if size > limit:  # refused unread
-            raise error(f"{path}: {size} bytes, larger than {limit} bytes; larger than {expected} can be")
-    except BaseException:
-        os.close(fd)
-        raise
     with os.fdopen(fd, "rb") as f:
         data = f.read(limit + 1)
     if len(data) > limit:  # it grew while being read
