@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import WeightsError
+from .files import load_json
 
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # 1: no "schema_version" key and no sizes
@@ -113,45 +114,7 @@ def _load(data: bytes, where: str) -> Any:
     """JSON within limits: size, nesting depth, digits per number, no NaN/Infinity."""
     if len(data) > MANIFEST_LIMIT:
         raise _bad(where, f"larger than {MANIFEST_LIMIT >> 10} kB")
-
-    def number(text: str, kind):
-        if len(text) > _MAX_DIGITS:
-            raise _Refused(f"a number of {len(text)} characters")
-        return kind(text)
-
-    def constant(text: str):
-        raise _Refused(f"{text} is not a number a manifest holds")
-
-    try:
-        value = json.loads(
-            data.decode("utf-8"),
-            parse_int=lambda t: number(t, int),
-            parse_float=lambda t: number(t, float),
-            parse_constant=constant,
-        )
-    except _Refused as e:
-        raise _bad(where, str(e)) from None
-    except RecursionError:
-        raise _bad(where, "nested too deep") from None
-    except (UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
-        raise _bad(where, f"invalid JSON: {' '.join(str(e).split())[:200]}") from None
-    _check_depth(value, where)
-    return value
-
-
-def _check_depth(value: Any, where: str) -> None:
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, (dict, list)):
-            if depth > MAX_DEPTH:
-                raise _bad(where, f"nested more than {MAX_DEPTH} deep")
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, depth + 1) for child in children)
-
-
-class _Refused(Exception):
-    """A value the bounded JSON reader refuses (raised inside json.loads' hooks)."""
+    return load_json(data, f"{where}: not a readable release manifest", WeightsError, MAX_DEPTH, _MAX_DIGITS)
 
 
 def _bad(where: str, why: str) -> WeightsError:

@@ -18,12 +18,13 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from . import safe_pickle, safetensors_io
 from .errors import WeightsError
-from .files import check_input_file, read_bounded
+from .files import check_input_file, load_json, read_bounded
 
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
@@ -38,6 +39,8 @@ _WEIGHTS_FILE = "a .pdparams or .safetensors file"
 LABEL_NAMES = "label_names"  # the key of the class names, in safetensors metadata and config.json
 CONFIG_FILE = "config.json"  # read beside a weights file for its label names
 _MAX_CONFIG_BYTES = 16 << 20
+_MAX_JSON_DEPTH = 32  # the names are 2 deep; a Hugging Face config.json nests a few levels
+_MAX_NUMBER_CHARS = 40  # a float's repr has 24 characters
 _MAX_NAME_CHARS = 200
 
 
@@ -117,11 +120,8 @@ def _check_names(names, num_classes: int, where: str) -> list[str]:
     return names
 
 
-def _parse_json(text: str | bytes, where: str):
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError) as e:  # ValueError: bad JSON, bad UTF-8, too many digits
-        raise WeightsError(f"{where}: not valid JSON ({type(e).__name__}: {e})") from None
+def _parse_json(text: str | bytes, where: str) -> Any:
+    return load_json(text, f"{where}: not valid JSON", WeightsError, _MAX_JSON_DEPTH, _MAX_NUMBER_CHARS)
 
 
 def read_label_names(path: str | os.PathLike, num_classes: int) -> list[str] | None:

@@ -47,7 +47,7 @@ from pathlib import Path
 
 from converter.errors import WeightsError
 from converter.extras import install_hint
-from converter.files import sha256_file
+from converter.files import open_checked, sha256_file
 from converter.manifest import FILE_SIZE_LIMIT, MANIFEST_LIMIT, ListedFile, Manifest
 from converter.variants import VARIANTS
 from converter.writers import atomic_write
@@ -322,16 +322,8 @@ def _listed(manifest_path: Path, name: str) -> ListedFile | None:
 
 def _open_regular(path: Path, limit: int) -> tuple[int, int]:
     """An open descriptor of the regular file at ``path`` (links followed) and its size;
-    WeightsError for anything else. The type is checked before the open (opening a device can
-    act on it) and again on the open descriptor (a file swapped between the two cannot slip in);
-    ``O_NONBLOCK`` keeps a FIFO swapped in from blocking the open."""
-    _check_regular(path, os.stat(path), limit)
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    try:
-        return fd, _check_regular(path, os.fstat(fd), limit)
-    except BaseException:
-        os.close(fd)
-        raise
+    WeightsError for anything else, checked before and after the open (:func:`open_checked`)."""
+    return open_checked(path, lambda st: _check_regular(path, st, limit))
 
 
 def _check_regular(path: Path, st: os.stat_result, limit: int) -> int:

@@ -9,13 +9,12 @@ the field. What passes is a :class:`MeasuredAccuracy`.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from converter.errors import ConversionError
-from converter.files import check_input_file, sha256_file
+from converter.files import load_json, read_bounded, sha256_file
 from converter.variants import VARIANTS, CoatVariant
 
 
@@ -34,34 +33,6 @@ class MeasuredAccuracy:
 MAX_EVAL_BYTES = 32 << 20  # an ImageNet result lists every skipped image and disagreement
 MAX_JSON_DEPTH = 16  # evaluate writes 4 levels
 MAX_NUMBER_CHARS = 40  # a float's repr is at most 24
-
-
-def _number(kind: type):
-    """A ``json`` hook that parses a number literal of bounded length (Python's own int parsing is
-    quadratic, and 1e400 would be inf)."""
-
-    def parse(text: str):
-        if len(text) > MAX_NUMBER_CHARS:
-            raise ValueError(f"a number of {len(text)} characters")
-        return kind(text)
-
-    return parse
-
-
-def _not_a_number(text: str):
-    raise ValueError(f"{text} (JSON has no such number)")
-
-
-def _depth(value) -> int:
-    """How deep ``value`` nests (lists and objects), without recursion."""
-    deepest, todo = 0, [(value, 1)]
-    while todo:
-        item, depth = todo.pop()
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
-        deepest = max(deepest, depth)
-        if depth <= MAX_JSON_DEPTH:
-            todo.extend((child, depth + 1) for child in children)
-    return deepest
 
 
 def _percent(path: Path, result: dict, key: str, low: float = 0.0) -> float:
@@ -85,30 +56,13 @@ def read_eval_result(path: Path) -> MeasuredAccuracy:
     and ``top5`` finite percentages (top-5 at least top-1), ``evaluated`` a whole number >= 1.
     Anything else is a :class:`ConversionError` naming the file and the field."""
     what = "an evaluate --result file"
-    size = check_input_file(path, ConversionError, what)
-    if size > MAX_EVAL_BYTES:
-        raise ConversionError(f"{path}: {size} bytes, larger than {what} can be ({MAX_EVAL_BYTES} bytes)")
-    try:
-        with open(path, "rb") as f:
-            text = f.read(MAX_EVAL_BYTES + 1)
-        if len(text) > MAX_EVAL_BYTES:  # it grew while being read
-            raise ValueError(f"more than {MAX_EVAL_BYTES} bytes")
-        result = json.loads(
-            text.decode("utf-8"),
-            parse_int=_number(int),
-            parse_float=_number(float),
-            parse_constant=_not_a_number,
-        )
-    except RecursionError:
-        raise ConversionError(f"{path}: nested too deeply for {what}") from None
-    except OSError as e:
-        raise ConversionError(f"{path}: cannot be read ({e.strerror or e})") from None
-    except ValueError as e:  # UnicodeDecodeError and JSONDecodeError among them
-        raise ConversionError(f"{path}: cannot read it as {what} ({e})") from None
+    data = read_bounded(path, MAX_EVAL_BYTES, ConversionError, what)
+    if not data:
+        raise ConversionError(f"{path}: is empty")
+    lead = f"{path}: cannot read it as {what}"
+    result = load_json(data, lead, ConversionError, MAX_JSON_DEPTH, MAX_NUMBER_CHARS)
     if not isinstance(result, dict):
         raise ConversionError(f"{path}: not {what} (a JSON object)")
-    if _depth(result) > MAX_JSON_DEPTH:
-        raise ConversionError(f"{path}: nested more than {MAX_JSON_DEPTH} deep; not {what}")
     missing = [k for k in ("variant", "top1", "top5", "evaluated") if k not in result]
     if missing:
         raise ConversionError(f"{path}: not {what} (no {', '.join(missing)})")

@@ -305,7 +305,7 @@ def test_a_malformed_content_length_is_ignored_and_the_listed_size_and_sha256_de
         (b"[" * 100_000, "nested too deep"),
         (b"[" * 500 + b"]" * 500, "nested more than 16 deep"),
         (b'{"schema_version": 2, "params": ' + b"7" * 6000 + b"}", "a number of 6000 characters"),
-        (b'{"schema_version": 2, "params": NaN}', "NaN is not a number a manifest holds"),
+        (b'{"schema_version": 2, "params": NaN}', "NaN (JSON has no such number)"),
         (b'{"schema_version": 9}', "schema_version 9; this coat-paddle reads versions 1, 2: upgrade"),
         (b"\xff\xfe", "invalid JSON"),
     ],

@@ -13,13 +13,13 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..capture import Caught, caught_fds
 from ..datasets import EvalImages
 
 # columns of the per-image outcome table that the ranks combine (element-wise maximum)
@@ -57,22 +57,13 @@ def world() -> tuple[int, int]:
 def _quiet_stderr():
     """Hold back what is written to file descriptor 2 (Python's and C++'s writes alike) inside
     the block; write it out after all if the block raises, so that no error is lost."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as held:
-        os.dup2(held.fileno(), 2)
-        try:
+    held = Caught()
+    try:
+        with caught_fds(held, 2):
             yield
-        except BaseException:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            held.seek(0)
-            os.write(2, held.read())
-            raise
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
+    except BaseException:
+        os.write(2, held.data)
+        raise
 
 
 def _any_rank(flag: bool, size: int) -> bool:

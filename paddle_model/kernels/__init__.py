@@ -25,7 +25,6 @@ import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from converter.writers import atomic_write
 
 from .. import runtime
 from ..cache import cache_root, open_private, private_folder, seal_tree, unsafe_tree
+from ..capture import Caught, caught_fds
 from ..errors import CoatError
 
 _module = None
@@ -93,28 +93,20 @@ def _quiet():
     """
     disabled = logging.root.manager.disable
     with (
-        tempfile.TemporaryFile() as log,
         warnings.catch_warnings(),
         contextlib.redirect_stdout(io.StringIO()),
         contextlib.redirect_stderr(io.StringIO()),
     ):
         warnings.simplefilter("ignore")
         logging.disable(max(disabled, logging.INFO))
-        sys.__stdout__.flush()
-        sys.__stderr__.flush()
-        saved = [os.dup(1), os.dup(2)]
-        os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
+        log = Caught()
         try:
-            yield
+            with caught_fds(log, 1, 2):
+                yield
         except Exception as e:
-            log.seek(0)
-            tail = log.read().decode(errors="replace").strip().splitlines()[-5:]
+            tail = log.text.strip().splitlines()[-5:]
             raise RuntimeError(f"{e}; build log: {' | '.join(tail)}") from e
         finally:
-            for fd, copy in zip((1, 2), saved):
-                os.dup2(copy, fd)
-                os.close(copy)
             logging.disable(disabled)
 
 
