@@ -427,3 +427,167 @@ def test_file_lists_train_and_validate_like_folders(data, tmp_path):
     assert len([r for r in rows if r["kind"] == "step"]) == 2
     assert [r["top5"] for r in rows if r["kind"] == "epoch"] == [100.0]  # two classes: always in the top 5
     assert json.loads((out / "config.json").read_text())["label_names"] == ["0", "1"]
+
+
+# --- review fixes: resume, validation, --force, the log, damaged checkpoints ------------------
+
+QUICK = [*TINY, "--epochs", "1", "--batch-size", "4"]
+
+
+def test_resume_from_another_folder_reads_neither_the_start_weights_nor_relative_paths(
+    data, tmp_path, monkeypatch
+):
+    train, _ = data
+    assert main([str(train), *QUICK, "--output", str(tmp_path / "a")]) == 0
+    monkeypatch.chdir(tmp_path)  # relative DATA and --weights, as typed
+    assert main(["train", *QUICK, "--weights", "a/model.pdparams", "--output", "b"]) == 0
+    saved = checkpoint.load(tmp_path / "b" / "last.safetensors").state["config"]
+    assert saved["data"] == str(train.resolve())
+    assert saved["weights"] == str((tmp_path / "a" / "model.pdparams").resolve())
+    (tmp_path / "a" / "model.pdparams").unlink()  # the checkpoint holds every tensor
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert main(["--resume", str(tmp_path / "b")]) == 0
+
+
+@pytest.mark.parametrize(
+    ("option", "said"),
+    [
+        (["--batch-size", "3"], "must be even"),  # Mixup/CutMix on by default
+        (["--min-lr", "-1"], "--min-lr -1.0: must be at least 0"),
+        (["--lr", "-0.1"], "--lr -0.1: must be at least 0"),
+        (["--img-size", "16"], "--img-size 16: coat_lite_tiny takes images of at least 32"),
+        (["--img-size", "0"], "--img-size 0:"),
+        (["--checkpoint-every", "-1"], "--checkpoint-every -1: must be at least 0"),
+        (["--warmup-epochs", "-1"], "--warmup-epochs -1: must be at least 0"),
+        (["--smoothing", "1"], "--smoothing 1.0: must be in [0, 1)"),
+        (["--drop-path", "1.5"], "--drop-path 1.5: must be in [0, 1)"),
+        (["--model-ema-decay", "-0.1"], "--model-ema-decay -0.1: must be in [0, 1)"),
+    ],
+)
+def test_a_setting_out_of_range_is_refused_before_the_output_is_made(data, tmp_path, capsys, option, said):
+    train, _ = data
+    assert main([str(train), *QUICK, *option, "--output", str(tmp_path / "o")]) == 2
+    assert said in error_line(capsys)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_refused_setting_with_force_keeps_the_previous_run(data, tmp_path, capsys):
+    train, _ = data
+    out = tmp_path / "o"
+    assert main([str(train), *QUICK, "--output", str(out)]) == 0
+    before = sorted(p.name for p in out.iterdir())
+    assert main([str(train), *QUICK, "--img-size", "16", "--force", "--output", str(out)]) == 2
+    assert "at least 32" in error_line(capsys)
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_force_removes_every_file_of_the_previous_run_and_only_those(data, tmp_path, capsys):
+    train, val = data
+    out = tmp_path / "o"
+    assert main([str(train), "--val", str(val), *QUICK, "--model-ema", "--output", str(out)]) == 0
+    written = {p.name for p in out.iterdir()}
+    assert {
+        "model.pdparams",
+        "model_ema.pdparams",
+        "config.json",
+        "curves.png",
+        "best.safetensors",
+    } <= written
+    (out / "mine.txt").write_text("keep")
+    diverging = ["--lr", "1e30", "--warmup-epochs", "0", "--mixup", "0", "--cutmix", "0", "--smoothing", "0"]
+    assert main([str(train), *QUICK, *diverging, "--force", "--output", str(out)]) == 1  # stops at step 1
+    assert sorted(p.name for p in out.iterdir()) == ["log.jsonl", "mine.txt"]
+
+
+def test_an_epoch_row_is_logged_before_the_checkpoint_that_passes_its_epoch(data, tmp_path, monkeypatch):
+    from paddle_model.train import loop
+
+    train, _ = data
+    out = tmp_path / "o"
+    save = loop.save_checkpoint
+
+    def killed_after_the_first_epoch_end(r, name=loop.LAST):
+        save(r, name)
+        if r.state["epoch"] == 1 and r.state["batch"] == 0:
+            raise KeyboardInterrupt  # as a kill right after the epoch's checkpoint
+
+    monkeypatch.setattr(loop, "save_checkpoint", killed_after_the_first_epoch_end)
+    assert main([str(train), *TINY, "--epochs", "2", "--batch-size", "4", "--output", str(out)]) == 130
+    monkeypatch.setattr(loop, "save_checkpoint", save)
+    assert main(["--resume", str(out)]) == 0
+    rows = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows if r["kind"] == "epoch"] == [0, 1]
+
+
+def _state(**change) -> dict:
+    from dataclasses import asdict
+
+    from paddle_model.train.loop import TrainConfig
+
+    state = {"format": checkpoint.FORMAT, "config": asdict(TrainConfig(variant=VARIANT, data="d"))}
+    state |= {"epoch": 0, "batch": 0, "step": 0, "optimizer": {"steps": {}, "groups": []}, "scheduler": {}}
+    return state | change
+
+
+@pytest.mark.parametrize(
+    ("meta", "said"),
+    [
+        ("[]", "not a coat-train checkpoint"),
+        (json.dumps({k: v for k, v in _state().items() if k != "config"}), "'config' missing"),
+        (json.dumps(_state(config={**_state()["config"], "bogus": 1})), "settings unknown: bogus"),
+        (
+            json.dumps(_state(config={k: v for k, v in _state()["config"].items() if k != "seed"})),
+            "missing: seed",
+        ),
+    ],
+)
+def test_a_damaged_checkpoint_is_refused_naming_the_file(tmp_path, capsys, meta, said):
+    from converter.writers import write_safetensors
+
+    path = tmp_path / "o" / "last.safetensors"
+    path.parent.mkdir()
+    write_safetensors({"model/w": np.zeros(2, np.float32)}, path, {}, {checkpoint.KEY: meta}, force=True)
+    assert main(["--resume", str(path.parent)]) == 2
+    line = error_line(capsys)
+    assert str(path) in line and said in line
+
+
+def test_resume_refuses_optimizer_groups_of_other_parameters(data, tmp_path, capsys):
+    from converter.safetensors_io import read_file
+    from converter.writers import write_safetensors
+
+    train, _ = data
+    out = tmp_path / "o"
+    assert main([str(train), *QUICK, "--output", str(out)]) == 0
+    tensors, meta = read_file(out / "last.safetensors")
+    state = json.loads(meta[checkpoint.KEY])
+    groups = state["optimizer"]["groups"]
+    assert len(groups) == 2 and all(g["names"] for g in groups)
+    groups[0]["names"], groups[1]["names"] = groups[1]["names"], groups[0]["names"]
+    meta[checkpoint.KEY] = json.dumps(state)
+    write_safetensors(tensors, out / "last.safetensors", {}, meta, force=True)
+    capsys.readouterr()
+    assert main(["--resume", str(out)]) == 2
+    assert "parameter groups differ" in error_line(capsys)
+
+
+def test_a_class_folder_name_the_weights_cannot_record_is_refused(data, tmp_path, capsys):
+    train, _ = data
+    make_folder(train, 4, classes=("x" * 201,))
+    assert main([str(train), *QUICK, "--output", str(tmp_path / "o")]) == 2
+    assert "1 to 200 printable characters" in error_line(capsys)
+    assert not (tmp_path / "o").exists()
+
+
+def test_resume_with_output_naming_another_folder_is_refused(tmp_path, capsys):
+    assert main(["--resume", str(tmp_path / "a"), "--output", str(tmp_path / "b")]) == 2
+    assert "give one of them" in error_line(capsys)
+
+
+def test_resume_takes_the_default_size_and_an_equal_path_spelt_otherwise(data, tmp_path, capsys, monkeypatch):
+    train, _ = data
+    monkeypatch.chdir(tmp_path)
+    run = ["--variant", VARIANT, "--quiet", "--epochs", "1", "--batch-size", "4", "--aug", "none"]
+    assert main(["train", *run, "--mixup", "0", "--cutmix", "0", "--output", "o"]) == 0
+    assert main(["train/", "--resume", "o", "--img-size", "224"]) == 0

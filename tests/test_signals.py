@@ -123,3 +123,42 @@ def test_release(checkpoints, tmp_path):
     assert_terminated(done)
     assert not out.exists() or list(out.iterdir()) == []
     assert not list(tmp_path.rglob("*.staging")) and not list(tmp_path.rglob("*.part"))
+
+
+def test_train_checkpoints_the_last_step_and_exits_143(tmp_path):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from paddle_model.train import checkpoint
+
+    rng = np.random.default_rng(0)
+    for c in ("cat", "dog"):
+        (tmp_path / "data" / c).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(
+                tmp_path / "data" / c / f"{i}.png"
+            )
+    out = tmp_path / "run"
+    args = ["--variant", VARIANT, "--img-size", "32", "--quiet", "--epochs", "2", "--batch-size", "2"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "paddle_model.train", tmp_path / "data", *args, "--output", out],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    try:
+        end = time.monotonic() + 240
+        while not (out / "log.jsonl").exists() or '"kind": "step"' not in (out / "log.jsonl").read_text():
+            assert proc.poll() is None and time.monotonic() < end, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert_terminated(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr))
+    rows = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    last_step = max(r["step"] for r in rows if r["kind"] == "step")
+    assert checkpoint.load(out / "last.safetensors").state["step"] == last_step

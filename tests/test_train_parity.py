@@ -164,20 +164,30 @@ def test_the_command_prints_json_and_exits_0_within_the_gates(tmp_path):
     assert out["steps"][1]["lr"][0] == out["steps"][1]["lr"][1]
 
 
-def test_plot_writes_a_png_or_says_what_to_install(tmp_path):
-    import importlib.util
+PLOT_ARGS = ("coat_lite_tiny", "--steps", "1", "--dtype", "float32", "--batch", "2", "--plot")
 
-    from tests.conftest import assert_refused, run_module
+
+def test_plot_writes_a_png(tmp_path):
+    from tests.conftest import run_module
 
     png = tmp_path / "curves.png"
-    args = ("reference.train_parity", "coat_lite_tiny", "--steps", "1", "--dtype", "float32", "--batch", "2")
-    result = run_module(*args, "--plot", png)
-    if importlib.util.find_spec("matplotlib") is None:
-        assert_refused(result, "pip install matplotlib")
-        assert not png.exists()
-    else:
-        assert result.returncode == 0, result.stderr
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    result = run_module("reference.train_parity", *PLOT_ARGS, png)
+    assert result.returncode == 0, result.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_without_matplotlib_says_what_to_install(tmp_path):
+    from tests.conftest import assert_refused, run_python
+
+    png = tmp_path / "curves.png"
+    hide = (
+        "import runpy, sys; sys.modules['matplotlib'] = None; "
+        "sys.argv = ['train_parity', *sys.argv[1:]]; "
+        "runpy.run_module('reference.train_parity', run_name='__main__', alter_sys=True)"
+    )
+    result = run_python("-c", hide, *PLOT_ARGS, png, timeout=900)
+    assert_refused(result, "pip install matplotlib")
+    assert not png.exists()
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])

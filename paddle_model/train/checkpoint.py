@@ -14,7 +14,7 @@ disk leaves the previous checkpoint whole) and read by :mod:`converter.safetenso
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -54,11 +54,10 @@ def save(path: Path, model, optimizer, scheduler, ema, state: dict) -> None:
     if ema is not None:
         for key, value in ema.state_dict().items():
             tensors[f"ema/{key}"] = value.numpy()
-    groups = [{k: v for k, v in g.items() if k != "names"} for g in opt["param_groups"]]
     meta = {
         "format": FORMAT,
         **state,
-        "optimizer": {"steps": steps, "groups": groups},
+        "optimizer": {"steps": steps, "groups": opt["param_groups"]},  # with their names, checked on restore
         "scheduler": scheduler.state_dict(),
     }
     write_safetensors(tensors, Path(path), {}, {KEY: json.dumps(meta)}, force=True)
@@ -72,10 +71,15 @@ def load(path: Path) -> Checkpoint:
         raise CoatError(f"{e}; it is not a coat-train checkpoint, start again without --resume") from None
     try:
         state = json.loads(metadata[KEY])
-        if state.get("format") != FORMAT:
-            raise ValueError(state.get("format"))
-    except (KeyError, ValueError, TypeError):
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
+            raise ValueError(FORMAT)
+    except (KeyError, ValueError, TypeError, RecursionError):
         raise CoatError(f"{path}: not a coat-train checkpoint (no {KEY} metadata of {FORMAT})") from None
+    problem = _check_state(state)
+    if problem:
+        raise CoatError(
+            f"{path}: a damaged coat-train checkpoint ({problem}); start the run again without --resume"
+        )
     parts: dict[str, dict[str, np.ndarray]] = {"model": {}, "exp_avg": {}, "exp_avg_sq": {}, "ema": {}}
     for name, value in tensors.items():
         kind, _, key = name.partition("/")
@@ -83,6 +87,27 @@ def load(path: Path) -> Checkpoint:
             raise CoatError(f"{path}: unexpected tensor {name!r} in a coat-train checkpoint")
         parts[kind][key] = value
     return Checkpoint(parts["model"], parts["exp_avg"], parts["exp_avg_sq"], parts["ema"], state)
+
+
+def _check_state(state: dict) -> str | None:
+    """What is wrong with a checkpoint's JSON state, or None: the parts :func:`restore` and the
+    command read, of the types they need, and the settings exactly ``TrainConfig``'s fields."""
+    from .loop import TrainConfig  # the loop imports this module
+
+    kinds = {"config": dict, "optimizer": dict, "scheduler": dict, "epoch": int, "batch": int, "step": int}
+    for key, kind in kinds.items():
+        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+            return f"{key!r} missing or not a {kind.__name__}"
+    names = {f.name for f in fields(TrainConfig)}
+    unknown, missing = sorted(set(state["config"]) - names), sorted(names - set(state["config"]))
+    if unknown or missing:
+        return f"settings unknown: {', '.join(unknown) or 'none'}; missing: {', '.join(missing) or 'none'}"
+    opt = state["optimizer"]
+    if not isinstance(opt.get("steps"), dict) or not isinstance(opt.get("groups"), list):
+        return "'optimizer' without its steps and groups"
+    if not all(isinstance(g, dict) and isinstance(g.get("names"), list) for g in opt["groups"]):
+        return "optimizer groups without their parameter names"
+    return None
 
 
 def restore(ckpt: Checkpoint, model, optimizer, scheduler, ema, source: str) -> None:
@@ -93,6 +118,14 @@ def restore(ckpt: Checkpoint, model, optimizer, scheduler, ema, source: str) -> 
 
     load_state_dict(model, ckpt.model, source=source)
     opt = ckpt.state["optimizer"]
+    saved = [g["names"] for g in opt["groups"]]
+    current = [list(g["names"]) for g in optimizer.state_dict()["param_groups"]]
+    if saved != current:
+        raise CoatError(
+            f"{source}: the optimizer's parameter groups differ from this model's "
+            f"({len(saved)} saved, {len(current)} here, or other parameters in them); "
+            "resume with the code and settings that started the run"
+        )
     try:
         optimizer.load_state_dict(
             {

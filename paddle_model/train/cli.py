@@ -19,16 +19,17 @@ from converter.cli import ArgumentParser, command, fail
 from converter.writers import atomic_write
 
 from ..errors import CoatError
-from ..hub import WEIGHTS_HELP
-from ..variants import VARIANTS
+from ..hub import CLI_PRETRAINED, HF_PREFIX, WEIGHTS_HELP
+from ..variants import VARIANTS, get_variant
 from . import checkpoint
 from .data import check_classes, read_split
-from .loop import LAST, Diverged, TrainConfig, build, check_amp, finish, train
+from .loop import CURVES, LAST, LOG, RUN_FILES, Diverged, TrainConfig, build, check_amp, finish, train
 
 DESCRIPTION = "Fine-tune a CoaT in Paddle on your own images (ImageFolder), resumably."
 FINETUNE = {"lr": 5e-6, "sched": "constant", "warmup_epochs": 0, "weight_decay": 1e-8}
 # settings a resumed run takes from its checkpoint; giving another value is refused
 RECIPE_KEYS = [f.name for f in fields(TrainConfig) if f.name not in ("classes",)]
+PATH_KEYS = ("data", "val", "list_file", "val_list")  # stored resolved (and --weights when a file)
 
 
 def build_parser(defaults: bool = True) -> ArgumentParser:
@@ -121,6 +122,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = Path(args.resume or args.output or "")
         if not str(out):
             raise CoatError("--resume needs the run's folder: --resume DIR or --output DIR")
+        if args.resume and args.output is not None and Path(args.output).resolve() != out.resolve():
+            raise CoatError(
+                f"--resume {args.resume} and --output {args.output}: a resumed run writes into its own "
+                "folder; give one of them"
+            )
         cfg, ckpt = _resumed(out, args, given)
     else:
         cfg, ckpt, out = _fresh(args, given, say), None, args.output
@@ -139,14 +145,58 @@ def _fresh(args, given: set[str], say) -> TrainConfig:
         values.update(chosen)
         listed = ", ".join(f"{k}={v}" for k, v in chosen.items()) or "nothing (all given)"
         say(f"--recipe finetune set {listed}")
-    if values["batch_size"] < 1 or values["epochs"] < 1 or args.workers < 0:
-        raise CoatError("--batch-size and --epochs must be at least 1, --workers at least 0")
+    if args.workers < 0:
+        raise CoatError(f"--workers {args.workers}: must be at least 0")
+    cfg = TrainConfig(**_settled({**values, "data": args.data}))
+    check_settings(cfg, _world_size())
     if args.output.exists() and not args.force and _rank() == 0:  # rank 0 creates it
         raise CoatError(
             f"{args.output}: already exists; pass --resume to continue its run or --force to replace it"
         )
-    values["data"] = str(args.data)
-    return TrainConfig(**values)
+    return cfg
+
+
+def _settled(values: dict) -> dict:
+    """Settings as a run records them: paths resolved against the current folder (a resume may
+    start elsewhere), ``--weights FILE`` too (``pretrained`` and ``hf-hub:`` as given)."""
+    values = dict(values)
+    for key in PATH_KEYS:
+        if values.get(key) is not None:
+            values[key] = str(Path(values[key]).resolve())
+    weights = values.get("weights")
+    if weights is not None and weights != CLI_PRETRAINED and not str(weights).startswith(HF_PREFIX):
+        values["weights"] = str(Path(weights).resolve())
+    return values
+
+
+def check_settings(cfg: TrainConfig, ranks: int) -> None:
+    """Refuse settings the run would fail on later (after its folder was made), one line each."""
+    if cfg.batch_size < 1 or cfg.epochs < 1:
+        raise CoatError("--batch-size and --epochs must be at least 1")
+    if cfg.batch_size % ranks:
+        raise CoatError(
+            f"--batch-size {cfg.batch_size} (the global batch) must be a multiple of the {ranks} processes"
+        )
+    per_process = cfg.batch_size // ranks
+    if (cfg.mixup > 0 or cfg.cutmix > 0) and per_process % 2:
+        raise CoatError(
+            f"--batch-size {cfg.batch_size}: Mixup/CutMix pair each process's batch with its flip, so "
+            f"the batch per process ({per_process}) must be even; change --batch-size or pass "
+            "--mixup 0 --cutmix 0"
+        )
+    smallest = get_variant(cfg.variant).min_input_size
+    if cfg.img_size is not None and cfg.img_size < smallest:
+        raise CoatError(f"--img-size {cfg.img_size}: {cfg.variant} takes images of at least {smallest} px")
+    at_least_zero = ["lr_base", "warmup_lr", "min_lr", "weight_decay", "mixup", "cutmix"]
+    at_least_zero += ["warmup_epochs", "checkpoint_every"] + (["lr"] if cfg.lr is not None else [])
+    for key in at_least_zero:
+        if not getattr(cfg, key) >= 0:  # `not >=`: NaN too
+            raise CoatError(f"--{key.replace('_', '-')} {getattr(cfg, key)}: must be at least 0")
+    for key in ("smoothing", "drop_path", "model_ema_decay"):
+        if not 0 <= getattr(cfg, key) < 1:
+            raise CoatError(f"--{key.replace('_', '-')} {getattr(cfg, key)}: must be in [0, 1)")
+    if cfg.clip_grad is not None and not cfg.clip_grad > 0:
+        raise CoatError(f"--clip-grad {cfg.clip_grad}: must be above 0")
 
 
 def _resumed(out: Path, args, given: set[str]):
@@ -155,15 +205,28 @@ def _resumed(out: Path, args, given: set[str]):
         raise CoatError(f"{out}: no {LAST} to resume from; start the run without --resume")
     ckpt = checkpoint.load(path)
     saved = ckpt.state["config"]
-    differ = [k for k in given & set(RECIPE_KEYS) if k != "data" and getattr(args, k) != saved.get(k)]
-    if args.data is not None and str(args.data) != saved["data"]:
-        differ.append("data")
+    asked = _settled({k: getattr(args, k) for k in given & set(RECIPE_KEYS)} | {"data": args.data})
+    differ = [k for k, v in asked.items() if v is not None or k != "data"]
+    differ = [k for k in differ if not _same(k, asked[k], saved)]
     if differ:
         raise CoatError(
             f"{path}: the run was started with other {', '.join(sorted(differ))}; "
             "resume with its settings (give only --resume DIR), or start a new run"
         )
     return TrainConfig(**saved), ckpt
+
+
+def _same(key: str, value, saved: dict) -> bool:
+    """Whether a setting given to a resume equals the run's (an image size by its value in use)."""
+    if key == "img_size":
+        default = get_variant(saved["variant"]).img_size
+        return (default if value is None else value) == (default if saved[key] is None else saved[key])
+    return value == saved.get(key)
+
+
+def _world_size() -> int:
+    """The number of processes under ``paddle.distributed.launch`` (1 outside it)."""
+    return int(os.environ.get("PADDLE_TRAINERS_NUM", "1"))
 
 
 def _rank() -> int:
@@ -179,7 +242,7 @@ def _prepare_output(out: Path, resume: bool) -> None:
     if out.exists() and not out.is_dir():
         raise CoatError(f"{out}: is not a folder")
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("log.jsonl", LAST, "best.safetensors"):
+    for name in RUN_FILES:
         (out / name).unlink(missing_ok=True)
 
 
@@ -188,11 +251,6 @@ def _train(cfg: TrainConfig, out: Path, ckpt, args, say) -> int:
     train_set = read_split(root, cfg.list_file, cfg.skip_bad, "training")
     val_set = read_split(Path(cfg.val), cfg.val_list, cfg.skip_bad, "val") if cfg.val else None
     n = check_classes(train_set, val_set, cfg.num_classes, root)
-    ranks = int(os.environ.get("PADDLE_TRAINERS_NUM", "1"))
-    if cfg.batch_size % ranks:
-        raise CoatError(
-            f"--batch-size {cfg.batch_size} (the global batch) must be a multiple of the {ranks} processes"
-        )
     if len(train_set.samples) < cfg.batch_size:
         raise CoatError(
             f"{root}: {len(train_set.samples)} images, fewer than one batch of {cfg.batch_size}; "
@@ -204,8 +262,8 @@ def _train(cfg: TrainConfig, out: Path, ckpt, args, say) -> int:
         raise CoatError(f"{root}: its class folders changed since the run started; resume on the same data")
     check_amp(cfg)  # before anything is written
     _prepare_output(out, ckpt is not None)
-    run = build(cfg, out, train_set, val_set)
-    log_path = out / "log.jsonl"
+    run = build(cfg, out, train_set, val_set, resuming=ckpt is not None)
+    log_path = out / LOG
     if ckpt is not None:
         checkpoint.restore(ckpt, run.model, run.optimizer, run.scheduler, run.ema, str(out / LAST))
         run.state.update({k: ckpt.state[k] for k in run.state if k in ckpt.state})
@@ -230,7 +288,7 @@ def _train(cfg: TrainConfig, out: Path, ckpt, args, say) -> int:
         )
         last = train(run, log, workers=args.workers, progress=not (args.quiet or args.json))
     written = finish(run)
-    if run.rank == 0 and not (out / "curves.png").exists():
+    if run.rank == 0 and not (out / CURVES).exists():
         say("no curves.png: matplotlib is not installed (pip install matplotlib)")
     result = {"output": str(out), "epochs": cfg.epochs, "steps": run.state["step"], "last_epoch": last}
     result["files"] = [str(p) for p in written]

@@ -19,7 +19,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
-from ..datasets import EvalData, EvalImages, Sample, load_image, read_list, scan_folder
+from converter.errors import WeightsError
+from converter.paddle_weights import _check_names
+
+from ..datasets import LIST_FILE, EvalData, EvalImages, Sample, load_image, read_list, scan_folder
 from ..errors import CoatError
 from ..transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -41,13 +44,24 @@ class TrainSet:
 def read_split(
     root: str | os.PathLike, list_file: str | os.PathLike | None, skip_bad: bool, what: str
 ) -> TrainSet:
-    """An ImageFolder tree (class names: its folders, sorted) or a file list (names: the labels)."""
+    """An ImageFolder tree (class names: its folders, sorted) or a file list (names: the labels).
+    Folder names must pass the label-name rules of the weights' ``config.json``, which the run
+    writes at its end."""
     if list_file is not None:
         data = read_list(list_file, root, ANY_LABEL, skip_bad)
         classes = [str(i) for i in range(max(s.label for s in data.samples) + 1)] if data.samples else []
     else:
         data = scan_folder(root, ANY_LABEL, skip_bad)  # sorted folders: no ImageNet relabelling
         classes = data.classes
+        for name in classes:
+            try:
+                _check_names([name], 1, str(Path(root) / name))
+            except WeightsError as e:
+                rule = str(e).rpartition(" must be ")[2]
+                raise CoatError(
+                    f"{str(Path(root) / name)!r}: a class folder's name must be {rule} "
+                    "(it becomes a label name of the weights); rename the folder"
+                ) from None
     if not data.samples:
         raise CoatError(f"{root}: the {what} set has no readable images")
     return TrainSet(data, classes)
@@ -56,7 +70,7 @@ def read_split(
 def check_classes(train: TrainSet, val: TrainSet | None, num_classes: int | None, where: Path) -> int:
     """The number of classes: the training folders', which the val set and ``--num-classes``
     must agree with (a mismatch would silently score the wrong labels)."""
-    if val is not None and val.classes != train.classes and val.data.labelling != "list file":
+    if val is not None and val.classes != train.classes and val.data.labelling != LIST_FILE:
         only_train = sorted(set(train.classes) - set(val.classes))
         only_val = sorted(set(val.classes) - set(train.classes))
         detail = "; ".join(
@@ -77,7 +91,7 @@ def check_classes(train: TrainSet, val: TrainSet | None, num_classes: int | None
             f"--num-classes {num_classes} contradicts {where}, which has {n} class folders; "
             f"drop --num-classes or pass {n}"
         )
-    if val is not None and val.data.labelling == "list file" and len(val.classes) > n:
+    if val is not None and val.data.labelling == LIST_FILE and len(val.classes) > n:
         raise CoatError(
             f"{val.data.root}: the val list has labels up to {len(val.classes) - 1}, but {n} classes"
         )

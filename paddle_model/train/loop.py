@@ -26,12 +26,14 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 
+from converter.cli import Terminated
 from converter.writers import atomic_write, write_pdparams
 
 from ..errors import CoatError
 from ..evaluate.runner import BAD, SEEN, TOP1, TOP5, world
 from ..evaluate.runner import run as evaluate_run
 from ..factory import create_model
+from ..hub import resolve_cli_weights
 from ..transforms import EvalTransform
 from ..variants import get_variant
 from . import checkpoint
@@ -54,7 +56,10 @@ from .mixup import Mixup
 from .optim import AdamW, param_groups_weight_decay
 from .scheduler import CosineLRScheduler
 
-LAST, BEST = "last.safetensors", "best.safetensors"
+LAST, BEST, LOG = "last.safetensors", "best.safetensors", "log.jsonl"
+MODEL, MODEL_EMA, CONFIG, CURVES = "model.pdparams", "model_ema.pdparams", "config.json", "curves.png"
+# every file a run writes in its folder: written by name from here, removed by --force from here
+RUN_FILES = (LOG, LAST, BEST, MODEL, MODEL_EMA, CONFIG, CURVES)
 
 
 class Diverged(CoatError):
@@ -128,7 +133,7 @@ class Run:
 
 def eval_transform(cfg: TrainConfig) -> EvalTransform:
     v = get_variant(cfg.variant)
-    size = cfg.img_size or v.img_size
+    size = v.img_size if cfg.img_size is None else cfg.img_size
     return EvalTransform(size, math.floor(size / v.crop_pct), v.crop_mode, v.interpolation)
 
 
@@ -143,14 +148,15 @@ def check_amp(cfg: TrainConfig) -> None:
     autocast(cfg.amp)
 
 
-def build(cfg: TrainConfig, out: Path, train: TrainSet, val: TrainSet | None) -> Run:
+def build(cfg: TrainConfig, out: Path, train: TrainSet, val: TrainSet | None, resuming: bool = False) -> Run:
     """The model (with ``cfg.weights``, a fresh head when the class count differs), optimizer,
-    schedule, EMA and Mixup of a new run, before any update."""
+    schedule, EMA and Mixup of a new run, before any update. ``resuming``: the checkpoint will
+    replace every tensor, so ``cfg.weights`` is neither read nor fetched. The caller has run
+    :func:`check_amp`."""
     rank, size = world()
-    check_amp(cfg)
     paddle.seed(cfg.seed)  # the fresh head's initialisation
     n = len(cfg.classes)
-    pretrained = True if cfg.weights == "pretrained" else cfg.weights
+    pretrained = None if resuming else resolve_cli_weights(cfg.variant, cfg.weights)
     model = create_model(cfg.variant, pretrained=pretrained, num_classes=n)
     masks = SeededMasks(cfg.seed)
     if cfg.drop_path > 0:
@@ -210,23 +216,30 @@ def save_checkpoint(r: Run, name: str = LAST) -> None:
 
 
 class _Interrupts:
-    """SIGINT noted, not raised: the loop stops at the next step boundary, after a checkpoint."""
+    """SIGINT and SIGTERM noted, not raised: the loop stops at the next step boundary, after a
+    checkpoint, with :meth:`stop` (KeyboardInterrupt or converter.cli's Terminated)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
-        self.asked = False
-        self.previous = None
+        self.asked: int | None = None  # the signal received
+        self.previous: dict = {}
 
     def __enter__(self) -> _Interrupts:
         if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._note)
+            self.previous = {s: signal.signal(s, self._note) for s in self.SIGNALS}
         return self
 
     def _note(self, signum, frame) -> None:
-        self.asked = True
+        self.asked = self.asked or signum
+
+    def stop(self) -> None:
+        """Raise what the signal received means to the command wrapper (exit 130 or 143)."""
+        raise Terminated if self.asked == signal.SIGTERM else KeyboardInterrupt
 
     def __exit__(self, *exc) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for s, previous in self.previous.items():
+            signal.signal(s, previous)
 
 
 def _loss(r: Run, x: paddle.Tensor, y: paddle.Tensor, step: int) -> paddle.Tensor:
@@ -350,17 +363,19 @@ def train(r: Run, log: Callable[[dict], None], workers: int = 0, progress: bool 
                     save_checkpoint(r)
                 if interrupts.asked:
                     save_checkpoint(r)
-                    raise KeyboardInterrupt
+                    interrupts.stop()
             if bar is not None:
                 bar.close()
-            record = _end_epoch(r, epoch, losses, time.perf_counter() - began)
-            log(record)
+            _end_epoch(r, epoch, losses, time.perf_counter() - began, log)
             if interrupts.asked:
-                raise KeyboardInterrupt
+                interrupts.stop()
     return r.state["history"][-1] if r.state["history"] else {}
 
 
-def _end_epoch(r: Run, epoch: int, losses: list[float], seconds: float) -> dict:
+def _end_epoch(r: Run, epoch: int, losses: list[float], seconds: float, log: Callable[[dict], None]) -> dict:
+    """Schedule, evaluate, log the epoch's record, then checkpoint: logged first, so that a
+    checkpoint past this epoch never exists without its row (a resume drops rows past the
+    checkpoint and logs them again)."""
     r.scheduler.step(epoch + 1)
     record = {"kind": "epoch", "epoch": epoch, "step": r.state["step"], "seconds": seconds}
     record["train_loss"] = float(np.mean(losses)) if losses else None
@@ -369,6 +384,7 @@ def _end_epoch(r: Run, epoch: int, losses: list[float], seconds: float) -> dict:
         if r.ema is not None:
             record["ema_top1"], record["ema_top5"] = evaluate(r, _ema_model(r))
     r.state["history"].append(record)
+    log(record)
     r.state.update(epoch=epoch + 1, batch=0, losses=[])
     best = r.state["best"]
     improved = "top1" in record and (best is None or record["top1"] > best)
@@ -405,10 +421,10 @@ def finish(r: Run) -> list[Path]:
     ``model_ema.pdparams``), ``config.json`` with the class names, and ``curves.png``."""
     if r.rank != 0:
         return []
-    written = [r.out / "model.pdparams"]
+    written = [r.out / MODEL]
     write_pdparams({k: v.numpy() for k, v in r.model.state_dict().items()}, written[0], force=True)
     if r.ema is not None:
-        written.append(r.out / "model_ema.pdparams")
+        written.append(r.out / MODEL_EMA)
         write_pdparams({k: v.numpy() for k, v in r.ema.state_dict().items()}, written[-1], force=True)
     config = {
         "variant": r.cfg.variant,
@@ -416,10 +432,10 @@ def finish(r: Run) -> list[Path]:
         "label_names": r.cfg.classes,
         "img_size": eval_transform(r.cfg).size,
     }
-    written.append(r.out / "config.json")
+    written.append(r.out / CONFIG)
     text = json.dumps(config, indent=2) + "\n"
     atomic_write(written[-1], lambda f: f.write(text.encode()), force=True)
-    plot = write_curves(r.out / "log.jsonl", r.out / "curves.png")
+    plot = write_curves(r.out / LOG, r.out / CURVES)
     if plot is not None:
         written.append(plot)
     return written
