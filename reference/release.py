@@ -547,10 +547,9 @@ def release(
 
     planned = plan(src_dir, allow_unofficial)
     out_dir.mkdir(parents=True, exist_ok=True)
-    return [
-        release_one(p, out_dir, force, eval_results)
-        for p in tqdm(planned, desc="releasing", unit="checkpoint", disable=not progress, file=sys.stderr)
-    ]
+    # closed as the loop ends, also by an exception, so that an error line is the last one printed
+    with tqdm(planned, desc="releasing", unit="checkpoint", disable=not progress, file=sys.stderr) as bar:
+        return [release_one(p, out_dir, force, eval_results) for p in bar]
 
 
 def summary(entries: list[Entry]) -> str:
