@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import stat
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,12 +36,19 @@ def check_input_file(path: Path, error: type[CoatError], expected: str) -> int:
     return st.st_size
 
 
-def sha256_file(path: Path) -> str:
+class Cancelled(Exception):
+    """:func:`sha256_file` gave up because its ``stop`` event was set."""
+
+
+def sha256_file(path: Path, stop: threading.Event | None = None) -> str:
     """The sha256 of the file at ``path``, read in 1 MiB blocks (memory stays flat whatever the
-    size)."""
+    size); raises :class:`Cancelled` as soon as ``stop`` is set (the pipeline hashes a source
+    beside its conversion and stops when the conversion is refused)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
+            if stop is not None and stop.is_set():
+                raise Cancelled
             h.update(block)
     return h.hexdigest()
 

@@ -53,7 +53,6 @@ from converter.paddle_weights import LABEL_NAMES
 from converter.pipeline import convert_checkpoint
 from converter.variants import VARIANTS, CoatVariant
 from converter.writers import atomic_write
-from paddle_model.classes import imagenet_classes
 
 from . import REFERENCE_MODULES, require
 from .eval_results import MeasuredAccuracy, check_eval_result, read_eval_results
@@ -353,6 +352,8 @@ def hub_config(v: CoatVariant, state: dict) -> dict:
         "class_names": CLASS_NAMES if num_classes == 1000 else None,
     }
     if num_classes == 1000:
+        from paddle_model.classes import imagenet_classes  # paddle_model needs Paddle: imported here
+
         config[LABEL_NAMES] = imagenet_classes()
     return config
 
