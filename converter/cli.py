@@ -92,16 +92,19 @@ class _AfterImport(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname, path, target=None):
         if fullname != self.name:
             return None
-        self.remove()
         spec = None
         for finder in list(sys.meta_path):  # the finders that would have found it without this one
             find = getattr(finder, "find_spec", None)
-            spec = find(fullname, path, target) if find is not None else None
+            spec = find(fullname, path, target) if find is not None and finder is not self else None
             if spec is not None:
                 break
-        if spec is not None and spec.loader is not None:
-            spec.loader = _ThenCall(spec.loader, self.after)
+        if spec is not None and spec.loader is not None:  # a lookup alone (importlib.util.find_spec,
+            spec.loader = _ThenCall(spec.loader, self._done)  # as paddle_model's check) runs nothing
         return spec
+
+    def _done(self) -> None:
+        self.remove()
+        self.after()
 
     def remove(self) -> None:
         if self in sys.meta_path:
